@@ -1,0 +1,32 @@
+"""The FastAPI application (OpenAPI at /docs)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from scheduler import __version__
+from scheduler.api.routes import admin, health, jobs, nodes
+from scheduler.context import Context
+from scheduler.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+
+def create_app(ctx: Context) -> FastAPI:
+    app = FastAPI(
+        title="gpuq",
+        version=__version__,
+        description="A fair-share GPU cluster scheduler for small research groups.",
+    )
+    app.state.ctx = ctx
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
+
+    for module in (health, jobs, nodes, admin):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,38 @@
+"""/healthz and /v1/whoami."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from scheduler import __version__
+from scheduler.api.deps import AnyCaller, Ctx
+from scheduler.api.schemas import WhoAmI
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz(ctx: Ctx) -> JSONResponse:
+    """Liveness and database reachability (no token needed)."""
+    try:
+        with ctx.transaction() as session:
+            session.execute(text("SELECT 1"))
+    except Exception as e:  # noqa: BLE001 - report, don't crash
+        return JSONResponse({"status": "error", "database": str(e)[:200],
+                             "version": __version__}, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
+
+
+@router.get("/v1/whoami", response_model=WhoAmI)
+def whoami(principal: AnyCaller) -> WhoAmI:
+    user = principal.user
+    return WhoAmI(
+        role=principal.role,
+        user=user.name if user else None,
+        node=principal.node.name if principal.node else None,
+        admin=principal.is_admin,
+        accounts=sorted(m.account.name for m in user.memberships) if user else [],
+        default_account=user.default_account.name if user and user.default_account else None,
+    )

@@ -1,0 +1,102 @@
+"""/v1/jobs: submit, list, show, cancel, read the log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
+
+from scheduler.api.deps import Ctx, UserOrAdmin
+from scheduler.api.schemas import JobCreate, JobRead
+from scheduler.services import jobs as svc
+from scheduler.states import ACTIVE, JobState
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+MAX_LOG_READ = 4 * 1024 * 1024
+
+
+@router.post("", status_code=201, response_model=JobRead,
+             responses={200: {"model": JobRead, "description": "idempotent replay"}})
+def submit_job(body: JobCreate, ctx: Ctx, principal: UserOrAdmin) -> Response | JobRead:
+    """Submit a job. With an ``idempotency_key`` seen before, returns that job (200)."""
+    with ctx.transaction() as session:
+        job, created = svc.submit(session, principal, body, now=ctx.clock(),
+                                  settings=ctx.settings)
+        out = svc.to_read(job, principal)
+    if not created:
+        return JSONResponse(out.model_dump(mode="json"), status_code=200)
+    ctx.wake()
+    return out
+
+
+@router.get("", response_model=list[JobRead])
+def list_jobs(
+    ctx: Ctx,
+    principal: UserOrAdmin,
+    state: Annotated[list[JobState] | None, Query()] = None,
+    user: str | None = None,
+    account: str | None = None,
+    node: str | None = None,
+    active: bool = False,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> list[JobRead]:
+    """The queue: every user's jobs (the spec only for your own). ``active`` = PENDING,
+    DISPATCHED and RUNNING."""
+    states = [s.value for s in state or []]
+    if active:
+        states += [JobState.PENDING.value, *(s.value for s in ACTIVE)]
+    with ctx.transaction() as session:
+        jobs = svc.list_jobs(session, states=states or None, user=user, account=account,
+                             node=node, limit=limit)
+        return [svc.to_read(j, principal) for j in jobs]
+
+
+@router.get("/{job_id}", response_model=JobRead)
+def show_job(job_id: int, ctx: Ctx, principal: UserOrAdmin) -> JobRead:
+    with ctx.transaction() as session:
+        job = svc.get_job(session, job_id)
+        return svc.to_read(job, principal, events=svc.job_events(session, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobRead)
+def cancel_job(job_id: int, ctx: Ctx, principal: UserOrAdmin) -> JobRead:
+    """Cancel: a pending job ends at once; a running one is killed by its node, which
+    confirms (the job stays RUNNING with ``cancel_requested`` until then)."""
+    with ctx.transaction() as session:
+        job = svc.get_job(session, job_id)
+        must_kill = svc.cancel(session, principal, job, now=ctx.clock())
+        node = job.node.name if job.node else None
+        out = svc.to_read(job, principal)
+    if must_kill and node:
+        ctx.dispatcher.kill(node, job_id)
+    ctx.wake()
+    return out
+
+
+@router.get("/{job_id}/log", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}}})
+def read_log(
+    job_id: int,
+    ctx: Ctx,
+    principal: UserOrAdmin,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_LOG_READ)] = 1024 * 1024,
+) -> Response:
+    """Raw output from ``offset``. Follow by polling with ``X-Gpuq-Next-Offset`` until
+    ``X-Gpuq-Job-State`` is final and a read returns no bytes."""
+    with ctx.transaction() as session:
+        job = svc.get_job(session, job_id)
+        svc.check_owner(principal, job)
+        state = job.state
+    data = ctx.logs.read(job_id, offset, limit)
+    return Response(
+        content=data,
+        media_type="text/plain; charset=utf-8",
+        headers={
+            "X-Gpuq-Log-Size": str(ctx.logs.size(job_id)),
+            "X-Gpuq-Next-Offset": str(offset + len(data)),
+            "X-Gpuq-Job-State": state,
+        },
+    )

@@ -1,0 +1,106 @@
+"""/v1/nodes: the public node list, and the worker calls (node tokens, own node only)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+
+from scheduler.api.deps import Ctx, NodeCaller, UserOrAdmin
+from scheduler.api.schemas import (
+    Heartbeat,
+    HeartbeatReply,
+    JobStateReport,
+    LaunchSpec,
+    NodeRead,
+    NodeRegister,
+    RegisterReply,
+)
+from scheduler.auth import Principal
+from scheduler.dispatch import queue_name
+from scheduler.logstore import OffsetMismatch
+from scheduler.services import nodes as svc
+from scheduler.states import TERMINAL
+
+router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
+
+MAX_LOG_CHUNK = 4 * 1024 * 1024
+
+
+def _own(principal: Principal, name: str) -> None:
+    if principal.node is None or principal.node.name != name:
+        raise HTTPException(403, f"this token belongs to node "
+                                 f"{principal.node.name if principal.node else '?'}, not {name}")
+
+
+@router.get("", response_model=list[NodeRead])
+def list_nodes(ctx: Ctx, principal: UserOrAdmin) -> list[NodeRead]:
+    with ctx.transaction() as session:
+        return svc.list_nodes(session)
+
+
+@router.post("/{name}/register", response_model=RegisterReply)
+def register(name: str, body: NodeRegister, ctx: Ctx, principal: NodeCaller) -> RegisterReply:
+    _own(principal, name)
+    with ctx.transaction() as session:
+        node = svc.get_or_create_node(session, name)
+        svc.register(session, node, body, now=ctx.clock())
+    ctx.wake()
+    return RegisterReply(node=name, queue=queue_name(name),
+                         heartbeat_interval_s=ctx.settings.heartbeat_interval_s)
+
+
+@router.post("/{name}/heartbeat", response_model=HeartbeatReply)
+def heartbeat(name: str, body: Heartbeat, ctx: Ctx, principal: NodeCaller) -> HeartbeatReply:
+    _own(principal, name)
+    with ctx.transaction() as session:
+        node = svc.get_or_create_node(session, name)
+        if node.registered_at is None:
+            raise HTTPException(409, f"node {name} has not registered; register first")
+        reply = svc.heartbeat(session, node, body, now=ctx.clock(), settings=ctx.settings)
+    ctx.wake()
+    return reply
+
+
+@router.get("/{name}/jobs/{job_id}", response_model=LaunchSpec)
+def launch_spec(name: str, job_id: int, ctx: Ctx, principal: NodeCaller) -> LaunchSpec:
+    _own(principal, name)
+    with ctx.transaction() as session:
+        node = svc.get_or_create_node(session, name)
+        return svc.launch_spec(svc.job_for_node(session, node, job_id))
+
+
+@router.post("/{name}/jobs/{job_id}/events")
+def job_event(name: str, job_id: int, body: JobStateReport, ctx: Ctx,
+              principal: NodeCaller) -> dict[str, str]:
+    _own(principal, name)
+    with ctx.transaction() as session:
+        node = svc.get_or_create_node(session, name)
+        job = svc.job_for_node(session, node, job_id)
+        state = svc.report_state(session, job, body, now=ctx.clock())
+    if state in TERMINAL:
+        ctx.wake()
+    return {"state": state}
+
+
+@router.post("/{name}/jobs/{job_id}/log", response_model=None)
+async def ship_log(name: str, job_id: int, request: Request, ctx: Ctx, principal: NodeCaller,
+                   offset: Annotated[int, Query(ge=0)]) -> dict[str, int] | JSONResponse:
+    _own(principal, name)
+    data = await request.body()
+    if len(data) > MAX_LOG_CHUNK:
+        raise HTTPException(413, f"send at most {MAX_LOG_CHUNK} bytes per call")
+    from starlette.concurrency import run_in_threadpool
+
+    def store() -> int:
+        with ctx.transaction() as session:
+            node = svc.get_or_create_node(session, name)
+            svc.job_for_node(session, node, job_id)
+        return ctx.logs.append(job_id, offset, data)
+
+    try:
+        size = await run_in_threadpool(store)
+    except OffsetMismatch as e:
+        return JSONResponse({"detail": str(e), "size": e.size}, status_code=409)
+    return {"size": size}

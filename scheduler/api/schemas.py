@@ -1,0 +1,302 @@
+"""The wire contract of API v1 (pydantic). Kept apart from the ORM models: the name says
+which way data flows (``JobCreate`` in, ``JobRead`` out)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_RE, description="letters, digits, '.', '_', '-'")]
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+MAX_SCRIPT_BYTES = 1024 * 1024
+MAX_ARGV = 4096
+MAX_ENV = 4096
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+class JobCreate(Strict):
+    """A job to submit: exactly one of ``command`` (argv) or ``script`` (text)."""
+
+    command: list[str] | None = Field(None, min_length=1, max_length=MAX_ARGV)
+    script: str | None = Field(None, min_length=1, max_length=MAX_SCRIPT_BYTES)
+    name: str | None = Field(None, min_length=1, max_length=128)
+    workdir: str = Field(..., min_length=1, max_length=1024,
+                         description="absolute path on the GPU host")
+    environment: dict[str, str] = Field(default_factory=dict)
+    gpus: int = Field(1, ge=0, le=64)
+    gpu_model: str | None = Field(None, min_length=1, max_length=64)
+    cpus: int = Field(1, ge=1, le=1024)
+    memory_mib: int = Field(0, ge=0, le=64 * 1024 * 1024)
+    time_limit_s: int | None = Field(None, ge=1, description="seconds; default from the server")
+    account: Name | None = None
+    idempotency_key: str | None = Field(None, min_length=1, max_length=128)
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must be an absolute path, e.g. /home/alice/project")
+        if "\x00" in v:
+            raise ValueError("must not contain NUL bytes")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _argv(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v[0]:
+                raise ValueError("the program (first element) must not be empty")
+            if any("\x00" in a for a in v):
+                raise ValueError("arguments must not contain NUL bytes")
+        return v
+
+    @field_validator("environment")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_ENV:
+            raise ValueError(f"at most {MAX_ENV} variables")
+        for k, val in v.items():
+            if not _ENV_KEY.match(k):
+                raise ValueError(f"{k!r} is not a valid variable name")
+            if "\x00" in val:
+                raise ValueError(f"the value of {k} must not contain NUL bytes")
+        return v
+
+    @model_validator(mode="after")
+    def _one_of(self) -> JobCreate:
+        if (self.command is None) == (self.script is None):
+            raise ValueError("give exactly one of 'command' (argv list) or 'script' (text)")
+        return self
+
+
+class JobEventRead(BaseModel):
+    time: datetime
+    old_state: str | None
+    new_state: str
+    reason: str
+
+
+class JobRead(BaseModel):
+    id: int
+    name: str
+    user: str
+    account: str
+    state: str
+    reason: str
+    gpus: int
+    gpu_model: str | None
+    cpus: int
+    memory_mib: int
+    time_limit_s: int
+    priority: int
+    node: str | None
+    gpu_indices: list[int]
+    exit_code: int | None
+    cancel_requested: bool
+    submitted_at: datetime
+    dispatched_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    #: The spec; ``None`` for other users' jobs unless the caller is an admin.
+    command: list[str] | None = None
+    script: str | None = None
+    workdir: str | None = None
+    environment: dict[str, str] | None = None
+    events: list[JobEventRead] | None = None
+
+
+# --- nodes ------------------------------------------------------------------------------
+
+
+class GpuInfo(Strict):
+    index: int = Field(..., ge=0, le=1023)
+    uuid: str = Field(..., min_length=1, max_length=96)
+    model: str = Field(..., min_length=1, max_length=64)
+    memory_mib: int = Field(..., ge=0)
+    healthy: bool = True
+
+
+class GpuSample(Strict):
+    index: int = Field(..., ge=0)
+    utilization_pct: float | None = None
+    memory_used_mib: float | None = None
+    power_w: float | None = None
+    energy_j: float | None = None
+    temperature_c: float | None = None
+    healthy: bool = True
+
+
+class NodeRegister(Strict):
+    cpus: int = Field(0, ge=0)
+    memory_mib: int = Field(0, ge=0)
+    gpu_backend: Literal["nvml", "simulated"]
+    worker_version: str = Field("", max_length=32)
+    gpus: list[GpuInfo] = Field(default_factory=list, max_length=1024)
+
+
+class WorkerJob(Strict):
+    job_id: int
+    state: Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"]
+
+
+class Heartbeat(Strict):
+    #: Every job the worker still has (running, or ended but not yet acknowledged).
+    jobs: list[WorkerJob] = Field(default_factory=list)
+    gpus: list[GpuSample] = Field(default_factory=list)
+
+
+class HeartbeatReply(BaseModel):
+    #: Jobs the node must (re)launch: DISPATCHED to it but not in its list.
+    launch: list[int]
+    #: Jobs the node must kill: cancelled, or unknown to the scheduler, or ended.
+    kill: list[int]
+
+
+class RegisterReply(BaseModel):
+    node: str
+    queue: str
+    heartbeat_interval_s: float
+
+
+class JobStateReport(Strict):
+    state: Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"]
+    exit_code: int | None = None
+    reason: str = Field("", max_length=256)
+
+
+class LaunchSpec(BaseModel):
+    """What a worker needs to start a job; read with the node token at launch time."""
+
+    job_id: int
+    name: str
+    user: str
+    account: str
+    state: str
+    cancel_requested: bool
+    command: list[str] | None
+    script: str | None
+    workdir: str
+    environment: dict[str, str]
+    gpu_indices: list[int]
+    gpu_uuids: list[str]
+    cpus: int
+    memory_mib: int
+    time_limit_s: int
+
+
+class GpuRead(BaseModel):
+    index: int
+    uuid: str
+    model: str
+    memory_mib: int
+    healthy: bool
+    job_id: int | None
+    sample: dict[str, float | bool | None]
+
+
+class NodeRead(BaseModel):
+    name: str
+    state: str
+    state_reason: str
+    cpus: int
+    memory_mib: int
+    gpu_backend: str
+    last_heartbeat_at: datetime | None
+    gpus: list[GpuRead]
+
+
+# --- admin ------------------------------------------------------------------------------
+
+
+class AccountCreate(Strict):
+    name: Name
+    parent: Name = "root"
+    shares: int = Field(1, ge=0, le=1_000_000)
+    description: str = Field("", max_length=256)
+
+
+class AccountRead(BaseModel):
+    name: str
+    parent: str | None
+    shares: int
+    description: str
+
+
+class UserCreate(Strict):
+    name: Name
+    account: Name
+    shares: int = Field(1, ge=0, le=1_000_000)
+    admin: bool = False
+
+
+class MembershipCreate(Strict):
+    account: Name
+    shares: int = Field(1, ge=0, le=1_000_000)
+
+
+class MembershipRead(BaseModel):
+    account: str
+    shares: int
+
+
+class UserRead(BaseModel):
+    name: str
+    admin: bool
+    default_account: str | None
+    accounts: list[MembershipRead]
+
+
+class TokenCreate(Strict):
+    role: Literal["user", "admin", "node"]
+    #: For user and admin tokens: whose token it is.
+    user: Name | None = None
+    #: For node tokens: the node (host) name; the node need not have registered yet.
+    node: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    description: str = Field("", max_length=256)
+
+    @model_validator(mode="after")
+    def _owner(self) -> TokenCreate:
+        if self.role == "node" and not self.node:
+            raise ValueError("a node token needs 'node' (the host name)")
+        if self.role != "node" and not self.user:
+            raise ValueError(f"a {self.role} token needs 'user'")
+        if self.role == "node" and self.user:
+            raise ValueError("a node token belongs to a node, not a user: drop 'user'")
+        return self
+
+
+class TokenRead(BaseModel):
+    id: int
+    prefix: str
+    role: str
+    user: str | None
+    node: str | None
+    description: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked: bool
+
+
+class TokenCreated(TokenRead):
+    #: The secret; shown once, never stored.
+    token: str
+
+
+class WhoAmI(BaseModel):
+    role: str
+    user: str | None
+    node: str | None
+    admin: bool
+    accounts: list[str]
+    default_account: str | None

@@ -1,0 +1,76 @@
+"""Bearer tokens: random secrets, stored only as SHA-256 hashes, each with one role.
+
+Roles (least privilege): ``user`` submits and manages its own jobs; ``admin`` manages
+accounts, users, tokens and every job; ``node`` does worker calls for its own node only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from scheduler.db.models import ApiToken, Node, User
+
+TOKEN_PREFIX = "gpuq_"
+
+
+def new_secret() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the token's role and its owner."""
+
+    role: str
+    token_id: int
+    user: User | None = None
+    node: Node | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def issue_token(
+    session: Session,
+    *,
+    role: str,
+    now: datetime,
+    user: User | None = None,
+    node: Node | None = None,
+    description: str = "",
+) -> tuple[ApiToken, str]:
+    """Create a token; returns the row and the secret (shown once, never stored)."""
+    secret = new_secret()
+    row = ApiToken(
+        token_hash=hash_token(secret),
+        prefix=secret[: len(TOKEN_PREFIX) + 6],
+        role=role,
+        user_id=user.id if user else None,
+        node_id=node.id if node else None,
+        description=description,
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return row, secret
+
+
+def authenticate(session: Session, secret: str, *, now: datetime) -> Principal | None:
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
+    if row is None or row.revoked_at is not None:
+        return None
+    # Touch last_used at most once a minute: no write on every request.
+    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+        row.last_used_at = now
+    return Principal(role=row.role, token_id=row.id, user=row.user, node=row.node)

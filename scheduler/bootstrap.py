@@ -1,0 +1,51 @@
+"""First start: the root account, an admin user and its token (written 0600)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from scheduler.auth import issue_token
+from scheduler.db.models import ApiToken, User
+from scheduler.services.admin import ensure_root
+
+log = logging.getLogger(__name__)
+
+ADMIN_USER = "admin"
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """Write a secret readable only by its owner (created 0600, never world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def bootstrap(session: Session, *, now: datetime, admin_token_file: Path) -> str | None:
+    """Make sure the tree has a root and an admin exists. On the very first start, create
+    the admin token and write it to ``admin_token_file``; returns it (else ``None``)."""
+    root = ensure_root(session, now=now)
+    admin = session.scalar(select(User).where(User.name == ADMIN_USER))
+    if admin is None:
+        admin = User(name=ADMIN_USER, is_admin=True, default_account_id=None, created_at=now)
+        session.add(admin)
+        session.flush()
+    _ = root
+    has_admin_token = session.scalar(
+        select(ApiToken.id).where(ApiToken.role == "admin", ApiToken.revoked_at.is_(None)))
+    if has_admin_token is not None:
+        return None
+    _, secret = issue_token(session, role="admin", user=admin, now=now,
+                            description="created on first start")
+    write_secret(admin_token_file, secret)
+    log.warning("created the first admin token in %s", admin_token_file)
+    return secret

@@ -1,0 +1,151 @@
+"""Configuration: a TOML file plus ``GPUQ_*`` environment variables (pydantic-settings).
+
+Precedence, highest first: keyword arguments, environment variables, the TOML file named by
+``GPUQ_CONFIG`` (default ``~/.config/gpuq/server.toml`` when it exists), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+#: Billing weight per GPU model, in billed GPU-seconds per GPU-second. Relative to an
+#: A100-40GB = 4.0 (the Alliance's RGU table); a model not listed here is billed 1.0.
+DEFAULT_GPU_BILLING_WEIGHTS: dict[str, float] = {
+    "A100-40GB": 4.0,
+    "A100-80GB": 4.8,
+    "H100-80GB": 12.2,
+    "H200-141GB": 14.0,
+    "V100-32GB": 2.6,
+    "V100-16GB": 2.2,
+    "T4-16GB": 1.3,
+    "P100-16GB": 1.1,
+    "P100-12GB": 1.0,
+}
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("gpuq"))
+
+
+def default_config_file() -> Path:
+    return Path(platformdirs.user_config_dir("gpuq")) / "server.toml"
+
+
+class Settings(BaseSettings):
+    """Settings shared by ``gpuq server``, ``gpuq worker`` and ``gpuq up``."""
+
+    model_config = SettingsConfigDict(env_prefix="GPUQ_", extra="ignore")
+
+    # --- where things are -------------------------------------------------------------
+    data_dir: Path = Field(default_factory=default_data_dir)
+    #: SQLAlchemy URL. Empty means a SQLite file ``gpuq.db`` in ``data_dir``.
+    database_url: str = ""
+    #: Celery broker URL. Empty means the local filesystem transport in ``data_dir/broker``
+    #: (no external service; one machine only). Production: ``redis://host:6379/0``.
+    broker_url: str = ""
+    #: Polling interval of broker transports that poll (filesystem, SQL), in seconds.
+    broker_polling_interval_s: float = 0.1
+
+    # --- the API server ------------------------------------------------------------------
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8642
+    #: Where the first admin token is written (mode 0600). Empty: ``data_dir/admin.token``.
+    admin_token_file: str = ""
+
+    # --- scheduling ----------------------------------------------------------------------
+    gpu_billing_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_GPU_BILLING_WEIGHTS)
+    )
+    #: The loop runs at least this often, in seconds, even without events.
+    schedule_interval_s: float = 5.0
+    #: After an event (submit, job end, node change) the loop waits this long, in seconds,
+    #: so a burst of events makes one cycle.
+    schedule_coalesce_s: float = 0.05
+    #: A DISPATCHED job that its node has not reported after this many seconds is sent again.
+    dispatch_resend_after_s: float = 20.0
+    #: A node that has not sent a heartbeat for this many seconds is marked DOWN.
+    node_down_after_s: float = 60.0
+    #: Default and maximum job time limit, in seconds.
+    default_time_limit_s: int = 24 * 3600
+    max_time_limit_s: int = 14 * 24 * 3600
+    #: Bytes of job output kept per job on the server; beyond it the log is truncated.
+    max_log_bytes: int = 256 * 1024 * 1024
+
+    # --- the worker ----------------------------------------------------------------------
+    server_url: str = "http://127.0.0.1:8642"
+    node_name: str = Field(default_factory=lambda: os.uname().nodename)
+    #: File holding this node's token (mode 0600). ``GPUQ_NODE_TOKEN`` overrides it.
+    node_token_file: str = ""
+    node_token: str = ""
+    #: ``4xA100-80GB`` (or ``2xA100-80GB,1xT4-16GB``) simulates GPUs; empty uses NVML.
+    simulate_gpus: str = ""
+    #: Directory of the job supervisors' state and logs. Empty: ``data_dir/worker/<node>``.
+    worker_state_dir: str = ""
+    heartbeat_interval_s: float = 5.0
+    #: How often the worker looks at its jobs and ships new log output, in seconds.
+    job_poll_interval_s: float = 0.25
+    #: Seconds between SIGTERM and SIGKILL when a job is cancelled or hits its time limit.
+    kill_grace_s: float = 10.0
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _expand(cls, v: Any) -> Any:
+        return Path(v).expanduser() if isinstance(v, str | Path) else v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = Path(os.environ.get("GPUQ_CONFIG", "") or default_config_file())
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # --- derived values ----------------------------------------------------------------
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'gpuq.db'}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def effective_admin_token_file(self) -> Path:
+        if self.admin_token_file:
+            return Path(self.admin_token_file)
+        return self.data_dir / "admin.token"
+
+    @property
+    def effective_worker_state_dir(self) -> Path:
+        if self.worker_state_dir:
+            return Path(self.worker_state_dir)
+        return self.data_dir / "worker" / self.node_name
+
+    def billing_weight(self, model: str) -> float:
+        return self.gpu_billing_weights.get(model, 1.0)

@@ -1,0 +1,64 @@
+"""What the API, the loop and the services share: settings, database, clock, dispatch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from scheduler.clock import Clock, system_clock
+from scheduler.config import Settings
+from scheduler.logstore import LogStore
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher(Protocol):
+    def launch(self, node: str, job_id: int) -> None: ...
+    def kill(self, node: str, job_id: int) -> None: ...
+
+
+class CeleryDispatcher:
+    """Sends tasks; a failed send is logged, not raised: heartbeats repair lost messages."""
+
+    def __init__(self, settings: Settings) -> None:
+        from scheduler.dispatch import make_celery
+
+        self.app = make_celery(settings)
+
+    def launch(self, node: str, job_id: int) -> None:
+        from scheduler.dispatch import send_launch
+
+        try:
+            send_launch(self.app, node, job_id)
+        except Exception:  # noqa: BLE001 - the heartbeat re-sends
+            log.exception("could not send launch of job %s to %s", job_id, node)
+
+    def kill(self, node: str, job_id: int) -> None:
+        from scheduler.dispatch import send_kill
+
+        try:
+            send_kill(self.app, node, job_id)
+        except Exception:  # noqa: BLE001 - the heartbeat re-sends
+            log.exception("could not send kill of job %s to %s", job_id, node)
+
+
+@dataclass
+class Context:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    dispatcher: Dispatcher
+    logs: LogStore
+    clock: Clock = system_clock
+    #: Wakes the scheduling loop (set by the loop; a no-op until then).
+    wake: Callable[[], None] = field(default=lambda: None)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: commit on success, roll back on any exception."""
+        with self.sessions() as session, session.begin():
+            yield session

@@ -1,0 +1,240 @@
+"""SQLAlchemy 2 models: the database is the source of truth (see DESIGN.md).
+
+Every schema change is an Alembic migration in ``scheduler/db/migrations/versions``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        # SQLite keeps only the wall-clock digits: store them in UTC, or an aware time in
+        # another zone would come back shifted by its offset.
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Account(Base):
+    """A node of the accounts tree (department -> lab -> sub-group)."""
+
+    __tablename__ = "accounts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
+    shares: Mapped[int] = mapped_column(Integer, default=1)
+    description: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    parent: Mapped[Account | None] = relationship(remote_side=[id])
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    default_account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    default_account: Mapped[Account | None] = relationship()
+    memberships: Mapped[list[Membership]] = relationship(back_populates="user")
+
+
+class Membership(Base):
+    """A user association: a user in an account, with its own shares (Slurm's user assoc)."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("user_id", "account_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    shares: Mapped[int] = mapped_column(Integer, default=1)
+
+    user: Mapped[User] = relationship(back_populates="memberships")
+    account: Mapped[Account] = relationship()
+
+
+class ApiToken(Base):
+    """A bearer token. Only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The first characters of the token, to tell tokens apart in listings.
+    prefix: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(8))  # user | admin | node
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User | None] = relationship()
+    node: Mapped[Node | None] = relationship()
+
+
+class Node(Base):
+    """A GPU host running ``gpuq worker``."""
+
+    __tablename__ = "nodes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    #: UP, DOWN, DRAIN (see ``scheduler.states.NodeState``); UNKNOWN until it registers.
+    state: Mapped[str] = mapped_column(String(16), default="UNKNOWN")
+    state_reason: Mapped[str] = mapped_column(String(256), default="")
+    cpus: Mapped[int] = mapped_column(Integer, default=0)
+    memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    gpu_backend: Mapped[str] = mapped_column(String(16), default="")
+    worker_version: Mapped[str] = mapped_column(String(32), default="")
+    registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    gpus: Mapped[list[Gpu]] = relationship(
+        back_populates="node", order_by="Gpu.index", cascade="all, delete-orphan"
+    )
+
+
+class Gpu(Base):
+    __tablename__ = "gpus"
+    __table_args__ = (UniqueConstraint("node_id", "index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    uuid: Mapped[str] = mapped_column(String(96))
+    model: Mapped[str] = mapped_column(String(64))
+    memory_mib: Mapped[int] = mapped_column(BigInteger)
+    healthy: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: Last sample sent by the worker (utilization, memory used, power ...), for display.
+    last_sample: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    node: Mapped[Node] = relationship(back_populates="gpus")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key"),
+        Index("ix_jobs_state", "state"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+
+    # --- the spec (immutable after submit) ----------------------------------------------
+    command: Mapped[list[str] | None] = mapped_column(JSON)
+    script: Mapped[str | None] = mapped_column(Text)
+    workdir: Mapped[str] = mapped_column(String(1024))
+    environment: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    gpus: Mapped[int] = mapped_column(Integer, default=1)
+    gpu_model: Mapped[str | None] = mapped_column(String(64))
+    cpus: Mapped[int] = mapped_column(Integer, default=1)
+    memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    time_limit_s: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+
+    # --- observed and desired state -------------------------------------------------------
+    state: Mapped[str] = mapped_column(String(16), default="PENDING")
+    reason: Mapped[str] = mapped_column(String(256), default="")
+    #: Desired state: the user asked to cancel; the node has not confirmed yet.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id"))
+    gpu_indices: Mapped[list[int]] = mapped_column(JSON, default=list)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship()
+    account: Mapped[Account] = relationship()
+    node: Mapped[Node | None] = relationship()
+
+
+class GpuAllocation(Base):
+    """One row per GPU held by an active (DISPATCHED or RUNNING) job.
+
+    The unique constraint is the last line of defence: no GPU is ever given to two jobs,
+    even if two scheduler replicas race.
+    """
+
+    __tablename__ = "gpu_allocations"
+    __table_args__ = (UniqueConstraint("node_id", "gpu_index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    gpu_index: Mapped[int] = mapped_column(Integer)
+
+
+class JobEvent(Base):
+    """Every state change of a job, with its time and reason."""
+
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    old_state: Mapped[str | None] = mapped_column(String(16))
+    new_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(256), default="")
+
+
+class UsageRecord(Base):
+    """GPU usage charged to a user association over an interval (billed GPU-seconds)."""
+
+    __tablename__ = "usage_records"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    start: Mapped[datetime] = mapped_column(UTCDateTime)
+    end: Mapped[datetime] = mapped_column(UTCDateTime)
+    gpu_seconds: Mapped[float] = mapped_column(Float)
+    billed_seconds: Mapped[float] = mapped_column(Float)
+    gpu_model: Mapped[str] = mapped_column(String(64), default="")

@@ -1,0 +1,63 @@
+"""Dispatch over Celery: launch and kill tasks go to the node's own queue.
+
+Tasks carry only a job id; the worker re-reads the job from the API with its node token,
+so a message on the broker can never make a host run a command the scheduler did not
+accept, and a task delivered twice does no harm.
+
+Brokers: Redis in production (``GPUQ_BROKER_URL=redis://host:6379/0``). With no broker
+configured, the kombu *filesystem* transport under ``data_dir/broker`` is used: no service,
+one machine only, and each message waits up to ``broker_polling_interval_s`` (0.1 s).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from scheduler.config import Settings
+
+LAUNCH = "gpuq.launch"
+KILL = "gpuq.kill"
+
+
+def queue_name(node: str) -> str:
+    return f"gpuq.node.{node}"
+
+
+def make_celery(settings: Settings) -> Celery:
+    url = settings.effective_broker_url
+    app = Celery("gpuq", broker=url, backend=None, set_as_current=False)
+    conf: dict[str, object] = {
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": True,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "worker_enable_remote_control": False,
+        "broker_connection_timeout": 5,
+    }
+    if url.startswith("filesystem://"):
+        folder = settings.broker_dir
+        (folder / "processed").mkdir(parents=True, exist_ok=True)
+        conf["broker_transport_options"] = {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": settings.broker_polling_interval_s,
+        }
+    elif url.startswith(("redis://", "rediss://")):
+        conf["broker_transport_options"] = {"visibility_timeout": 3600}
+    app.conf.update(conf)
+    return app
+
+
+def send_launch(app: Celery, node: str, job_id: int) -> None:
+    app.send_task(LAUNCH, args=[job_id], queue=queue_name(node))
+
+
+def send_kill(app: Celery, node: str, job_id: int) -> None:
+    app.send_task(KILL, args=[job_id], queue=queue_name(node))

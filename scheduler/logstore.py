@@ -1,0 +1,87 @@
+"""Job output shipped by the workers, kept as one file per job on the server."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+
+class OffsetMismatch(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"log has {size} bytes; resend from there")
+        self.size = size
+
+
+class LogStore:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._locks: dict[int, threading.Lock] = {}
+        self._guard = threading.Lock()
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, job_id: int) -> Path:
+        return self.root / f"{int(job_id)}.log"
+
+    def _lock(self, job_id: int) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(job_id, threading.Lock())
+
+    def size(self, job_id: int) -> int:
+        try:
+            return self.path(job_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _marker(self, job_id: int) -> Path:
+        return self.path(job_id).with_suffix(".truncated")
+
+    def accepted(self, job_id: int) -> int:
+        """Bytes of output accepted from the worker (more than stored once truncated)."""
+        marker = self._marker(job_id)
+        if marker.exists():
+            return int(marker.read_text() or 0)
+        return self.size(job_id)
+
+    def append(self, job_id: int, offset: int, data: bytes) -> int:
+        """Write ``data``, which starts at ``offset`` of the job's output; returns the
+        number of bytes accepted so far.
+
+        Bytes already accepted (a resend) are skipped; a gap raises ``OffsetMismatch`` so
+        the worker resends from what we have. Output past ``max_bytes`` is dropped with one
+        note in the log, and still counted as accepted so the worker moves on.
+        """
+        with self._lock(job_id):
+            accepted = self.accepted(job_id)
+            if offset > accepted:
+                raise OffsetMismatch(accepted)
+            data = data[accepted - offset:]
+            if not data:
+                return accepted
+            total = accepted + len(data)
+            marker = self._marker(job_id)
+            if marker.exists():
+                marker.write_text(str(total))
+                return total
+            room = self.max_bytes - self.size(job_id)
+            with open(self.path(job_id), "ab") as f:
+                f.write(data[: max(room, 0)])
+                if len(data) > room:
+                    f.write(b"\n[gpuq: output truncated at max_log_bytes]\n")
+            if len(data) > room:
+                marker.write_text(str(total))
+            return total
+
+    def read(self, job_id: int, offset: int, limit: int) -> bytes:
+        path = self.path(job_id)
+        if not path.exists():
+            return b""
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(limit)
+
+    def remove(self, job_id: int) -> None:
+        for p in (self.path(job_id), self._marker(job_id)):
+            if p.exists():
+                os.unlink(p)

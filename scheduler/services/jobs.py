@@ -1,0 +1,213 @@
+"""Job services: submit, cancel, read. They never commit: the caller owns the transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from scheduler.api.schemas import JobCreate, JobEventRead, JobRead
+from scheduler.auth import Principal
+from scheduler.config import Settings
+from scheduler.db.models import Account, Job, JobEvent, User
+from scheduler.errors import Forbidden, Invalid, NotFound
+from scheduler.policy.filters import CAPACITY, first_failure
+from scheduler.policy.snapshot import JobView
+from scheduler.snapshot import node_views
+from scheduler.states import (
+    ACTIVE,
+    TERMINAL,
+    JobState,
+    NodeState,
+    record_submit,
+    transition,
+)
+
+
+def _account_for(session: Session, user: User, name: str | None) -> Account:
+    member_of = {m.account.name: m.account for m in user.memberships}
+    if name is None:
+        if user.default_account is not None and user.default_account.name in member_of:
+            return user.default_account
+        if len(member_of) == 1:
+            return next(iter(member_of.values()))
+        raise Invalid(
+            f"user {user.name} has no default account; choose one of: "
+            f"{', '.join(sorted(member_of)) or '(none: ask an admin to add you to one)'}",
+            field="account",
+        )
+    if name not in member_of:
+        raise Invalid(
+            f"user {user.name} is not a member of account {name!r} (member of: "
+            f"{', '.join(sorted(member_of)) or 'none'})",
+            field="account",
+        )
+    return member_of[name]
+
+
+def check_runnable(session: Session, spec: JobCreate) -> None:
+    """Refuse a job that no registered node could ever run, saying why."""
+    nodes = [n for n in node_views(session, []) if n.state != NodeState.UNKNOWN.value]
+    probe = JobView(id=0, gpus=spec.gpus, submitted_at=0.0, gpu_model=spec.gpu_model,
+                    cpus=spec.cpus, memory_mib=spec.memory_mib)
+    if not nodes:
+        if spec.gpus > 0:
+            raise Invalid("no GPU node has registered yet; start `gpuq worker` on a GPU host",
+                          field="gpus")
+        return
+    misses = [first_failure(CAPACITY, n, probe) for n in nodes]
+    if any(m is None for m in misses):
+        return
+    models = sorted({g.model for n in nodes for g in n.gpus})
+    if spec.gpu_model is not None and spec.gpu_model not in models:
+        raise Invalid(f"no node has {spec.gpu_model} GPUs; models here: "
+                      f"{', '.join(models) or 'none'}", field="gpu_model")
+    most = max(n.gpu_count(spec.gpu_model) for n in nodes)
+    if most < spec.gpus:
+        kind = f"{spec.gpu_model} " if spec.gpu_model else ""
+        raise Invalid(f"asks for {spec.gpus} {kind}GPUs on one node, but the largest node has "
+                      f"{most}; all GPUs of a job must be on one node", field="gpus")
+    if max(n.cpus for n in nodes) < spec.cpus:
+        raise Invalid(f"asks for {spec.cpus} CPUs; the largest node has "
+                      f"{max(n.cpus for n in nodes)}", field="cpus")
+    raise Invalid(f"asks for {spec.memory_mib} MiB of memory; the largest node has "
+                  f"{max(n.memory_mib for n in nodes)} MiB", field="memory_mib")
+
+
+def submit(session: Session, principal: Principal, spec: JobCreate, *, now: datetime,
+           settings: Settings) -> tuple[Job, bool]:
+    """Create a PENDING job; returns (job, created). A seen idempotency key returns the
+    job it made before, so a retried submit never makes two jobs."""
+    user = principal.user
+    if user is None:
+        raise Forbidden("only user and admin tokens can submit jobs")
+    if spec.idempotency_key is not None:
+        old = session.scalar(select(Job).where(Job.user_id == user.id,
+                                               Job.idempotency_key == spec.idempotency_key))
+        if old is not None:
+            return old, False
+    account = _account_for(session, user, spec.account)
+    limit = spec.time_limit_s or settings.default_time_limit_s
+    if limit > settings.max_time_limit_s:
+        raise Invalid(f"{limit} s is over the maximum time limit of "
+                      f"{settings.max_time_limit_s} s", field="time_limit_s")
+    check_runnable(session, spec)
+    job = Job(
+        name=spec.name or (spec.command[0].rsplit("/", 1)[-1] if spec.command else "script"),
+        user_id=user.id,
+        account_id=account.id,
+        idempotency_key=spec.idempotency_key,
+        command=spec.command,
+        script=spec.script,
+        workdir=spec.workdir,
+        environment=spec.environment,
+        gpus=spec.gpus,
+        gpu_model=spec.gpu_model,
+        cpus=spec.cpus,
+        memory_mib=spec.memory_mib,
+        time_limit_s=limit,
+        state=JobState.PENDING.value,
+        reason="Submitted",
+        gpu_indices=[],
+        submitted_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        # The same key raced in from a parallel retry: return the job it made.
+        old = session.scalar(select(Job).where(Job.user_id == user.id,
+                                               Job.idempotency_key == spec.idempotency_key))
+        if old is None:
+            raise
+        return old, False
+    record_submit(session, job, now=now, reason="submitted")
+    return job, True
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def check_owner(principal: Principal, job: Job) -> None:
+    if principal.is_admin:
+        return
+    if principal.user is None or principal.user.id != job.user_id:
+        raise Forbidden(f"job {job.id} belongs to another user")
+
+
+def cancel(session: Session, principal: Principal, job: Job, *, now: datetime) -> bool:
+    """Cancel a job. Returns True when the node must be told to kill it."""
+    check_owner(principal, job)
+    who = principal.user.name if principal.user else "admin"
+    state = JobState(job.state)
+    if state in TERMINAL:
+        return False
+    if state == JobState.PENDING:
+        transition(session, job, JobState.CANCELLED, now=now, reason=f"cancelled by {who}")
+        return False
+    if job.cancel_requested_at is None:
+        job.cancel_requested_at = now
+        session.add(JobEvent(job_id=job.id, time=now, old_state=job.state, new_state=job.state,
+                             reason=f"cancel requested by {who}"))
+    return state in ACTIVE
+
+
+def list_jobs(session: Session, *, states: list[str] | None, user: str | None,
+              account: str | None, node: str | None, limit: int) -> list[Job]:
+    from scheduler.db.models import Node
+
+    q = select(Job).options(selectinload(Job.user), selectinload(Job.account),
+                            selectinload(Job.node))
+    if states:
+        q = q.where(Job.state.in_(states))
+    if user:
+        q = q.join(User, Job.user_id == User.id).where(User.name == user)
+    if account:
+        q = q.join(Account, Job.account_id == Account.id).where(Account.name == account)
+    if node:
+        q = q.join(Node, Job.node_id == Node.id).where(Node.name == node)
+    return list(session.scalars(q.order_by(Job.id.desc()).limit(limit)))
+
+
+def to_read(job: Job, principal: Principal, *, events: list[JobEvent] | None = None) -> JobRead:
+    mine = principal.is_admin or (principal.user is not None and principal.user.id == job.user_id)
+    return JobRead(
+        id=job.id,
+        name=job.name,
+        user=job.user.name,
+        account=job.account.name,
+        state=job.state,
+        reason=job.reason,
+        gpus=job.gpus,
+        gpu_model=job.gpu_model,
+        cpus=job.cpus,
+        memory_mib=job.memory_mib,
+        time_limit_s=job.time_limit_s,
+        priority=job.priority,
+        node=job.node.name if job.node else None,
+        gpu_indices=list(job.gpu_indices or []),
+        exit_code=job.exit_code,
+        cancel_requested=job.cancel_requested_at is not None,
+        submitted_at=job.submitted_at,
+        dispatched_at=job.dispatched_at,
+        started_at=job.started_at,
+        ended_at=job.ended_at,
+        command=job.command if mine else None,
+        script=job.script if mine else None,
+        workdir=job.workdir if mine else None,
+        environment=job.environment if mine else None,
+        events=[JobEventRead(time=e.time, old_state=e.old_state, new_state=e.new_state,
+                             reason=e.reason) for e in events] if events is not None else None,
+    )
+
+
+def job_events(session: Session, job_id: int) -> list[JobEvent]:
+    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
+                                .order_by(JobEvent.id)))

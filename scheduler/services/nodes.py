@@ -1,0 +1,179 @@
+"""Node services: registration, heartbeats with reconciliation, job-state reports."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from scheduler.api.schemas import (
+    GpuRead,
+    Heartbeat,
+    HeartbeatReply,
+    JobStateReport,
+    LaunchSpec,
+    NodeRead,
+    NodeRegister,
+)
+from scheduler.config import Settings
+from scheduler.db.models import Gpu, GpuAllocation, Job, Node
+from scheduler.errors import Conflict, NotFound
+from scheduler.states import (
+    ACTIVE,
+    TERMINAL,
+    InvalidTransition,
+    JobState,
+    NodeState,
+    transition,
+)
+
+log = logging.getLogger(__name__)
+
+
+def get_or_create_node(session: Session, name: str) -> Node:
+    node = session.scalar(select(Node).where(Node.name == name))
+    if node is None:
+        node = Node(name=name, state=NodeState.UNKNOWN.value, state_reason="never registered")
+        session.add(node)
+        session.flush()
+    return node
+
+
+def register(session: Session, node: Node, body: NodeRegister, *, now: datetime) -> None:
+    """Record the node's inventory and mark it UP (a drained node stays drained)."""
+    seen = {g.index: g for g in body.gpus}
+    if len(seen) != len(body.gpus):
+        raise Conflict("two GPUs with the same index in the inventory")
+    for gpu in list(node.gpus):
+        if gpu.index not in seen:
+            node.gpus.remove(gpu)
+    have = {g.index: g for g in node.gpus}
+    for info in body.gpus:
+        gpu = have.get(info.index)
+        if gpu is None:
+            node.gpus.append(Gpu(index=info.index, uuid=info.uuid, model=info.model,
+                                 memory_mib=info.memory_mib, healthy=info.healthy,
+                                 last_sample={}))
+        else:
+            gpu.uuid, gpu.model = info.uuid, info.model
+            gpu.memory_mib, gpu.healthy = info.memory_mib, info.healthy
+    node.cpus, node.memory_mib = body.cpus, body.memory_mib
+    node.gpu_backend, node.worker_version = body.gpu_backend, body.worker_version
+    node.registered_at = node.last_heartbeat_at = now
+    if node.state != NodeState.DRAIN.value:
+        node.state, node.state_reason = NodeState.UP.value, ""
+
+
+def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
+              settings: Settings) -> HeartbeatReply:
+    """Take the node's word for what it runs and repair any difference with the database."""
+    node.last_heartbeat_at = now
+    if node.state == NodeState.DOWN.value and node.registered_at is not None:
+        node.state, node.state_reason = NodeState.UP.value, ""
+    samples = {s.index: s for s in body.gpus}
+    for gpu in node.gpus:
+        sample = samples.get(gpu.index)
+        if sample is not None:
+            gpu.last_sample = sample.model_dump(exclude={"index"})
+            gpu.healthy = sample.healthy
+
+    reported = {j.job_id: j.state for j in body.jobs}
+    ours = list(session.scalars(select(Job).where(
+        Job.node_id == node.id, Job.state.in_([s.value for s in ACTIVE]))))
+    launch: list[int] = []
+    for job in ours:
+        if job.id in reported:
+            if job.state == JobState.DISPATCHED.value and reported[job.id] == "RUNNING":
+                transition(session, job, JobState.RUNNING, now=now,
+                           reason="running (seen in heartbeat)")
+            continue
+        if job.cancel_requested_at is not None:
+            transition(session, job, JobState.CANCELLED, now=now,
+                       reason="cancelled before the node started it")
+        elif job.state == JobState.RUNNING.value:
+            transition(session, job, JobState.NODE_FAIL, now=now,
+                       reason=f"{node.name} no longer has the job")
+        elif (now - (job.dispatched_at or now)).total_seconds() >= settings.dispatch_resend_after_s:
+            launch.append(job.id)
+            job.dispatched_at = now  # wait a full interval before the next resend
+
+    by_id = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(list(reported))))}
+    kill = []
+    for job_id, state in reported.items():
+        if state != "RUNNING":
+            continue
+        job = by_id.get(job_id)
+        if (job is None or job.node_id != node.id or job.state in TERMINAL
+                or job.cancel_requested_at is not None):
+            kill.append(job_id)
+    return HeartbeatReply(launch=sorted(launch), kill=sorted(kill))
+
+
+def job_for_node(session: Session, node: Node, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.node_id != node.id:
+        raise NotFound(f"job {job_id} is not assigned to node {node.name}")
+    return job
+
+
+def launch_spec(job: Job) -> LaunchSpec:
+    uuids = {g.index: g.uuid for g in job.node.gpus} if job.node else {}
+    return LaunchSpec(
+        job_id=job.id, name=job.name, user=job.user.name, account=job.account.name,
+        state=job.state, cancel_requested=job.cancel_requested_at is not None,
+        command=job.command, script=job.script, workdir=job.workdir,
+        environment=dict(job.environment or {}), gpu_indices=list(job.gpu_indices or []),
+        gpu_uuids=[uuids.get(i, "") for i in job.gpu_indices or []],
+        cpus=job.cpus, memory_mib=job.memory_mib, time_limit_s=job.time_limit_s,
+    )
+
+
+def report_state(session: Session, job: Job, body: JobStateReport, *, now: datetime) -> str:
+    """Apply a node's report. Repeats and late reports are accepted and change nothing."""
+    new = JobState(body.state)
+    if job.state == new.value:
+        return job.state
+    if new == JobState.RUNNING and job.state != JobState.DISPATCHED.value:
+        return job.state  # a late RUNNING after the end, or before dispatch: ignore
+    reason = body.reason or {
+        JobState.RUNNING: "started",
+        JobState.COMPLETED: "exit code 0",
+        JobState.FAILED: f"exit code {body.exit_code}",
+        JobState.CANCELLED: "cancelled",
+        JobState.TIMEOUT: f"time limit of {job.time_limit_s} s reached",
+    }[new]
+    try:
+        transition(session, job, new, now=now, reason=reason, exit_code=body.exit_code)
+    except InvalidTransition:
+        log.info("job %s: ignoring %s report in state %s", job.id, new, job.state)
+    return job.state
+
+
+def list_nodes(session: Session) -> list[NodeRead]:
+    holders = dict(
+        ((a.node_id, a.gpu_index), a.job_id) for a in session.scalars(select(GpuAllocation))
+    )
+    out = []
+    for node in session.scalars(select(Node).options(selectinload(Node.gpus))
+                                .order_by(Node.name)):
+        out.append(NodeRead(
+            name=node.name, state=node.state, state_reason=node.state_reason, cpus=node.cpus,
+            memory_mib=node.memory_mib, gpu_backend=node.gpu_backend,
+            last_heartbeat_at=node.last_heartbeat_at,
+            gpus=[GpuRead(index=g.index, uuid=g.uuid, model=g.model, memory_mib=g.memory_mib,
+                          healthy=g.healthy, job_id=holders.get((node.id, g.index)),
+                          sample=dict(g.last_sample or {})) for g in node.gpus],
+        ))
+    return out
+
+
+def mark_down(session: Session, node: Node, *, now: datetime, reason: str) -> list[Job]:
+    """A node stopped answering: DOWN, and its active jobs end as NODE_FAIL."""
+    node.state, node.state_reason = NodeState.DOWN.value, reason
+    jobs = list(session.scalars(select(Job).where(
+        Job.node_id == node.id, Job.state.in_([s.value for s in ACTIVE]))))
+    for job in jobs:
+        transition(session, job, JobState.NODE_FAIL, now=now, reason=f"{node.name}: {reason}")
+    return jobs

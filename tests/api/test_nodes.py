@@ -1,0 +1,157 @@
+"""Worker calls: register, heartbeat reconciliation, job-state reports, log shipping."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.conftest import Api
+
+
+@pytest.fixture
+def alice(api: Api) -> dict[str, str]:
+    return api.user("alice", "lab1")
+
+
+def test_register_and_list(api: Api, alice: dict[str, str]) -> None:
+    api.node("gpu01", gpus=2, model="H100-80GB")
+    (node,) = api.ok("GET", "/v1/nodes", alice)
+    assert node["name"] == "gpu01" and node["state"] == "UP"
+    assert [(g["index"], g["model"], g["job_id"]) for g in node["gpus"]] == [
+        (0, "H100-80GB", None), (1, "H100-80GB", None)]
+
+
+def test_reregister_updates_inventory(api: Api, alice: dict[str, str]) -> None:
+    h = api.node("gpu01", gpus=4)
+    api.ok("POST", "/v1/nodes/gpu01/register", h, json={
+        "cpus": 8, "memory_mib": 1000, "gpu_backend": "simulated",
+        "gpus": [{"index": 0, "uuid": "GPU-x", "model": "T4-16GB", "memory_mib": 16000}]})
+    (node,) = api.ok("GET", "/v1/nodes", alice)
+    assert [g["model"] for g in node["gpus"]] == ["T4-16GB"]
+
+
+def test_bad_inventory_is_422(api: Api) -> None:
+    h = api.node("gpu01")
+    r = api.client.post("/v1/nodes/gpu01/register", headers=h, json={
+        "gpu_backend": "quantum", "gpus": []})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "gpu_backend"]
+    r = api.client.post("/v1/nodes/gpu01/register", headers=h, json={
+        "gpu_backend": "simulated",
+        "gpus": [{"index": 0, "uuid": "a", "model": "T4", "memory_mib": 1}] * 2})
+    assert r.status_code == 409
+
+
+def _dispatched(api: Api, alice: dict[str, str], **spec: object) -> tuple[int, dict]:
+    h = api.node("gpu01", gpus=4)
+    job = api.submit(alice, **spec)
+    api.cycle()
+    assert api.job(job["id"])["state"] == "DISPATCHED"
+    return job["id"], h
+
+
+def test_launch_spec(api: Api, alice: dict[str, str]) -> None:
+    job_id, h = _dispatched(api, alice, gpus=2, environment={"A": "1"})
+    spec = api.ok("GET", f"/v1/nodes/gpu01/jobs/{job_id}", h)
+    assert spec["gpu_indices"] == [0, 1]
+    assert spec["gpu_uuids"] == ["GPU-gpu01-0", "GPU-gpu01-1"]
+    assert spec["environment"] == {"A": "1"} and spec["user"] == "alice"
+
+
+def test_state_reports_are_idempotent(api: Api, alice: dict[str, str]) -> None:
+    job_id, h = _dispatched(api, alice)
+    url = f"/v1/nodes/gpu01/jobs/{job_id}/events"
+    assert api.ok("POST", url, h, json={"state": "RUNNING"}) == {"state": "RUNNING"}
+    assert api.ok("POST", url, h, json={"state": "RUNNING"}) == {"state": "RUNNING"}
+    done = {"state": "FAILED", "exit_code": 3}
+    assert api.ok("POST", url, h, json=done) == {"state": "FAILED"}
+    assert api.ok("POST", url, h, json=done) == {"state": "FAILED"}
+    # A late RUNNING after the end changes nothing.
+    assert api.ok("POST", url, h, json={"state": "RUNNING"}) == {"state": "FAILED"}
+    job = api.job(job_id)
+    assert job["exit_code"] == 3 and job["reason"] == "exit code 3"
+    assert [e["new_state"] for e in job["events"]] == ["PENDING", "DISPATCHED", "RUNNING",
+                                                       "FAILED"]
+    (node,) = api.ok("GET", "/v1/nodes", alice)
+    assert all(g["job_id"] is None for g in node["gpus"])
+
+
+def test_job_that_ends_before_running_was_seen(api: Api, alice: dict[str, str]) -> None:
+    job_id, h = _dispatched(api, alice)
+    api.ok("POST", f"/v1/nodes/gpu01/jobs/{job_id}/events", h,
+           json={"state": "COMPLETED", "exit_code": 0})
+    assert api.job(job_id)["state"] == "COMPLETED"
+
+
+def test_heartbeat_resends_a_lost_launch(api: Api, alice: dict[str, str]) -> None:
+    job_id, h = _dispatched(api, alice)
+    reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h, json={"jobs": []})
+    assert reply == {"launch": [], "kill": []}  # not yet: give the message time
+    api.clock.advance(api.ctx.settings.dispatch_resend_after_s + 1)
+    reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h, json={"jobs": []})
+    assert reply == {"launch": [job_id], "kill": []}
+
+
+def test_heartbeat_marks_running_and_kills_unknown(api: Api, alice: dict[str, str]) -> None:
+    job_id, h = _dispatched(api, alice)
+    reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h, json={"jobs": [
+        {"job_id": job_id, "state": "RUNNING"}, {"job_id": 4242, "state": "RUNNING"}]})
+    assert reply == {"launch": [], "kill": [4242]}
+    assert api.job(job_id)["state"] == "RUNNING"
+
+
+def test_heartbeat_kills_a_job_the_db_says_is_over(api: Api, alice: dict[str, str]) -> None:
+    job_id, h = _dispatched(api, alice)
+    api.ok("POST", f"/v1/nodes/gpu01/jobs/{job_id}/events", h, json={"state": "RUNNING"})
+    api.ok("POST", f"/v1/jobs/{job_id}/cancel", alice)
+    reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h,
+                   json={"jobs": [{"job_id": job_id, "state": "RUNNING"}]})
+    assert reply["kill"] == [job_id]
+
+
+def test_heartbeat_without_a_running_job_fails_it(api: Api, alice: dict[str, str]) -> None:
+    job_id, h = _dispatched(api, alice)
+    api.ok("POST", f"/v1/nodes/gpu01/jobs/{job_id}/events", h, json={"state": "RUNNING"})
+    api.ok("POST", "/v1/nodes/gpu01/heartbeat", h, json={"jobs": []})
+    job = api.job(job_id)
+    assert job["state"] == "NODE_FAIL" and "no longer has the job" in job["reason"]
+
+
+def test_heartbeat_confirms_cancel_of_a_job_never_started(api: Api,
+                                                          alice: dict[str, str]) -> None:
+    job_id, h = _dispatched(api, alice)
+    api.ok("POST", f"/v1/jobs/{job_id}/cancel", alice)
+    api.ok("POST", "/v1/nodes/gpu01/heartbeat", h, json={"jobs": []})
+    assert api.job(job_id)["state"] == "CANCELLED"
+
+
+def test_missed_heartbeats_mark_the_node_down(api: Api, alice: dict[str, str]) -> None:
+    job_id, h = _dispatched(api, alice)
+    api.clock.advance(api.ctx.settings.node_down_after_s + 1)
+    api.cycle()
+    (node,) = api.ok("GET", "/v1/nodes", alice)
+    assert node["state"] == "DOWN" and "no heartbeat" in node["state_reason"]
+    assert api.job(job_id)["state"] == "NODE_FAIL"
+    # It comes back with its next heartbeat, and the dead job is killed if it still runs.
+    reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h,
+                   json={"jobs": [{"job_id": job_id, "state": "RUNNING"}]})
+    assert reply["kill"] == [job_id]
+    assert api.ok("GET", "/v1/nodes", alice)[0]["state"] == "UP"
+
+
+def test_log_shipping_offsets(api: Api, alice: dict[str, str]) -> None:
+    job_id, h = _dispatched(api, alice)
+    url = f"/v1/nodes/gpu01/jobs/{job_id}/log"
+    assert api.ok("POST", f"{url}?offset=0", h, content=b"abc") == {"size": 3}
+    assert api.ok("POST", f"{url}?offset=1", h, content=b"bcdef") == {"size": 6}  # overlap
+    r = api.client.post(f"{url}?offset=10", headers=h, content=b"zz")  # a gap
+    assert r.status_code == 409 and r.json()["size"] == 6
+    assert api.client.get(f"/v1/jobs/{job_id}/log", headers=alice).content == b"abcdef"
+
+
+def test_log_is_truncated_past_the_limit(api: Api, alice: dict[str, str]) -> None:
+    api.ctx.logs.max_bytes = 8
+    job_id, h = _dispatched(api, alice)
+    url = f"/v1/nodes/gpu01/jobs/{job_id}/log"
+    assert api.ok("POST", f"{url}?offset=0", h, content=b"0123456789") == {"size": 10}
+    assert api.ok("POST", f"{url}?offset=10", h, content=b"more") == {"size": 14}
+    body = api.client.get(f"/v1/jobs/{job_id}/log", headers=alice).content
+    assert body.startswith(b"01234567") and b"truncated" in body and b"more" not in body
