@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import Field, field_validator
@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 5.0
     #: How often the worker looks at its jobs and ships new log output, in seconds.
     job_poll_interval_s: float = 0.25
+    #: ``user``: a worker running as root runs each job as the local account named like
+    #: the gpuq user; ``daemon``: every job runs as the worker's own account.
+    worker_run_as: Literal["user", "daemon"] = "user"
+    #: Let jobs run as root (uid 0). Off: such a job fails with a reason saying so.
+    worker_allow_root_jobs: bool = False
     #: Seconds between SIGTERM and SIGKILL when a job is cancelled or hits its time limit.
     kill_grace_s: float = 10.0
 

@@ -46,6 +46,7 @@ def make_celery(settings: Settings) -> Celery:
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
             "store_processed": False,
             "polling_interval": settings.broker_polling_interval_s,
         }

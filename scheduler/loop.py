@@ -50,8 +50,14 @@ def _apply(session: Session, decisions: Decisions, now, result: CycleResult) -> 
     """Re-check every start against the current rows before committing it (Nomad's
     plan applier): the job is still pending, the node still up, its GPUs still free."""
     for start in decisions.starts:
-        job = session.get(Job, start.job_id)
-        node = session.scalar(select(Node).where(Node.name == start.node))
+        # Read the rows as they are now, not as the snapshot loaded them, and lock the job:
+        # on PostgreSQL an API transaction that is cancelling it commits first, and the
+        # start is dropped instead of overwriting the cancel (FOR NO KEY UPDATE is the lock
+        # the UPDATE below takes anyway; SQLite has one writer and ignores it).
+        job = session.get(Job, start.job_id, populate_existing=True,
+                          with_for_update={"key_share": True})
+        node = session.scalar(select(Node).where(Node.name == start.node)
+                              .execution_options(populate_existing=True))
         if job is None or node is None or job.state != JobState.PENDING.value:
             result.dropped.append(start.job_id)
             continue

@@ -47,7 +47,9 @@ def schedule(snapshot: Snapshot) -> Decisions:
     starts: list[Start] = []
     reasons: dict[int, str] = {}
 
-    for job in priority_order(snapshot.pending):
+    order = priority_order(snapshot.pending)
+    rank = {job.id: i for i, job in enumerate(order)}
+    for job in order:
         misses: Counter[str] = Counter()
         eligible: list[str] = []
         placed = False
@@ -71,7 +73,8 @@ def schedule(snapshot: Snapshot) -> Decisions:
         if placed:
             continue
         if eligible and all(n in held_by for n in eligible):
-            first = min(held_by[n] for n in eligible)
+            # The holders were met in priority order: name the most urgent one.
+            first = min((held_by[n] for n in eligible), key=rank.__getitem__)
             reasons[job.id] = f"Priority: waiting behind job {first}"
         else:
             reasons[job.id] = _describe(job, misses)

@@ -25,6 +25,16 @@ def has_gpu_model(node: NodeView, job: JobView) -> str | None:
 
 
 def has_enough_gpus(node: NodeView, job: JobView) -> str | None:
+    """Enough healthy GPUs: a job is held for a node only if it could run there once the
+    jobs on it end (a broken GPU does not come back by waiting)."""
+    if node.gpu_count(job.gpu_model, healthy_only=True) >= job.gpus:
+        return None
+    return "too few GPUs" if node.gpu_count(job.gpu_model) < job.gpus else \
+        "too few healthy GPUs"
+
+
+def has_enough_gpus_installed(node: NodeView, job: JobView) -> str | None:
+    """Enough GPUs, healthy or not: what submit checks (a broken GPU may be repaired)."""
     return None if node.gpu_count(job.gpu_model) >= job.gpus else "too few GPUs"
 
 
@@ -54,6 +64,9 @@ def free_memory(node: NodeView, job: JobView) -> str | None:
 CAPACITY: tuple[Filter, ...] = (has_gpu_model, has_enough_gpus, has_enough_cpus,
                                 has_enough_memory)
 STATIC: tuple[Filter, ...] = (node_schedulable, *CAPACITY)
+#: What a node could ever offer: a job failing these on every node is refused at submit.
+INSTALLED: tuple[Filter, ...] = (has_gpu_model, has_enough_gpus_installed, has_enough_cpus,
+                                 has_enough_memory)
 DYNAMIC: tuple[Filter, ...] = (free_gpus, free_cpus, free_memory)
 
 

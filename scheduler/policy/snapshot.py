@@ -37,8 +37,9 @@ class NodeView:
             if g.index in self.free_gpus and g.healthy and (model is None or g.model == model)
         )
 
-    def gpu_count(self, model: str | None) -> int:
-        return sum(1 for g in self.gpus if model is None or g.model == model)
+    def gpu_count(self, model: str | None, *, healthy_only: bool = False) -> int:
+        return sum(1 for g in self.gpus if (model is None or g.model == model)
+                   and (g.healthy or not healthy_only))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from scheduler.auth import Principal
 from scheduler.config import Settings
 from scheduler.db.models import Account, Job, JobEvent, User
 from scheduler.errors import Forbidden, Invalid, NotFound
-from scheduler.policy.filters import CAPACITY, first_failure
+from scheduler.policy.filters import INSTALLED, first_failure
 from scheduler.policy.snapshot import JobView
 from scheduler.snapshot import node_views
 from scheduler.states import (
@@ -57,7 +57,7 @@ def check_runnable(session: Session, spec: JobCreate) -> None:
             raise Invalid("no GPU node has registered yet; start `gpuq worker` on a GPU host",
                           field="gpus")
         return
-    misses = [first_failure(CAPACITY, n, probe) for n in nodes]
+    misses = [first_failure(INSTALLED, n, probe) for n in nodes]
     if any(m is None for m in misses):
         return
     models = sorted({g.model for n in nodes for g in n.gpus})
@@ -128,11 +128,18 @@ def submit(session: Session, principal: Principal, spec: JobCreate, *, now: date
     return job, True
 
 
-def get_job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
+def get_job(session: Session, job_id: int, *, lock: bool = False) -> Job:
+    """The job; with ``lock``, its row is locked for the rest of the transaction (on
+    PostgreSQL), so a state change cannot race the scheduling loop's."""
+    job = lock_job(session, job_id) if lock else session.get(Job, job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
     return job
+
+
+def lock_job(session: Session, job_id: int) -> Job | None:
+    return session.get(Job, job_id, populate_existing=True,
+                       with_for_update={"key_share": True})
 
 
 def check_owner(principal: Principal, job: Job) -> None:

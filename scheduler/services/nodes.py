@@ -80,8 +80,9 @@ def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
             gpu.healthy = sample.healthy
 
     reported = {j.job_id: j.state for j in body.jobs}
-    ours = list(session.scalars(select(Job).where(
-        Job.node_id == node.id, Job.state.in_([s.value for s in ACTIVE]))))
+    ours = list(session.scalars(
+        select(Job).where(Job.node_id == node.id, Job.state.in_([s.value for s in ACTIVE]))
+        .with_for_update(key_share=True).execution_options(populate_existing=True)))
     launch: list[int] = []
     for job in ours:
         if job.id in reported:
@@ -111,8 +112,9 @@ def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
     return HeartbeatReply(launch=sorted(launch), kill=sorted(kill))
 
 
-def job_for_node(session: Session, node: Node, job_id: int) -> Job:
-    job = session.get(Job, job_id)
+def job_for_node(session: Session, node: Node, job_id: int, *, lock: bool = False) -> Job:
+    job = (session.get(Job, job_id, populate_existing=True, with_for_update={"key_share": True})
+           if lock else session.get(Job, job_id))
     if job is None or job.node_id != node.id:
         raise NotFound(f"job {job_id} is not assigned to node {node.name}")
     return job
@@ -172,8 +174,9 @@ def list_nodes(session: Session) -> list[NodeRead]:
 def mark_down(session: Session, node: Node, *, now: datetime, reason: str) -> list[Job]:
     """A node stopped answering: DOWN, and its active jobs end as NODE_FAIL."""
     node.state, node.state_reason = NodeState.DOWN.value, reason
-    jobs = list(session.scalars(select(Job).where(
-        Job.node_id == node.id, Job.state.in_([s.value for s in ACTIVE]))))
+    jobs = list(session.scalars(
+        select(Job).where(Job.node_id == node.id, Job.state.in_([s.value for s in ACTIVE]))
+        .with_for_update(key_share=True).execution_options(populate_existing=True)))
     for job in jobs:
         transition(session, job, JobState.NODE_FAIL, now=now, reason=f"{node.name}: {reason}")
     return jobs

@@ -65,7 +65,7 @@ def cancel_job(job_id: int, ctx: Ctx, principal: UserOrAdmin) -> JobRead:
     """Cancel: a pending job ends at once; a running one is killed by its node, which
     confirms (the job stays RUNNING with ``cancel_requested`` until then)."""
     with ctx.transaction() as session:
-        job = svc.get_job(session, job_id)
+        job = svc.get_job(session, job_id, lock=True)
         must_kill = svc.cancel(session, principal, job, now=ctx.clock())
         node = job.node.name if job.node else None
         out = svc.to_read(job, principal)

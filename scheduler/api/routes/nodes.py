@@ -77,7 +77,7 @@ def job_event(name: str, job_id: int, body: JobStateReport, ctx: Ctx,
     _own(principal, name)
     with ctx.transaction() as session:
         node = svc.get_or_create_node(session, name)
-        job = svc.job_for_node(session, node, job_id)
+        job = svc.job_for_node(session, node, job_id, lock=True)
         state = svc.report_state(session, job, body, now=ctx.clock())
     if state in TERMINAL:
         ctx.wake()

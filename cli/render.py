@@ -1,0 +1,157 @@
+"""Human output: tables of jobs (like squeue) and one job in detail. Pure functions of the
+API's JSON (``JobRead`` dicts) and ``now``, so tests call them directly."""
+
+from __future__ import annotations
+
+import io
+import shlex
+import shutil
+import sys
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cli.units import format_duration, format_mib
+
+ACTIVE_STATES = ("DISPATCHED", "RUNNING")
+PENDING_STATES = ("PENDING",)
+TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+ALL_STATES = (*PENDING_STATES, *ACTIVE_STATES, *TERMINAL_STATES)
+JOB_COLUMNS = ("JOBID", "NAME", "USER", "ACCOUNT", "STATE", "TIME", "GPUS", "NODE(GPUS)/REASON")
+SCRIPT_LINES_SHOWN = 20
+
+Job = Mapping[str, Any]
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An API timestamp; one without a zone is UTC."""
+    if not value:
+        return None
+    t = datetime.fromisoformat(value)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def elapsed_s(job: Job, now: datetime) -> float | None:
+    """Seconds the job has run (squeue's TIME): 0 before it starts."""
+    started = parse_time(job.get("started_at"))
+    if started is None:
+        return 0
+    ended = parse_time(job.get("ended_at")) or now
+    return (ended - started).total_seconds()
+
+
+def state_label(job: Job) -> str:
+    if job.get("cancel_requested") and job["state"] in ACTIVE_STATES:
+        return "CANCELLING"
+    return str(job["state"])
+
+
+def where(job: Job) -> str:
+    """``gpu01(0,1)`` for a job on a node, ``(reason)`` for one waiting."""
+    node = job.get("node")
+    if node and job["state"] in ACTIVE_STATES:
+        return f"{node}({','.join(str(i) for i in job.get('gpu_indices') or [])})"
+    reason = job.get("reason") or ""
+    if job["state"] in PENDING_STATES:
+        return f"({reason})" if reason else ""
+    if reason:
+        return f"({reason})"
+    return node or ""
+
+
+def gpus_label(job: Job) -> str:
+    model = job.get("gpu_model")
+    return f"{job['gpus']}:{model}" if model else str(job["gpus"])
+
+
+def sort_jobs(jobs: Iterable[Job]) -> list[Job]:
+    """Running jobs, then pending ones in the order they would start, then ended ones."""
+    def key(j: Job) -> tuple[int, int, int]:
+        group = 0 if j["state"] in ACTIVE_STATES else 1 if j["state"] in PENDING_STATES else 2
+        return (group, -int(j.get("priority") or 0) if group == 1 else 0, int(j["id"]))
+
+    return sorted(jobs, key=key)
+
+
+def jobs_table(jobs: Iterable[Job], now: datetime) -> Table:
+    table = plain_table(*JOB_COLUMNS)
+    for j in sort_jobs(jobs):
+        table.add_row(str(j["id"]), j.get("name") or "", j.get("user") or "",
+                      j.get("account") or "", state_label(j),
+                      format_duration(elapsed_s(j, now)), gpus_label(j), where(j))
+    return table
+
+
+def job_detail(job: Job, now: datetime) -> str:
+    """``gpuq show``: fields, then the events."""
+    rows: list[tuple[str, str]] = [
+        ("Job", f"{job['id']} ({job.get('name') or ''})"),
+        ("User", f"{job.get('user')}  account {job.get('account')}"),
+        ("State", state_label(job) + (f"  ({job['reason']})" if job.get("reason") else "")),
+    ]
+    if job.get("exit_code") is not None:
+        rows.append(("Exit code", str(job["exit_code"])))
+    gpus = f"{job['gpus']} x {job['gpu_model']}" if job.get("gpu_model") else str(job["gpus"])
+    rows.append(("Resources", f"gpus {gpus}, cpus {job.get('cpus')}, memory "
+                              f"{format_mib(job.get('memory_mib')) or 'no limit'}"))
+    if job.get("node"):
+        idx = ",".join(str(i) for i in job.get("gpu_indices") or [])
+        rows.append(("Node", f"{job['node']}" + (f" GPUs {idx}" if idx else "")))
+    rows.append(("Time", f"{format_duration(elapsed_s(job, now))} of "
+                         f"{format_duration(job.get('time_limit_s'))}"))
+    rows.append(("Priority", str(job.get("priority"))))
+    for label, key in (("Submitted", "submitted_at"), ("Dispatched", "dispatched_at"),
+                       ("Started", "started_at"), ("Ended", "ended_at")):
+        t = parse_time(job.get(key))
+        if t is not None:
+            rows.append((label, t.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")))
+    if job.get("workdir"):
+        rows.append(("Workdir", job["workdir"]))
+    if job.get("environment") is not None:
+        rows.append(("Environment", f"{len(job['environment'])} variables (--json shows them)"))
+    if job.get("command"):
+        rows.append(("Command", shlex.join(job["command"])))
+    lines = [f"{label + ':':<12} {value}" for label, value in rows]
+    if job.get("script"):
+        script = job["script"].splitlines()
+        lines.append("Script:")
+        lines += [f"    {s}" for s in script[:SCRIPT_LINES_SHOWN]]
+        if len(script) > SCRIPT_LINES_SHOWN:
+            lines.append(f"    ... ({len(script) - SCRIPT_LINES_SHOWN} more lines; --json)")
+    events = job.get("events") or []
+    if events:
+        table = plain_table("TIME", "FROM", "TO", "REASON")
+        for e in events:
+            t = parse_time(e["time"])
+            table.add_row(t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "",
+                          e.get("old_state") or "-", e["new_state"], e.get("reason") or "")
+        lines += ["", "Events:", render(table, indent=2)]
+    return "\n".join(lines)
+
+
+def plain_table(*columns: str) -> Table:
+    table = Table(box=None, pad_edge=False, show_edge=False, show_header=True,
+                  header_style="", padding=(0, 2, 0, 0))
+    for c in columns:
+        table.add_column(c, no_wrap=True, overflow="fold")
+    return table
+
+
+def render(table: Table, *, width: int | None = None, indent: int = 0) -> str:
+    """The table as plain text, trailing spaces stripped. ``width`` ``None``: the
+    terminal's width when stdout is one, else unlimited (no wrapping in pipes)."""
+    if width is None:
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100_000
+    buf = io.StringIO()
+    Console(file=buf, width=max(20, width - indent), highlight=False, no_color=True,
+            soft_wrap=False, emoji=False, markup=False).print(table)
+    pad = " " * indent
+    return "\n".join(pad + line.rstrip() for line in buf.getvalue().splitlines())
+
+
+def echo_table(table: Table) -> None:
+    click.echo(render(table))

@@ -1,0 +1,112 @@
+"""Durations and sizes: parsing what users type, formatting what they read."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import click
+
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SUFFIXED = re.compile(r"(\d+(?:\.\d+)?)([smhd])", re.IGNORECASE)
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_MIB_PER = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
+
+
+def _ints(parts: list[str], text: str) -> list[int]:
+    if not all(p.isdigit() for p in parts):
+        raise ValueError(f"{text!r} is not a time")
+    return [int(p) for p in parts]
+
+
+def parse_time_s(text: str) -> int:
+    """A time limit in seconds, from Slurm's formats ("MM", "MM:SS", "HH:MM:SS", "D-HH",
+    "D-HH:MM", "D-HH:MM:SS") or with units ("90s", "30m", "2h", "1d", "1h30m")."""
+    s = text.strip()
+    if not s:
+        raise ValueError("empty time")
+    if _SUFFIXED.match(s):
+        pieces = _SUFFIXED.findall(s)
+        if "".join(n + u for n, u in pieces) != s:
+            raise ValueError(f"{text!r} is not a time (examples: 90s, 30m, 2h, 1d, 1h30m)")
+        seconds = math.ceil(sum(float(n) * _UNIT_S[u.lower()] for n, u in pieces))
+    elif "-" in s:
+        days_text, _, rest = s.partition("-")
+        days = _ints([days_text], text)[0]
+        hms = _ints(rest.split(":"), text)
+        if len(hms) > 3:
+            raise ValueError(f"{text!r} is not a time (D-HH, D-HH:MM or D-HH:MM:SS)")
+        hms += [0] * (3 - len(hms))
+        seconds = days * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
+    else:
+        parts = _ints(s.split(":"), text)
+        if len(parts) == 1:
+            seconds = parts[0] * 60
+        elif len(parts) == 2:
+            seconds = parts[0] * 60 + parts[1]
+        elif len(parts) == 3:
+            seconds = parts[0] * 3600 + parts[1] * 60 + parts[2]
+        else:
+            raise ValueError(f"{text!r} is not a time (MM, MM:SS or HH:MM:SS)")
+    if seconds <= 0:
+        raise ValueError("the time limit must be more than 0")
+    return seconds
+
+
+def parse_memory_mib(text: str) -> int:
+    """Memory in MiB: "16G", "512M", "1.5G", "1T", "2048K"; a bare number is MiB."""
+    m = _MEMORY.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a size (examples: 16G, 512M, 1024 = MiB)")
+    return math.ceil(float(m.group(1)) * _MIB_PER[m.group(2).lower()])
+
+
+def format_duration(seconds: float | None) -> str:
+    """Like squeue's TIME: "M:SS", "H:MM:SS", "D-HH:MM:SS"."""
+    if seconds is None:
+        return ""
+    s = max(0, int(seconds))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}-{hours:02d}:{minutes:02d}:{s:02d}"
+    if hours:
+        return f"{hours}:{minutes:02d}:{s:02d}"
+    return f"{minutes}:{s:02d}"
+
+
+def format_mib(mib: float | None) -> str:
+    """"512M", "16G", "1.5G"; "" for unknown."""
+    if mib is None:
+        return ""
+    if mib >= 1024:
+        g = mib / 1024
+        return f"{g:.0f}G" if g == int(g) or g >= 100 else f"{g:.1f}G"
+    return f"{mib:.0f}M"
+
+
+class TimeType(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_time_s(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class MemoryType(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_memory_mib(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)

@@ -1,0 +1,217 @@
+"""A small fake of the gpuq API, served for real (uvicorn in a thread on 127.0.0.1), so
+the CLI's HTTP paths run through httpx and a socket. It uses the real wire schemas, so a
+body the real server would refuse is refused here too (422 with FastAPI's detail list).
+
+The scheduler itself is not involved; end-to-end tests against it live in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from scheduler.api.schemas import JobCreate, JobRead
+
+USER_TOKEN = "gpuq_user_secret"
+ADMIN_TOKEN = "gpuq_admin_secret"
+T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def make_job(id: int = 1, **kw: Any) -> dict[str, Any]:
+    """A ``JobRead`` as the server sends it (validated by the real schema)."""
+    base: dict[str, Any] = dict(
+        id=id, name="train", user="alice", account="lab1", state="PENDING", reason="Priority",
+        gpus=1, gpu_model=None, cpus=1, memory_mib=0, time_limit_s=3600, priority=100,
+        node=None, gpu_indices=[], exit_code=None, cancel_requested=False, submitted_at=T0,
+        dispatched_at=None, started_at=None, ended_at=None,
+    )
+    base.update(kw)
+    return JobRead(**base).model_dump(mode="json")
+
+
+@dataclass
+class FakeApi:
+    """What the fake server holds and saw; tests set it up and read it."""
+
+    url: str = ""
+    jobs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    keys: dict[str, int] = field(default_factory=dict)
+    posts: list[dict[str, Any]] = field(default_factory=list)
+    queries: list[list[tuple[str, str]]] = field(default_factory=list)
+    #: Seconds to stall before answering each submit, popped in order (after creating).
+    post_delays: list[float] = field(default_factory=list)
+    #: Per job: steps applied one per log read: (bytes appended, state after).
+    log_steps: dict[int, list[tuple[bytes, str]]] = field(default_factory=dict)
+    logs: dict[int, bytes] = field(default_factory=dict)
+    log_reads: list[tuple[int, int]] = field(default_factory=list)
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    admin_posts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: What GET /v1/admin/<what> answers.
+    admin_lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    admin_deletes: list[str] = field(default_factory=list)
+
+    def reset(self) -> None:
+        url = self.url
+        self.__init__()  # type: ignore[misc]
+        self.url = url
+
+
+def _role(authorization: str | None) -> str:
+    token = (authorization or "").removeprefix("Bearer ")
+    if token == USER_TOKEN:
+        return "user"
+    if token == ADMIN_TOKEN:
+        return "admin"
+    raise HTTPException(401, "invalid or revoked token")
+
+
+Auth = Annotated[str | None, Header()]
+
+
+def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract line
+    app = FastAPI()
+
+    @app.get("/v1/whoami")
+    def whoami(authorization: Auth = None) -> dict[str, Any]:
+        role = _role(authorization)
+        return {"role": role, "user": "alice", "node": None, "admin": role == "admin",
+                "accounts": ["lab1", "lab2"], "default_account": "lab1"}
+
+    @app.post("/v1/jobs", status_code=201)
+    async def submit(body: JobCreate, request: Request, authorization: Auth = None) -> Any:
+        _role(authorization)
+        state.posts.append(await request.json())
+        if body.account == "nope":
+            return JSONResponse({"detail": [{"loc": ["body", "account"], "type": "value_error",
+                                             "msg": "user alice is not a member of 'nope'"}]},
+                                status_code=422)
+        if body.gpus == 9:
+            return JSONResponse({"detail": "asks for 9 GPUs on one node, but the largest "
+                                           "node has 8"}, status_code=422)
+        seen = state.keys.get(body.idempotency_key or "")
+        if seen is not None:
+            return JSONResponse(state.jobs[seen], status_code=200)
+        jid = len(state.jobs) + 1
+        state.jobs[jid] = make_job(jid, name=body.name or "job", gpus=body.gpus)
+        if body.idempotency_key:
+            state.keys[body.idempotency_key] = jid
+        if state.post_delays:
+            await asyncio.sleep(state.post_delays.pop(0))
+        return state.jobs[jid]
+
+    @app.get("/v1/jobs")
+    def list_jobs(request: Request, authorization: Auth = None) -> list[dict[str, Any]]:
+        _role(authorization)
+        state.queries.append(list(request.query_params.multi_items()))
+        return list(state.jobs.values())
+
+    def get(job_id: int) -> dict[str, Any]:
+        if job_id not in state.jobs:
+            raise HTTPException(404, f"no job {job_id}")
+        return state.jobs[job_id]
+
+    @app.get("/v1/jobs/{job_id}")
+    def show(job_id: int, authorization: Auth = None) -> dict[str, Any]:
+        _role(authorization)
+        return get(job_id)
+
+    @app.post("/v1/jobs/{job_id}/cancel")
+    def cancel(job_id: int, authorization: Auth = None) -> dict[str, Any]:
+        _role(authorization)
+        job = get(job_id)
+        if job["user"] != "alice":
+            raise HTTPException(403, f"job {job_id} belongs to another user")
+        if job["state"] == "PENDING":
+            job["state"] = "CANCELLED"
+        elif job["state"] in ("DISPATCHED", "RUNNING"):
+            job["cancel_requested"] = True
+        return job
+
+    @app.get("/v1/jobs/{job_id}/log")
+    def read_log(job_id: int, authorization: Auth = None,
+                 offset: Annotated[int, Query(ge=0)] = 0,
+                 limit: Annotated[int, Query(ge=1)] = 1024 * 1024) -> Response:
+        _role(authorization)
+        job = get(job_id)
+        steps = state.log_steps.get(job_id)
+        if steps:
+            data, new_state = steps.pop(0)
+            state.logs[job_id] = state.logs.get(job_id, b"") + data
+            job["state"] = new_state
+        state.log_reads.append((offset, limit))
+        log = state.logs.get(job_id, b"")
+        chunk = log[offset:offset + limit]
+        return Response(chunk, media_type="text/plain; charset=utf-8", headers={
+            "X-Gpuq-Log-Size": str(len(log)), "X-Gpuq-Next-Offset": str(offset + len(chunk)),
+            "X-Gpuq-Job-State": job["state"]})
+
+    @app.get("/v1/nodes")
+    def nodes(authorization: Auth = None) -> list[dict[str, Any]]:
+        _role(authorization)
+        return state.nodes
+
+    def need_admin(authorization: str | None) -> None:
+        if _role(authorization) != "admin":
+            raise HTTPException(403, "this needs a admin token; yours is a user token")
+
+    @app.get("/v1/admin/{what}")
+    def admin_list(what: str, authorization: Auth = None) -> list[dict[str, Any]]:
+        need_admin(authorization)
+        return state.admin_lists.get(what, [])
+
+    @app.delete("/v1/admin/tokens/{token_id}")
+    def admin_revoke(token_id: int, authorization: Auth = None) -> dict[str, Any]:
+        need_admin(authorization)
+        if token_id != 7:
+            raise HTTPException(404, f"no token {token_id}")
+        state.admin_deletes.append(f"tokens/{token_id}")
+        return {"id": 7, "prefix": "gpuq_abc", "role": "user", "user": "bob", "node": None,
+                "description": "", "created_at": T0.isoformat(), "last_used_at": None,
+                "revoked": True}
+
+    @app.post("/v1/admin/users/{name}/accounts", status_code=201)
+    async def admin_membership(name: str, request: Request,
+                               authorization: Auth = None) -> dict[str, Any]:
+        need_admin(authorization)
+        if name != "bob":
+            raise HTTPException(404, f"no user {name}")
+        body = await request.json()
+        state.admin_posts.append((f"users/{name}/accounts", body))
+        return {"name": name, "admin": False, "default_account": "lab1",
+                "accounts": [{"account": "lab1", "shares": 1}, {**body, "shares": 1}]}
+
+    @app.post("/v1/admin/{what}", status_code=201)
+    async def admin_create(what: str, request: Request, authorization: Auth = None) -> Any:
+        need_admin(authorization)
+        body = await request.json()
+        state.admin_posts.append((what, body))
+        if what == "accounts":
+            if body["name"] == "lab1":
+                raise HTTPException(409, "account lab1 exists")
+            return {"parent": "root", "shares": 1, "description": "", **body}
+        if what == "users":
+            return {"name": body["name"], "admin": body.get("admin", False),
+                    "default_account": body["account"],
+                    "accounts": [{"account": body["account"], "shares": body.get("shares", 1)}]}
+        if what == "tokens":
+            return {"id": 7, "prefix": "gpuq_abc", "role": body["role"], "user": body.get("user"),
+                    "node": body.get("node"), "description": "", "created_at": T0.isoformat(),
+                    "last_used_at": None, "revoked": False, "token": "gpuq_abc_SECRET"}
+        raise HTTPException(404, "Not Found")
+
+    return app
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+

@@ -1,0 +1,120 @@
+"""Tables and details rendered from the API's JSON (JobRead / NodeRead dicts)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cli_fakeapi import T0, make_job
+
+from cli.admin import accounts_table
+from cli.jobs import cancel_message
+from cli.nodes import gpus_summary, nodes_table, whoami_text
+from cli.render import job_detail, jobs_table, render, where
+
+NOW = T0 + timedelta(hours=2)
+
+
+def lines(table) -> list[list[str]]:
+    return [line.split() for line in render(table, width=200).splitlines()]
+
+
+def test_jobs_table_like_squeue() -> None:
+    jobs = [
+        make_job(3, state="PENDING", reason="Priority", priority=10),
+        make_job(4, state="PENDING", reason="Resources", priority=50, gpus=2,
+                 gpu_model="A100-80GB"),
+        make_job(1, state="RUNNING", reason="", node="gpu01", gpu_indices=[0, 1],
+                 started_at=T0 + timedelta(minutes=30), user="bob"),
+        make_job(2, state="COMPLETED", reason="", node="gpu01", exit_code=0,
+                 started_at=T0, ended_at=T0 + timedelta(days=1, seconds=5)),
+    ]
+    assert lines(jobs_table(jobs, NOW)) == [
+        ["JOBID", "NAME", "USER", "ACCOUNT", "STATE", "TIME", "GPUS", "NODE(GPUS)/REASON"],
+        ["1", "train", "bob", "lab1", "RUNNING", "1:30:00", "1", "gpu01(0,1)"],
+        ["4", "train", "alice", "lab1", "PENDING", "0:00", "2:A100-80GB", "(Resources)"],
+        ["3", "train", "alice", "lab1", "PENDING", "0:00", "1", "(Priority)"],
+        ["2", "train", "alice", "lab1", "COMPLETED", "1-00:00:05", "1", "gpu01"],
+    ]
+
+
+def test_rendering_keeps_brackets_and_does_not_wrap_in_pipes() -> None:
+    job = make_job(1, name="[bold]x" + "n" * 150)
+    text = render(jobs_table([job], NOW))
+    assert "[bold]x" + "n" * 150 in text
+    assert all(line == line.rstrip() for line in text.splitlines())
+
+
+def test_where_and_cancelling() -> None:
+    running = make_job(1, state="RUNNING", node="gpu02", gpu_indices=[3], cancel_requested=True,
+                       started_at=T0)
+    assert where(running) == "gpu02(3)"
+    assert lines(jobs_table([running], NOW))[1][4] == "CANCELLING"
+    assert where(make_job(2, state="FAILED", reason="exit code 1", node="gpu02")) == \
+        "(exit code 1)"
+
+
+def test_job_detail_shows_fields_script_and_events() -> None:
+    job = make_job(7, state="RUNNING", reason="", node="gpu01", gpu_indices=[0], started_at=T0,
+                   memory_mib=16384, script="#!/bin/sh\n" + "echo x\n" * 30,
+                   workdir="/home/alice", environment={"A": "1"},
+                   events=[{"time": T0.isoformat(), "old_state": None, "new_state": "PENDING",
+                            "reason": "submitted"}])
+    text = job_detail(job, NOW)
+    assert "Job:         7 (train)" in text
+    assert "memory 16G" in text
+    assert "Node:        gpu01 GPUs 0" in text
+    assert "Time:        2:00:00 of 1:00:00" in text
+    assert "Environment: 1 variables" in text
+    assert "... (11 more lines; --json)" in text
+    assert "PENDING" in text.split("Events:")[1] and "submitted" in text
+
+
+def test_cancel_messages() -> None:
+    assert cancel_message(make_job(1, state="CANCELLED")) == "Cancelled job 1"
+    assert cancel_message(make_job(2, state="RUNNING", node="gpu01", cancel_requested=True)) \
+        == "Cancel requested for job 2 (running on gpu01)"
+    assert cancel_message(make_job(3, state="COMPLETED")) == \
+        "Job 3 had already ended (COMPLETED)"
+
+
+NODE = {"name": "gpu01", "state": "UP", "state_reason": "", "cpus": 64, "memory_mib": 512000,
+        "gpu_backend": "nvml", "last_heartbeat_at": None, "gpus": [
+            {"index": 1, "uuid": "GPU-b", "model": "A100-80GB", "memory_mib": 81920,
+             "healthy": True, "job_id": None, "sample": {}},
+            {"index": 0, "uuid": "GPU-a", "model": "A100-80GB", "memory_mib": 81920,
+             "healthy": True, "job_id": 42, "sample": {"utilization_pct": 97.4,
+                                                       "memory_used_mib": 40960.0,
+                                                       "power_w": 301.2, "healthy": True}},
+            {"index": 2, "uuid": "GPU-c", "model": "T4-16GB", "memory_mib": 16384,
+             "healthy": False, "job_id": None, "sample": {"healthy": False}},
+        ]}
+
+
+def test_nodes_table_has_a_row_per_gpu() -> None:
+    assert gpus_summary(NODE) == "1/3 free  2xA100-80GB,1xT4-16GB"
+    assert lines(nodes_table([NODE])) == [
+        ["NAME", "STATE", "GPUS", "JOB", "UTIL", "MEMORY", "POWER"],
+        ["gpu01", "UP", "1/3", "free", "2xA100-80GB,1xT4-16GB"],
+        ["0", "busy", "A100-80GB", "42", "97%", "40G/80G", "301", "W"],
+        ["1", "idle", "A100-80GB", "-", "80G"],
+        ["2", "unhealthy", "T4-16GB", "-", "16G"],
+    ]
+    down = dict(NODE, state="DOWN", state_reason="no heartbeat for 60 s")
+    assert gpus_summary(down).startswith("0/3 free")
+
+
+def test_accounts_table_is_a_tree() -> None:
+    accts = [{"name": "lab1", "parent": "physics", "shares": 2, "description": ""},
+             {"name": "root", "parent": None, "shares": 1, "description": ""},
+             {"name": "physics", "parent": "root", "shares": 5, "description": "dept"}]
+    text = render(accounts_table(accts), width=200).splitlines()
+    assert [line.split()[0] for line in text] == ["ACCOUNT", "root", "physics", "lab1"]
+    assert text[3].startswith("    lab1")
+
+
+def test_whoami_text() -> None:
+    me = {"role": "user", "user": "alice", "node": None, "admin": False,
+          "accounts": ["lab1", "lab2"], "default_account": "lab2"}
+    assert whoami_text(me, "http://h:1").splitlines() == [
+        "user:     alice", "role:     user", "accounts: lab1, lab2 (default)",
+        "server:   http://h:1"]

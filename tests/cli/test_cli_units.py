@@ -1,0 +1,56 @@
+"""Durations and sizes as users type and read them."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli.units import format_duration, format_mib, parse_memory_mib, parse_time_s
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30", 30 * 60),                 # MM
+    ("90", 90 * 60),
+    ("5:30", 5 * 60 + 30),           # MM:SS
+    ("1:02:03", 3723),               # HH:MM:SS
+    ("2-12", 2 * 86400 + 12 * 3600),  # D-HH
+    ("1-02:30", 86400 + 2 * 3600 + 30 * 60),  # D-HH:MM
+    ("1-00:00:10", 86410),           # D-HH:MM:SS
+    ("90s", 90), ("2h", 7200), ("1d", 86400), ("30m", 1800), ("1h30m", 5400),
+    ("1.5h", 5400), (" 2H ", 7200),
+])
+def test_parse_time_accepts_slurm_and_unit_forms(text: str, seconds: int) -> None:
+    assert parse_time_s(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "0:00", "abc", "1:2:3:4", "1-2:3:4:5", "2h:30",
+                                  "-5", "1x", "h", "1.5", "1-"])
+def test_parse_time_refuses_nonsense(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_time_s(text)
+
+
+@pytest.mark.parametrize(("text", "mib"), [
+    ("1024", 1024), ("512M", 512), ("16G", 16384), ("16g", 16384), ("16GB", 16384),
+    ("16GiB", 16384), ("1.5G", 1536), ("1T", 1024 * 1024), ("2048K", 2), ("1K", 1), ("0", 0),
+])
+def test_parse_memory(text: str, mib: int) -> None:
+    assert parse_memory_mib(text) == mib
+
+
+@pytest.mark.parametrize("text", ["", "G", "16X", "-1G", "16 GBs", "1e3"])
+def test_parse_memory_refuses_nonsense(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_memory_mib(text)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0, "0:00"), (5, "0:05"), (83, "1:23"), (3600, "1:00:00"), (3723, "1:02:03"),
+    (86400 + 3723, "1-01:02:03"), (12 * 86400, "12-00:00:00"), (-3, "0:00"), (None, ""),
+])
+def test_format_duration_like_squeue(seconds: float | None, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_format_mib() -> None:
+    assert [format_mib(m) for m in (None, 512, 1024, 1536, 81920, 0)] == \
+        ["", "512M", "1G", "1.5G", "80G", "0M"]

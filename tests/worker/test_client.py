@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from scheduler.api.schemas import Heartbeat, JobStateReport, NodeRegister, WorkerJob
+from worker.client import ApiError, LogAck, NodeClient, ServerUnavailable
+
+TOKEN = "node-secret-token-123"  # the fake server's (conftest.TOKEN)
+FakeServer = Any
+
+
+def client(transport: httpx.BaseTransport, **kw: Any) -> NodeClient:
+    return NodeClient("http://sched:8642/", "n1", TOKEN, transport=transport,
+                      sleep=lambda s: None, **kw)
+
+
+def test_endpoints_round_trip(server: FakeServer, transport: httpx.MockTransport,
+                              make_spec: Any) -> None:
+    c = client(transport)
+    reply = c.register(NodeRegister(gpu_backend="simulated"))
+    assert (reply.node, reply.queue) == ("n1", "gpuq.node.n1")
+    server.reply = {"launch": [4], "kill": [5]}
+    hb = c.heartbeat(Heartbeat(jobs=[WorkerJob(job_id=5, state="RUNNING")]))
+    assert (hb.launch, hb.kill) == ([4], [5])
+    assert server.heartbeats[0]["jobs"] == [{"job_id": 5, "state": "RUNNING"}]
+    server.specs[4] = make_spec(job_id=4)
+    spec = c.launch_spec(4)
+    assert spec is not None and spec.job_id == 4
+    assert c.launch_spec(99) is None
+    assert c.report(4, JobStateReport(state="COMPLETED", exit_code=0)) == "COMPLETED"
+    assert c.ship_log(4, 0, b"hello ") == LogAck(6)
+    assert c.ship_log(4, 3, b"lo world") == LogAck(11)
+    assert bytes(server.logs[4]) == b"hello world"
+
+
+def test_log_gap_asks_for_a_resend(server: FakeServer, transport: httpx.MockTransport,
+                                   make_spec: Any) -> None:
+    server.specs[1] = make_spec()
+    assert client(transport).ship_log(1, 100, b"x") == LogAck(size=0, resend=True)
+
+
+def test_connection_errors_are_retried_with_backoff() -> None:
+    calls: list[int] = []
+    sleeps: list[float] = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) < 3:
+            raise httpx.ConnectError("refused", request=request)
+        if len(calls) == 3:
+            return httpx.Response(503, json={"detail": "starting"})
+        return httpx.Response(200, json={"state": "RUNNING"})
+
+    c = NodeClient("http://s", "n1", TOKEN, transport=httpx.MockTransport(flaky),
+                   retries=3, backoff_s=0.5, sleep=sleeps.append)
+    assert c.report(1, JobStateReport(state="RUNNING")) == "RUNNING"
+    assert sleeps == [0.5, 1.0, 2.0]
+
+
+def test_gives_up_after_the_retries(server: FakeServer, transport: httpx.MockTransport) -> None:
+    server.down = True
+    with pytest.raises(ServerUnavailable, match="POST http://sched:8642/v1/nodes/n1/heartbeat"):
+        client(transport, retries=2).heartbeat(Heartbeat())
+
+
+def test_client_errors_are_not_retried(transport: httpx.MockTransport) -> None:
+    bad = NodeClient("http://s", "n1", "wrong-token", transport=transport,
+                     sleep=lambda s: pytest.fail("retried a 401"))
+    with pytest.raises(ApiError) as e:
+        bad.heartbeat(Heartbeat())
+    assert (e.value.status, e.value.detail) == (401, "bad token")
+
+
+def test_token_never_logged_or_shown(server: FakeServer, transport: httpx.MockTransport,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    c = client(transport, retries=1)
+    c.register(NodeRegister(gpu_backend="simulated"))
+    server.down = True
+    with pytest.raises(ServerUnavailable) as e:
+        c.heartbeat(Heartbeat())
+    assert caplog.records, "expected the retry to be logged"
+    assert TOKEN not in caplog.text
+    assert TOKEN not in str(e.value) and TOKEN not in repr(c)

@@ -1,0 +1,145 @@
+"""The daemon: token reading, heartbeats, and ``run`` for real (a subprocess with a
+Celery worker on the filesystem broker, against the fake node endpoints over HTTP)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from scheduler.config import Settings
+from scheduler.dispatch import make_celery, send_launch
+from worker import jobdir as jd
+from worker.client import NodeClient
+from worker.daemon import Daemon
+from worker.gpus.sim import SimulatedBackend
+from worker.host import NoNodeToken, read_node_token, registration
+from worker.jobenv import daemon_identity
+
+
+def settings(tmp_path: Path, **kw: Any) -> Settings:
+    return Settings(data_dir=tmp_path / "data", node_name="n1", **kw)
+
+
+def test_token_from_settings_or_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert read_node_token(settings(tmp_path, node_token=" abc \n")) == "abc"
+    f = tmp_path / "token"
+    f.write_text("from-file\n")
+    f.chmod(0o600)
+    assert read_node_token(settings(tmp_path, node_token_file=str(f))) == "from-file"
+    assert not caplog.records
+    f.chmod(0o644)
+    assert read_node_token(settings(tmp_path, node_token_file=str(f))) == "from-file"
+    assert "readable by others" in caplog.text and "from-file" not in caplog.text
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read the node token file"), ("\n", "is empty")])
+def test_bad_token_file(tmp_path: Path, content: str | None, message: str) -> None:
+    f = tmp_path / "token"
+    if content is not None:
+        f.write_text(content)
+    with pytest.raises(NoNodeToken, match=message):
+        read_node_token(settings(tmp_path, node_token_file=str(f)))
+
+
+def test_no_token_at_all(tmp_path: Path) -> None:
+    with pytest.raises(NoNodeToken, match="GPUQ_NODE_TOKEN"):
+        read_node_token(settings(tmp_path))
+
+
+def test_registration_describes_the_node() -> None:
+    body = registration(SimulatedBackend("2xA100-80GB", node="n1"))
+    assert body.gpu_backend == "simulated" and body.cpus >= 1 and body.memory_mib > 0
+    assert [(g.index, g.model, g.memory_mib) for g in body.gpus] == [
+        (0, "A100-80GB", 81920), (1, "A100-80GB", 81920)]
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, transport: httpx.MockTransport, token: str) -> Iterator[Daemon]:
+    api = NodeClient("http://sched", "n1", token, transport=transport, retries=0)
+    d = Daemon(settings(tmp_path, kill_grace_s=0.3), SimulatedBackend("2xT4-16GB", node="n1"),
+               api, identity=lambda user: daemon_identity())
+    yield d
+    api.close()
+
+
+def test_heartbeat_reports_jobs_and_samples_and_obeys(
+        server: Any, daemon: Daemon, make_spec: Any, wait_for: Any) -> None:
+    assert daemon.register() is not None
+    assert daemon.heartbeat_interval_s == 0.2
+    server.specs[1] = make_spec(command=["sleep", "30"], gpu_indices=[1])
+    server.reply = {"launch": [1], "kill": []}
+    daemon.heartbeat()
+    assert daemon.manager.job_ids() == [1]
+    daemon.heartbeat()
+    hb = server.heartbeats[-1]
+    assert hb["jobs"] == [{"job_id": 1, "state": "RUNNING"}]
+    assert [s["index"] for s in hb["gpus"]] == [0, 1]
+    assert hb["gpus"][1]["utilization_pct"] > 0 == hb["gpus"][0]["utilization_pct"]
+    server.reply = {"launch": [], "kill": [1]}
+    daemon.heartbeat()
+    d = daemon.manager.jobs_dir / "1"
+    wait_for(lambda: (s := jd.read_json(d / jd.STATE)) and s["state"] == "CANCELLED")
+
+
+def test_heartbeat_registers_again_when_forgotten(server: Any, daemon: Daemon) -> None:
+    daemon.register()
+    server.forget_node = True
+    daemon.heartbeat()
+    assert len(server.registrations) == 2
+    daemon.heartbeat()
+    assert len(server.heartbeats) == 1
+
+
+def test_register_stops_when_asked(server: Any, daemon: Daemon) -> None:
+    server.down = True
+    daemon.stop.set()
+    assert daemon.register() is None
+
+
+def test_run_for_real(tmp_path: Path, http_server: str, server: Any, token: str,
+                      make_spec: Any, wait_for: Any) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUQ_")}
+    env.update(GPUQ_CONFIG=str(tmp_path / "none.toml"), GPUQ_DATA_DIR=str(tmp_path / "data"),
+               GPUQ_NODE_NAME="n1", GPUQ_SERVER_URL=http_server, GPUQ_NODE_TOKEN=token,
+               GPUQ_SIMULATE_GPUS="2xA100-80GB", GPUQ_KILL_GRACE_S="0.5",
+               GPUQ_JOB_POLL_INTERVAL_S="0.05")
+    # A root daemon runs jobs as the user's local account: use one that exists.
+    server.specs[1] = make_spec(job_id=1, user="nobody", command=["echo", "via celery"])
+    server.specs[2] = make_spec(job_id=2, user="nobody", command=["sleep", "30"])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from scheduler.config import Settings\n"
+                               "from worker.daemon import run\nrun(Settings())"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: server.registrations, what="registration")
+        send_launch(make_celery(Settings(data_dir=tmp_path / "data")), "n1", 1)
+        server.reply = {"launch": [2], "kill": []}
+        wait_for(lambda: server.states(1) == ["RUNNING", "COMPLETED"], what="job 1")
+        assert bytes(server.logs[1]) == b"via celery\n"
+        wait_for(lambda: server.states(2) == ["RUNNING"], what="job 2")
+        assert len(server.heartbeats[-1]["gpus"]) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        logging.getLogger(__name__).info("daemon output:\n%s", out)
+    assert "registered node n1 with 2 GPU(s)" in out and "worker stopped" in out
+    assert token not in out
+    job2 = tmp_path / "data" / "worker" / "n1" / "jobs" / "2"
+    assert jd.supervisor_alive(job2), "a stopping daemon must leave its jobs running"
+    state = jd.read_json(job2 / jd.STATE)
+    assert state is not None
+    os.kill(state["supervisor_pid"], signal.SIGTERM)
+    wait_for(lambda: (s := jd.read_json(job2 / jd.STATE)) and s["state"] == "CANCELLED")

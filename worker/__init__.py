@@ -1,0 +1,1 @@
+"""gpuq worker: the per-host daemon, GPU backends and the job supervisor."""

@@ -1,0 +1,180 @@
+"""The worker daemon (``gpuq worker``): registers the node, sends heartbeats, runs what the
+scheduler dispatches to it, and reports what its jobs do.
+
+Threads: the main thread consumes the node's Celery queue; a heartbeat thread sends the
+job list and GPU samples (and acts on the reply); a poll thread ships job output and
+reports state changes. SIGTERM or SIGINT stops consuming and the threads, and leaves the
+job supervisors running (a restarted daemon re-adopts them); a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from celery import Celery
+from celery.worker import state as celery_state
+
+from scheduler.api.schemas import GpuSample as WireGpuSample
+from scheduler.api.schemas import Heartbeat, RegisterReply
+from scheduler.config import Settings
+from scheduler.dispatch import make_celery
+from worker.client import ApiError, NodeClient, ServerUnavailable
+from worker.gpus import GpuBackend, open_backend
+from worker.host import read_node_token, registration
+from worker.jobenv import Identity, identity_for, identity_policy
+from worker.jobs import JobManager
+from worker.tasks import Handlers, register_tasks
+
+log = logging.getLogger("gpuq.worker")
+#: Longest wait between registration attempts, in seconds.
+MAX_REGISTER_BACKOFF_S = 30.0
+TASK_THREADS = 4
+
+
+class Daemon:
+    def __init__(self, settings: Settings, backend: GpuBackend, api: NodeClient, *,
+                 identity: Callable[[str], Identity] = identity_for) -> None:
+        self.settings, self.backend, self.api = settings, backend, api
+        self.stop = threading.Event()
+        self.manager = JobManager(state_dir=settings.effective_worker_state_dir,
+                                  node=settings.node_name, api=api,
+                                  kill_grace_s=settings.kill_grace_s, identity=identity)
+        self.handlers = Handlers(api, self.manager)
+        self.heartbeat_interval_s = settings.heartbeat_interval_s
+        self._threads: list[threading.Thread] = []
+        self._down_since: dict[str, str] = {}
+
+    # --- registration and heartbeats -------------------------------------------------
+    def register(self) -> RegisterReply | None:
+        """Register, retrying until the server answers (``None`` if stopped first).
+        A refused token (401/403) is not retried: it raises ``ApiError``."""
+        body = registration(self.backend)
+        delay_s = 1.0
+        while not self.stop.is_set():
+            try:
+                reply = self.api.register(body)
+            except ServerUnavailable as e:
+                log.warning("cannot reach the scheduler at %s to register (%s); "
+                            "retrying in %.0f s", self.settings.server_url, e, delay_s)
+            else:
+                self.heartbeat_interval_s = reply.heartbeat_interval_s
+                log.info("registered node %s with %d GPU(s) (%s backend); consuming %s",
+                         reply.node, len(body.gpus), self.backend.name, reply.queue)
+                return reply
+            self.stop.wait(delay_s)
+            delay_s = min(MAX_REGISTER_BACKOFF_S, delay_s * 2)
+        return None
+
+    def heartbeat(self) -> None:
+        self.backend.set_busy(self.manager.busy_gpu_indices())
+        body = Heartbeat(jobs=self.manager.jobs(), gpus=[
+            WireGpuSample(index=s.index, utilization_pct=s.utilization_pct,
+                          memory_used_mib=s.memory_used_mib, power_w=s.power_w,
+                          energy_j=s.energy_j, temperature_c=s.temperature_c, healthy=s.healthy)
+            for s in self.backend.samples()])
+        try:
+            reply = self.api.heartbeat(body)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            log.warning("the scheduler has forgotten this node (%s); registering again", e)
+            self.register()
+            return
+        for job_id in reply.launch:
+            self.handlers.launch(job_id)
+        for job_id in reply.kill:
+            log.info("heartbeat: the scheduler wants job %s dead", job_id)
+            self.manager.kill(job_id)
+
+    # --- threads -----------------------------------------------------------------------
+    def _every(self, name: str, interval_s: Callable[[], float], fn: Callable[[], None]) -> None:
+        while not self.stop.is_set():
+            try:
+                fn()
+                if self._down_since.pop(name, None):
+                    log.info("%s: the scheduler answers again", name)
+            except ServerUnavailable as e:
+                if name not in self._down_since:
+                    log.warning("%s: cannot reach the scheduler: %s", name, e)
+                    self._down_since[name] = str(e)
+            except Exception:
+                log.exception("%s failed", name)
+            self.stop.wait(interval_s())
+
+    def start_threads(self) -> None:
+        for name, interval, fn in (
+            ("heartbeat", lambda: self.heartbeat_interval_s, self.heartbeat),
+            ("poll", lambda: self.settings.job_poll_interval_s, self.manager.poll),
+        ):
+            t = threading.Thread(target=self._every, args=(name, interval, fn),
+                                 name=f"gpuq-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop_threads(self, timeout_s: float = 15.0) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(timeout_s)
+
+    # --- the queue ---------------------------------------------------------------------
+    def consume(self, app: Celery, queue: str) -> None:
+        """Run a Celery worker on ``queue`` in this thread until a signal stops it."""
+        register_tasks(app, self.handlers)
+        worker = app.WorkController(
+            hostname=f"gpuq@{self.settings.node_name}", queues=[queue], pool="threads",
+            concurrency=TASK_THREADS, without_heartbeat=True, without_mingle=True,
+            without_gossip=True, loglevel=logging.getLogger().getEffectiveLevel())
+        worker.start()
+
+
+def _install_signals(daemon: Daemon) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if daemon.stop.is_set():
+            log.warning("second %s: exiting now (job supervisors keep running)",
+                        signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s: shutting down (job supervisors keep running)",
+                 signal.Signals(signum).name)
+        daemon.stop.set()
+        celery_state.should_stop = 0  # the consumer loop raises WorkerShutdown
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def run(settings: Settings) -> None:
+    """The ``gpuq worker`` entry point; returns after a graceful shutdown."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    token = read_node_token(settings)
+    backend = open_backend(settings)
+    identity = identity_policy(settings.worker_run_as,
+                               allow_root=settings.worker_allow_root_jobs)
+    api = NodeClient(settings.server_url, settings.node_name, token)
+    try:
+        daemon = Daemon(settings, backend, api, identity=identity)
+        _install_signals(daemon)
+        adopted = daemon.manager.job_ids()
+        if adopted:
+            log.info("re-adopting %d job(s) from %s: %s", len(adopted),
+                     daemon.manager.jobs_dir, adopted)
+        reply = daemon.register()
+        if reply is None:
+            return
+        daemon.start_threads()
+        try:
+            daemon.consume(make_celery(settings), reply.queue)
+            log.info("stopped consuming %s", reply.queue)
+        finally:
+            daemon.stop_threads()
+        log.info("worker stopped")
+    finally:
+        api.close()
+        backend.close()
