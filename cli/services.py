@@ -33,6 +33,11 @@ def _logging(level: str) -> None:
 
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic narrates every plugin at INFO; kombu warns that the filesystem broker URL
+    # has no host name (it needs none).
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("kombu.connection").addFilter(
+        lambda r: "No hostname was supplied" not in r.getMessage())
 
 
 @click.command()
@@ -91,6 +96,16 @@ def _has_nvidia_gpu() -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when ``gpuq up`` dies, however it dies
+    (Linux ``PR_SET_PDEATHSIG``; not inherited by the job supervisors the worker starts)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Child:
     """A process that ``gpuq up`` keeps running, restarting it when it dies (as systemd's
     Restart=on-failure does for ``gpuq server`` and ``gpuq worker``)."""
@@ -104,7 +119,7 @@ class Child:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         self.started_at = time.monotonic()
 
     def check(self) -> int | None:
@@ -216,8 +231,8 @@ def up(simulate_gpus: str | None, port: int, host: str, data_dir: Path | None,
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _stop)
     srv.start()
     try:
         _wait_healthy(url, srv.proc, 60)  # type: ignore[arg-type]
