@@ -42,12 +42,11 @@ class Up:
         return next(j["state"] for j in json.loads(out) if j["id"] == job_id)
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
+def start_up(tmp_path: Path, gpus: list[str]) -> Iterator[Up]:
     port = free_port()
     env = base_env(tmp_path / "home")
     env["GPUQ_CLIENT_CONFIG"] = str(tmp_path / "client.toml")
-    proc = spawn("up", [*PY, "up", "--simulate-gpus", "2xA100-80GB", "--port", str(port),
+    proc = spawn("up", [*PY, "up", *gpus, "--port", str(port),
                         "--data-dir", str(tmp_path / "data"), *ROOT], env, tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -61,6 +60,11 @@ def up(tmp_path: Path) -> Iterator[Up]:
         proc.stop()
         # Everything it started has stopped with it.
         assert proc.popen.returncode is not None
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    yield from start_up(tmp_path, ["--simulate-gpus", "2xA100-80GB"])
 
 
 def test_up_runs_jobs_with_no_external_service(up: Up) -> None:
