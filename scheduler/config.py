@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     dispatch_resend_after_s: float = 20.0
     #: A node that has not sent a heartbeat for this many seconds is marked DOWN.
     node_down_after_s: float = 60.0
+    #: A job's GPU samples are stored at most this often, in seconds (totals: every beat).
+    job_sample_interval_s: float = 60.0
     #: Default and maximum job time limit, in seconds.
     default_time_limit_s: int = 24 * 3600
     max_time_limit_s: int = 14 * 24 * 3600

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -21,30 +20,33 @@ class LogStore:
         self._guard = threading.Lock()
         root.mkdir(parents=True, exist_ok=True)
 
-    def path(self, job_id: int) -> Path:
-        return self.root / f"{int(job_id)}.log"
+    def path(self, job_id: int, attempt: int = 1) -> Path:
+        """One file per attempt: ``42.log``, then ``42.2.log`` for a requeued run."""
+        if attempt <= 1:
+            return self.root / f"{int(job_id)}.log"
+        return self.root / f"{int(job_id)}.{int(attempt)}.log"
 
     def _lock(self, job_id: int) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(job_id, threading.Lock())
 
-    def size(self, job_id: int) -> int:
+    def size(self, job_id: int, attempt: int = 1) -> int:
         try:
-            return self.path(job_id).stat().st_size
+            return self.path(job_id, attempt).stat().st_size
         except FileNotFoundError:
             return 0
 
-    def _marker(self, job_id: int) -> Path:
-        return self.path(job_id).with_suffix(".truncated")
+    def _marker(self, job_id: int, attempt: int) -> Path:
+        return self.path(job_id, attempt).with_suffix(".truncated")
 
-    def accepted(self, job_id: int) -> int:
+    def accepted(self, job_id: int, attempt: int = 1) -> int:
         """Bytes of output accepted from the worker (more than stored once truncated)."""
-        marker = self._marker(job_id)
+        marker = self._marker(job_id, attempt)
         if marker.exists():
             return int(marker.read_text() or 0)
-        return self.size(job_id)
+        return self.size(job_id, attempt)
 
-    def append(self, job_id: int, offset: int, data: bytes) -> int:
+    def append(self, job_id: int, offset: int, data: bytes, attempt: int = 1) -> int:
         """Write ``data``, which starts at ``offset`` of the job's output; returns the
         number of bytes accepted so far.
 
@@ -53,19 +55,19 @@ class LogStore:
         note in the log, and still counted as accepted so the worker moves on.
         """
         with self._lock(job_id):
-            accepted = self.accepted(job_id)
+            accepted = self.accepted(job_id, attempt)
             if offset > accepted:
                 raise OffsetMismatch(accepted)
             data = data[accepted - offset:]
             if not data:
                 return accepted
             total = accepted + len(data)
-            marker = self._marker(job_id)
+            marker = self._marker(job_id, attempt)
             if marker.exists():
                 marker.write_text(str(total))
                 return total
-            room = self.max_bytes - self.size(job_id)
-            with open(self.path(job_id), "ab") as f:
+            room = self.max_bytes - self.size(job_id, attempt)
+            with open(self.path(job_id, attempt), "ab") as f:
                 f.write(data[: max(room, 0)])
                 if len(data) > room:
                     f.write(b"\n[gpuq: output truncated at max_log_bytes]\n")
@@ -73,15 +75,11 @@ class LogStore:
                 marker.write_text(str(total))
             return total
 
-    def read(self, job_id: int, offset: int, limit: int) -> bytes:
-        path = self.path(job_id)
+    def read(self, job_id: int, offset: int, limit: int, attempt: int = 1) -> bytes:
+        path = self.path(job_id, attempt)
         if not path.exists():
             return b""
         with open(path, "rb") as f:
             f.seek(offset)
             return f.read(limit)
 
-    def remove(self, job_id: int) -> None:
-        for p in (self.path(job_id), self._marker(job_id)):
-            if p.exists():
-                os.unlink(p)

@@ -64,13 +64,16 @@ def _apply(session: Session, decisions: Decisions, now, result: CycleResult) -> 
         taken = set(session.scalars(select(GpuAllocation.gpu_index).where(
             GpuAllocation.node_id == node.id,
             GpuAllocation.gpu_index.in_(start.gpu_indices))))
-        if node.state != NodeState.UP.value or taken:
+        occupied = {g.index for g in node.gpus
+                    if g.index in start.gpu_indices and (g.foreign_processes or not g.healthy)}
+        if node.state != NodeState.UP.value or node.drain or taken or occupied:
             result.dropped.append(start.job_id)
             continue
         for index in start.gpu_indices:
             session.add(GpuAllocation(job_id=job.id, node_id=node.id, gpu_index=index))
         job.node_id = node.id
         job.gpu_indices = list(start.gpu_indices)
+        job.attempt += 1
         gpus = ",".join(map(str, start.gpu_indices)) or "none"
         transition(session, job, JobState.DISPATCHED, now=now,
                    reason=f"dispatched to {node.name} GPUs [{gpus}]")
@@ -93,7 +96,7 @@ def cycle(ctx: Context) -> CycleResult:
             return CycleResult(ran=False)
         deadline = now - timedelta(seconds=ctx.settings.node_down_after_s)
         stale = session.scalars(select(Node).where(
-            Node.state.in_([NodeState.UP.value, NodeState.DRAIN.value]),
+            Node.state == NodeState.UP.value,
             Node.last_heartbeat_at < deadline))
         for node in stale:
             secs = int(ctx.settings.node_down_after_s)

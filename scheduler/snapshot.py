@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from scheduler.db.models import Account, Job, Node, User
 from scheduler.policy import GpuView, JobView, NodeView, Snapshot
-from scheduler.states import ACTIVE, JobState
+from scheduler.states import ACTIVE, JobState, NodeState
 
 
 def job_view(job: Job, users: dict[int, str], accounts: dict[int, str]) -> JobView:
@@ -40,7 +40,8 @@ def node_views(session: Session, active: list[Job]) -> list[NodeView]:
     views = []
     nodes = session.scalars(select(Node).options(selectinload(Node.gpus)).order_by(Node.name))
     for node in nodes:
-        gpus = tuple(GpuView(g.index, g.model, g.healthy) for g in node.gpus)
+        gpus = tuple(GpuView(g.index, g.model, g.healthy, bool(g.foreign_processes))
+                     for g in node.gpus)
         views.append(
             NodeView(
                 name=node.name,
@@ -50,7 +51,8 @@ def node_views(session: Session, active: list[Job]) -> list[NodeView]:
                 free_cpus=node.cpus - cpus[node.id],
                 memory_mib=node.memory_mib,
                 free_memory_mib=node.memory_mib - mem[node.id],
-                state=node.state,
+                state=NodeState.DRAIN.value if node.drain and node.state == NodeState.UP.value
+                else node.state,
             )
         )
     return views

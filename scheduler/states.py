@@ -5,7 +5,8 @@
        └─────────────┴──────▶ CANCELLED | FAILED | NODE_FAIL
 
 Every transition writes a ``JobEvent`` with its time and reason, and frees the job's GPUs
-when the job leaves the active states.
+when the job leaves the active states. A job that allows it is requeued after NODE_FAIL
+(``requeue``: NODE_FAIL -> PENDING), and runs again as its next attempt.
 """
 
 from __future__ import annotations
@@ -99,6 +100,22 @@ def transition(
             session.execute(delete(GpuAllocation).where(GpuAllocation.job_id == job.id))
     session.add(JobEvent(job_id=job.id, time=now, old_state=old.value, new_state=new.value,
                          reason=reason))
+
+
+def requeue(session: Session, job: Job, *, now: datetime, reason: str) -> None:
+    """Put a job whose node failed back in the queue (NODE_FAIL -> PENDING): it keeps
+    its id and submit time, and its next dispatch is a new attempt."""
+    if job.state != JobState.NODE_FAIL.value:
+        raise InvalidTransition(job.id, job.state, JobState.PENDING.value)
+    job.state = JobState.PENDING.value
+    job.reason = reason
+    job.node_id = None
+    job.gpu_indices = []
+    job.ended_at = None
+    job.exit_code = None
+    job.gpu_energy_earlier_j = job.gpu_energy_j or 0.0
+    session.add(JobEvent(job_id=job.id, time=now, old_state=JobState.NODE_FAIL.value,
+                         new_state=JobState.PENDING.value, reason=reason))
 
 
 def record_submit(session: Session, job: Job, *, now: datetime, reason: str) -> None:

@@ -40,6 +40,8 @@ class JobCreate(Strict):
     memory_mib: int = Field(0, ge=0, le=64 * 1024 * 1024)
     time_limit_s: int | None = Field(None, ge=1, description="seconds; default from the server")
     account: Name | None = None
+    #: Put the job back in the queue if its node fails (Slurm's --requeue); default yes.
+    requeue: bool = True
     idempotency_key: str | None = Field(None, min_length=1, max_length=128)
 
     @field_validator("workdir")
@@ -104,6 +106,13 @@ class JobRead(BaseModel):
     gpu_indices: list[int]
     exit_code: int | None
     cancel_requested: bool
+    requeue: bool = True
+    #: How many times the job was dispatched (a requeued job runs again as attempt 2 ...).
+    attempt: int = 0
+    #: Energy of the job's GPUs so far (NVML's counters, or the simulation's), joules.
+    gpu_energy_j: float | None = None
+    #: Highest GPU memory the job held (sum over its GPUs), MiB.
+    max_gpu_memory_mib: float | None = None
     submitted_at: datetime
     dispatched_at: datetime | None
     started_at: datetime | None
@@ -127,6 +136,15 @@ class GpuInfo(Strict):
     healthy: bool = True
 
 
+class GpuProcess(Strict):
+    """A process on a GPU that gpuq did not start (someone ran it by hand)."""
+
+    pid: int = Field(..., ge=0)
+    user: str | None = Field(None, max_length=64)
+    command: str | None = Field(None, max_length=256)
+    used_memory_mib: float | None = None
+
+
 class GpuSample(Strict):
     index: int = Field(..., ge=0)
     utilization_pct: float | None = None
@@ -135,6 +153,11 @@ class GpuSample(Strict):
     energy_j: float | None = None
     temperature_c: float | None = None
     healthy: bool = True
+    #: Why the GPU is unhealthy (XID error, ECC errors, GPU lost ...), for people.
+    health_reason: str | None = Field(None, max_length=256)
+    #: Processes on this GPU that gpuq did not start: while any runs, the GPU is occupied
+    #: and no job is given it.
+    foreign_processes: list[GpuProcess] = Field(default_factory=list, max_length=256)
 
 
 class NodeRegister(Strict):
@@ -145,9 +168,30 @@ class NodeRegister(Strict):
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=1024)
 
 
+class JobSample(Strict):
+    """What the job's GPUs are doing, measured by the worker (units in the names)."""
+
+    #: Mean utilisation over the job's GPUs, percent.
+    utilization_pct: float | None = None
+    #: GPU memory used, summed over the job's GPUs, MiB.
+    memory_used_mib: float | None = None
+    #: Power draw, summed over the job's GPUs, watts.
+    power_w: float | None = None
+    #: Energy the job's GPUs used since the job started, joules.
+    energy_j: float | None = None
+
+
 class WorkerJob(Strict):
     job_id: int
+    #: Which run of the job this is (``LaunchSpec.attempt``).
+    attempt: int = Field(1, ge=1)
     state: Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"]
+    sample: JobSample | None = None
+
+
+class JobRef(BaseModel):
+    job_id: int
+    attempt: int
 
 
 class Heartbeat(Strict):
@@ -159,8 +203,9 @@ class Heartbeat(Strict):
 class HeartbeatReply(BaseModel):
     #: Jobs the node must (re)launch: DISPATCHED to it but not in its list.
     launch: list[int]
-    #: Jobs the node must kill: cancelled, or unknown to the scheduler, or ended.
-    kill: list[int]
+    #: Job runs the node must kill: cancelled, unknown to the scheduler, ended, or an old
+    #: attempt of a job that was requeued.
+    kill: list[JobRef]
 
 
 class RegisterReply(BaseModel):
@@ -170,6 +215,8 @@ class RegisterReply(BaseModel):
 
 
 class JobStateReport(Strict):
+    #: Which run this report is about; a report about an older attempt changes nothing.
+    attempt: int = Field(1, ge=1)
     state: Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"]
     exit_code: int | None = None
     reason: str = Field("", max_length=256)
@@ -179,8 +226,12 @@ class LaunchSpec(BaseModel):
     """What a worker needs to start a job; read with the node token at launch time."""
 
     job_id: int
+    attempt: int
     name: str
     user: str
+    #: The Unix account the job runs as on a worker running as root (set by an admin;
+    #: the gpuq user name unless the admin mapped it to another).
+    unix_user: str
     account: str
     state: str
     cancel_requested: bool
@@ -201,14 +252,20 @@ class GpuRead(BaseModel):
     model: str
     memory_mib: int
     healthy: bool
+    health_reason: str | None = None
     job_id: int | None
+    #: Processes gpuq did not start; while there are any, no job is given this GPU.
+    foreign_processes: list[GpuProcess] = Field(default_factory=list)
     sample: dict[str, float | bool | None]
 
 
 class NodeRead(BaseModel):
     name: str
+    #: UP, DOWN, UNKNOWN, or DRAIN (up, but an admin stopped new jobs: see drain_reason).
     state: str
     state_reason: str
+    drain: bool = False
+    drain_reason: str = ""
     cpus: int
     memory_mib: int
     gpu_backend: str
@@ -233,11 +290,28 @@ class AccountRead(BaseModel):
     description: str
 
 
+UnixName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_.-]{0,31}$",
+                                description="a Unix account name, e.g. alice")]
+
+
 class UserCreate(Strict):
     name: Name
     account: Name
     shares: int = Field(1, ge=0, le=1_000_000)
     admin: bool = False
+    #: The Unix account this user's jobs run as on workers running as root (default: the
+    #: same name). Only admins set it; users never choose it.
+    unix_user: UnixName | None = None
+
+
+class UserUpdate(Strict):
+    unix_user: UnixName | None = None
+    admin: bool | None = None
+
+
+class NodeDrain(Strict):
+    reason: str = Field(..., min_length=1, max_length=256,
+                        description="why, for people: e.g. 'replacing GPU 3'")
 
 
 class MembershipCreate(Strict):
@@ -253,6 +327,7 @@ class MembershipRead(BaseModel):
 class UserRead(BaseModel):
     name: str
     admin: bool
+    unix_user: str
     default_account: str | None
     accounts: list[MembershipRead]
 

@@ -78,6 +78,8 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The Unix account this user's jobs run as on a root worker; None: the same name.
+    unix_user: Mapped[str | None] = mapped_column(String(32))
     default_account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -125,9 +127,12 @@ class Node(Base):
     __tablename__ = "nodes"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    #: UP, DOWN, DRAIN (see ``scheduler.states.NodeState``); UNKNOWN until it registers.
+    #: UP or DOWN (see ``scheduler.states.NodeState``); UNKNOWN until it registers.
     state: Mapped[str] = mapped_column(String(16), default="UNKNOWN")
     state_reason: Mapped[str] = mapped_column(String(256), default="")
+    #: Drained by an admin: running jobs finish, nothing new starts. Kept across DOWN/UP.
+    drain: Mapped[bool] = mapped_column(Boolean, default=False)
+    drain_reason: Mapped[str] = mapped_column(String(256), default="")
     cpus: Mapped[int] = mapped_column(Integer, default=0)
     memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
     gpu_backend: Mapped[str] = mapped_column(String(16), default="")
@@ -150,6 +155,9 @@ class Gpu(Base):
     model: Mapped[str] = mapped_column(String(64))
     memory_mib: Mapped[int] = mapped_column(BigInteger)
     healthy: Mapped[bool] = mapped_column(Boolean, default=True)
+    health_reason: Mapped[str | None] = mapped_column(String(256))
+    #: Processes gpuq did not start that hold this GPU (from the last heartbeat).
+    foreign_processes: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     #: Last sample sent by the worker (utilization, memory used, power ...), for display.
     last_sample: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
@@ -179,6 +187,8 @@ class Job(Base):
     memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
     time_limit_s: Mapped[int] = mapped_column(Integer)
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    #: Back to the queue when its node fails (else it ends as NODE_FAIL).
+    requeue: Mapped[bool] = mapped_column(Boolean, default=True)
 
     # --- observed and desired state -------------------------------------------------------
     state: Mapped[str] = mapped_column(String(16), default="PENDING")
@@ -187,7 +197,14 @@ class Job(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id"))
     gpu_indices: Mapped[list[int]] = mapped_column(JSON, default=list)
+    #: Dispatches so far: the current run is this attempt (0: never dispatched).
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
     exit_code: Mapped[int | None] = mapped_column(Integer)
+    #: Energy of the job's GPUs over all its attempts, joules (from the worker's samples).
+    gpu_energy_j: Mapped[float | None] = mapped_column(Float)
+    #: The part of ``gpu_energy_j`` used by earlier attempts (set when requeued).
+    gpu_energy_earlier_j: Mapped[float] = mapped_column(Float, default=0.0)
+    max_gpu_memory_mib: Mapped[float | None] = mapped_column(Float)
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -238,3 +255,18 @@ class UsageRecord(Base):
     gpu_seconds: Mapped[float] = mapped_column(Float)
     billed_seconds: Mapped[float] = mapped_column(Float)
     gpu_model: Mapped[str] = mapped_column(String(64), default="")
+
+
+class JobSample(Base):
+    """What a job's GPUs were doing, at most one row a minute per job (for accounting)."""
+
+    __tablename__ = "job_samples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    utilization_pct: Mapped[float | None] = mapped_column(Float)
+    memory_used_mib: Mapped[float | None] = mapped_column(Float)
+    power_w: Mapped[float | None] = mapped_column(Float)
+    #: Energy of this attempt's GPUs since it started, joules.
+    energy_j: Mapped[float | None] = mapped_column(Float)

@@ -10,6 +10,8 @@ class GpuView:
     index: int
     model: str
     healthy: bool = True
+    #: Held by processes gpuq did not start: not given to jobs until they end.
+    occupied: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +24,7 @@ class NodeView:
     free_cpus: int = 0
     memory_mib: int = 0
     free_memory_mib: int = 0
-    #: UP nodes take new jobs; DOWN, DRAIN and UNKNOWN do not.
+    #: UP nodes take new jobs; DOWN, DRAIN (up, drained by an admin) and UNKNOWN do not.
     state: str = "UP"
 
     @property
@@ -30,11 +32,12 @@ class NodeView:
         return self.state == "UP"
 
     def usable_gpus(self, model: str | None) -> list[int]:
-        """Free, healthy GPU indices of the wanted model, in index order."""
+        """Free, healthy, unoccupied GPU indices of the wanted model, in index order."""
         return sorted(
             g.index
             for g in self.gpus
-            if g.index in self.free_gpus and g.healthy and (model is None or g.model == model)
+            if g.index in self.free_gpus and g.healthy and not g.occupied
+            and (model is None or g.model == model)
         )
 
     def gpu_count(self, model: str | None, *, healthy_only: bool = False) -> int:

@@ -16,6 +16,7 @@ from scheduler.api.schemas import (
     TokenRead,
     UserCreate,
     UserRead,
+    UserUpdate,
 )
 from scheduler.auth import issue_token
 from scheduler.db.models import Account, ApiToken, Membership, User
@@ -75,7 +76,7 @@ def list_accounts(session: Session) -> list[Account]:
 
 def user_read(user: User) -> UserRead:
     return UserRead(
-        name=user.name, admin=user.is_admin,
+        name=user.name, admin=user.is_admin, unix_user=user.unix_user or user.name,
         default_account=user.default_account.name if user.default_account else None,
         accounts=[MembershipRead(account=m.account.name, shares=m.shares)
                   for m in user.memberships],
@@ -88,12 +89,21 @@ def create_user(session: Session, body: UserCreate, *, now: datetime) -> User:
                        f"POST /v1/admin/users/{body.name}/accounts")
     acct = account_by_name(session, body.account)
     user = User(name=body.name, is_admin=body.admin, default_account_id=acct.id,
-                created_at=now)
+                unix_user=body.unix_user, created_at=now)
     session.add(user)
     session.flush()
     session.add(Membership(user_id=user.id, account_id=acct.id, shares=body.shares))
     session.flush()
     session.refresh(user)
+    return user
+
+
+def update_user(session: Session, user: User, body: UserUpdate) -> User:
+    if "unix_user" in body.model_fields_set:
+        user.unix_user = body.unix_user
+    if body.admin is not None:
+        user.is_admin = body.admin
+    session.flush()
     return user
 
 

@@ -9,16 +9,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from scheduler.api.schemas import (
+    GpuProcess,
     GpuRead,
     Heartbeat,
     HeartbeatReply,
+    JobRef,
     JobStateReport,
     LaunchSpec,
     NodeRead,
     NodeRegister,
 )
+from scheduler.api.schemas import JobSample as WireJobSample
 from scheduler.config import Settings
-from scheduler.db.models import Gpu, GpuAllocation, Job, Node
+from scheduler.db.models import Gpu, GpuAllocation, Job, JobSample, Node
 from scheduler.errors import Conflict, NotFound
 from scheduler.states import (
     ACTIVE,
@@ -26,6 +29,7 @@ from scheduler.states import (
     InvalidTransition,
     JobState,
     NodeState,
+    requeue,
     transition,
 )
 
@@ -62,8 +66,7 @@ def register(session: Session, node: Node, body: NodeRegister, *, now: datetime)
     node.cpus, node.memory_mib = body.cpus, body.memory_mib
     node.gpu_backend, node.worker_version = body.gpu_backend, body.worker_version
     node.registered_at = node.last_heartbeat_at = now
-    if node.state != NodeState.DRAIN.value:
-        node.state, node.state_reason = NodeState.UP.value, ""
+    node.state, node.state_reason = NodeState.UP.value, ""
 
 
 def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
@@ -72,23 +75,23 @@ def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
     node.last_heartbeat_at = now
     if node.state == NodeState.DOWN.value and node.registered_at is not None:
         node.state, node.state_reason = NodeState.UP.value, ""
-    samples = {s.index: s for s in body.gpus}
-    for gpu in node.gpus:
-        sample = samples.get(gpu.index)
-        if sample is not None:
-            gpu.last_sample = sample.model_dump(exclude={"index"})
-            gpu.healthy = sample.healthy
+    _record_gpus(node, body)
 
-    reported = {j.job_id: j.state for j in body.jobs}
+    reported = {(j.job_id, j.attempt): j for j in body.jobs}
+    current = {job_id: attempt for job_id, attempt in reported}
     ours = list(session.scalars(
         select(Job).where(Job.node_id == node.id, Job.state.in_([s.value for s in ACTIVE]))
         .with_for_update(key_share=True).execution_options(populate_existing=True)))
     launch: list[int] = []
     for job in ours:
-        if job.id in reported:
-            if job.state == JobState.DISPATCHED.value and reported[job.id] == "RUNNING":
+        seen = reported.get((job.id, job.attempt))
+        if seen is not None:
+            if job.state == JobState.DISPATCHED.value and seen.state == "RUNNING":
                 transition(session, job, JobState.RUNNING, now=now,
                            reason="running (seen in heartbeat)")
+            if seen.sample is not None:
+                record_sample(session, job, seen.sample, now=now,
+                              every_s=settings.job_sample_interval_s)
             continue
         if job.cancel_requested_at is not None:
             transition(session, job, JobState.CANCELLED, now=now,
@@ -100,16 +103,47 @@ def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
             launch.append(job.id)
             job.dispatched_at = now  # wait a full interval before the next resend
 
-    by_id = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(list(reported))))}
+    by_id = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(list(current))))}
     kill = []
-    for job_id, state in reported.items():
-        if state != "RUNNING":
+    for (job_id, attempt), run in reported.items():
+        if run.state != "RUNNING":
             continue
         job = by_id.get(job_id)
-        if (job is None or job.node_id != node.id or job.state in TERMINAL
-                or job.cancel_requested_at is not None):
-            kill.append(job_id)
-    return HeartbeatReply(launch=sorted(launch), kill=sorted(kill))
+        if (job is None or job.node_id != node.id or job.attempt != attempt
+                or job.state in TERMINAL or job.cancel_requested_at is not None):
+            kill.append(JobRef(job_id=job_id, attempt=attempt))
+    return HeartbeatReply(launch=sorted(launch),
+                          kill=sorted(kill, key=lambda r: (r.job_id, r.attempt)))
+
+
+def _record_gpus(node: Node, body: Heartbeat) -> None:
+    samples = {s.index: s for s in body.gpus}
+    for gpu in node.gpus:
+        sample = samples.get(gpu.index)
+        if sample is None:
+            continue
+        gpu.last_sample = sample.model_dump(
+            exclude={"index", "foreign_processes", "health_reason"})
+        gpu.healthy = sample.healthy
+        gpu.health_reason = None if sample.healthy else (sample.health_reason or "unhealthy")
+        gpu.foreign_processes = [p.model_dump() for p in sample.foreign_processes]
+
+
+def record_sample(session: Session, job: Job, sample: WireJobSample, *, now: datetime,
+                  every_s: float) -> None:
+    """Keep the job's running totals at every heartbeat, and a row at most every
+    ``every_s`` seconds (enough for accounting, bounded for week-long jobs)."""
+    if sample.energy_j is not None:
+        job.gpu_energy_j = job.gpu_energy_earlier_j + sample.energy_j
+    if sample.memory_used_mib is not None:
+        job.max_gpu_memory_mib = max(job.max_gpu_memory_mib or 0.0, sample.memory_used_mib)
+    last = session.scalar(select(JobSample.time).where(JobSample.job_id == job.id)
+                          .order_by(JobSample.id.desc()).limit(1))
+    if last is None or (now - last).total_seconds() >= every_s:
+        session.add(JobSample(job_id=job.id, attempt=job.attempt, time=now,
+                              utilization_pct=sample.utilization_pct,
+                              memory_used_mib=sample.memory_used_mib, power_w=sample.power_w,
+                              energy_j=sample.energy_j))
 
 
 def job_for_node(session: Session, node: Node, job_id: int, *, lock: bool = False) -> Job:
@@ -123,7 +157,8 @@ def job_for_node(session: Session, node: Node, job_id: int, *, lock: bool = Fals
 def launch_spec(job: Job) -> LaunchSpec:
     uuids = {g.index: g.uuid for g in job.node.gpus} if job.node else {}
     return LaunchSpec(
-        job_id=job.id, name=job.name, user=job.user.name, account=job.account.name,
+        job_id=job.id, attempt=job.attempt, name=job.name, user=job.user.name,
+        unix_user=job.user.unix_user or job.user.name, account=job.account.name,
         state=job.state, cancel_requested=job.cancel_requested_at is not None,
         command=job.command, script=job.script, workdir=job.workdir,
         environment=dict(job.environment or {}), gpu_indices=list(job.gpu_indices or []),
@@ -133,7 +168,10 @@ def launch_spec(job: Job) -> LaunchSpec:
 
 
 def report_state(session: Session, job: Job, body: JobStateReport, *, now: datetime) -> str:
-    """Apply a node's report. Repeats and late reports are accepted and change nothing."""
+    """Apply a node's report. Repeats, late reports and reports about an earlier attempt
+    are accepted and change nothing."""
+    if body.attempt != job.attempt:
+        return job.state
     new = JobState(body.state)
     if job.state == new.value:
         return job.state
@@ -160,23 +198,48 @@ def list_nodes(session: Session) -> list[NodeRead]:
     out = []
     for node in session.scalars(select(Node).options(selectinload(Node.gpus))
                                 .order_by(Node.name)):
+        state = NodeState.DRAIN.value if node.drain and node.state == NodeState.UP.value \
+            else node.state
         out.append(NodeRead(
-            name=node.name, state=node.state, state_reason=node.state_reason, cpus=node.cpus,
+            name=node.name, state=state, state_reason=node.state_reason, drain=node.drain,
+            drain_reason=node.drain_reason, cpus=node.cpus,
             memory_mib=node.memory_mib, gpu_backend=node.gpu_backend,
             last_heartbeat_at=node.last_heartbeat_at,
             gpus=[GpuRead(index=g.index, uuid=g.uuid, model=g.model, memory_mib=g.memory_mib,
-                          healthy=g.healthy, job_id=holders.get((node.id, g.index)),
+                          healthy=g.healthy, health_reason=g.health_reason,
+                          job_id=holders.get((node.id, g.index)),
+                          foreign_processes=[GpuProcess(**p) for p in g.foreign_processes or []],
                           sample=dict(g.last_sample or {})) for g in node.gpus],
         ))
     return out
 
 
 def mark_down(session: Session, node: Node, *, now: datetime, reason: str) -> list[Job]:
-    """A node stopped answering: DOWN, and its active jobs end as NODE_FAIL."""
+    """A node stopped answering: DOWN. Its active jobs end as NODE_FAIL; those that allow
+    it go back to the queue (a new attempt, elsewhere or here once the node is back)."""
     node.state, node.state_reason = NodeState.DOWN.value, reason
     jobs = list(session.scalars(
         select(Job).where(Job.node_id == node.id, Job.state.in_([s.value for s in ACTIVE]))
         .with_for_update(key_share=True).execution_options(populate_existing=True)))
     for job in jobs:
         transition(session, job, JobState.NODE_FAIL, now=now, reason=f"{node.name}: {reason}")
+        if job.requeue and job.cancel_requested_at is None:
+            requeue(session, job, now=now,
+                    reason=f"requeued after {node.name} failed (attempt {job.attempt} lost)")
     return jobs
+
+
+def get_node(session: Session, name: str) -> Node:
+    node = session.scalar(select(Node).where(Node.name == name))
+    if node is None:
+        raise NotFound(f"no node {name}")
+    return node
+
+
+def drain(session: Session, node: Node, *, reason: str) -> None:
+    """Nothing new starts on the node; running jobs finish."""
+    node.drain, node.drain_reason = True, reason
+
+
+def resume(session: Session, node: Node) -> None:
+    node.drain, node.drain_reason = False, ""

@@ -42,6 +42,7 @@ def test_bad_inventory_is_422(api: Api) -> None:
 
 def _dispatched(api: Api, alice: dict[str, str], **spec: object) -> tuple[int, dict]:
     h = api.node("gpu01", gpus=4)
+    api.clock.advance(1)
     job = api.submit(alice, **spec)
     api.cycle()
     assert api.job(job["id"])["state"] == "DISPATCHED"
@@ -94,7 +95,7 @@ def test_heartbeat_marks_running_and_kills_unknown(api: Api, alice: dict[str, st
     job_id, h = _dispatched(api, alice)
     reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h, json={"jobs": [
         {"job_id": job_id, "state": "RUNNING"}, {"job_id": 4242, "state": "RUNNING"}]})
-    assert reply == {"launch": [], "kill": [4242]}
+    assert reply == {"launch": [], "kill": [{"job_id": 4242, "attempt": 1}]}
     assert api.job(job_id)["state"] == "RUNNING"
 
 
@@ -104,7 +105,7 @@ def test_heartbeat_kills_a_job_the_db_says_is_over(api: Api, alice: dict[str, st
     api.ok("POST", f"/v1/jobs/{job_id}/cancel", alice)
     reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h,
                    json={"jobs": [{"job_id": job_id, "state": "RUNNING"}]})
-    assert reply["kill"] == [job_id]
+    assert reply["kill"] == [{"job_id": job_id, "attempt": 1}]
 
 
 def test_heartbeat_without_a_running_job_fails_it(api: Api, alice: dict[str, str]) -> None:
@@ -123,8 +124,9 @@ def test_heartbeat_confirms_cancel_of_a_job_never_started(api: Api,
     assert api.job(job_id)["state"] == "CANCELLED"
 
 
-def test_missed_heartbeats_mark_the_node_down(api: Api, alice: dict[str, str]) -> None:
-    job_id, h = _dispatched(api, alice)
+def test_missed_heartbeats_end_jobs_that_do_not_requeue(api: Api,
+                                                        alice: dict[str, str]) -> None:
+    job_id, h = _dispatched(api, alice, requeue=False)
     api.clock.advance(api.ctx.settings.node_down_after_s + 1)
     api.cycle()
     (node,) = api.ok("GET", "/v1/nodes", alice)
@@ -133,8 +135,60 @@ def test_missed_heartbeats_mark_the_node_down(api: Api, alice: dict[str, str]) -
     # It comes back with its next heartbeat, and the dead job is killed if it still runs.
     reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h,
                    json={"jobs": [{"job_id": job_id, "state": "RUNNING"}]})
-    assert reply["kill"] == [job_id]
+    assert reply["kill"] == [{"job_id": job_id, "attempt": 1}]
     assert api.ok("GET", "/v1/nodes", alice)[0]["state"] == "UP"
+
+
+def test_a_requeued_job_runs_elsewhere_and_the_duplicate_is_killed(
+        api: Api, alice: dict[str, str]) -> None:
+    job_id, h1 = _dispatched(api, alice, gpus=4)
+    api.ok("POST", f"/v1/nodes/gpu01/jobs/{job_id}/events", h1, json={"state": "RUNNING"})
+    h2 = api.node("gpu02", gpus=4)
+    api.clock.advance(api.ctx.settings.node_down_after_s - 5)
+    api.ok("POST", "/v1/nodes/gpu02/heartbeat", h2, json={"jobs": []})
+    api.clock.advance(10)  # gpu01 is silent past the limit, gpu02 is not
+    api.cycle()  # gpu01 DOWN: the job is requeued and, in the same cycle, dispatched again
+    job = api.job(job_id)
+    states = [(e["old_state"], e["new_state"]) for e in job["events"]]
+    assert states[-3:] == [("RUNNING", "NODE_FAIL"), ("NODE_FAIL", "PENDING"),
+                           ("PENDING", "DISPATCHED")]
+    assert "requeued" in job["events"][-2]["reason"]
+    # ... to the node still alive, as attempt 2
+    assert (job["state"], job["node"], job["attempt"]) == ("DISPATCHED", "gpu02", 2)
+    spec = api.ok("GET", f"/v1/nodes/gpu02/jobs/{job_id}", h2)
+    assert spec["attempt"] == 2
+    # gpu01 comes back still running attempt 1: that duplicate is killed.
+    reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h1,
+                   json={"jobs": [{"job_id": job_id, "attempt": 1, "state": "RUNNING"}]})
+    assert reply["kill"] == [{"job_id": job_id, "attempt": 1}]
+    # Its late reports change nothing, and the old node cannot read the job any more.
+    r = api.client.post(f"/v1/nodes/gpu01/jobs/{job_id}/events", headers=h1,
+                        json={"attempt": 1, "state": "FAILED", "exit_code": 1})
+    assert r.status_code == 404
+    assert api.job(job_id)["state"] == "DISPATCHED"
+
+
+def test_reports_about_an_earlier_attempt_are_ignored(api: Api,
+                                                      alice: dict[str, str]) -> None:
+    job_id, h = _dispatched(api, alice, gpus=4)
+    api.clock.advance(api.ctx.settings.node_down_after_s + 1)
+    api.cycle()  # DOWN: requeued
+    assert api.job(job_id)["state"] == "PENDING"
+    api.ok("POST", "/v1/nodes/gpu01/register", h, json={
+        "gpu_backend": "simulated", "gpus": [{"index": i, "uuid": f"GPU-gpu01-{i}",
+                                              "model": "A100-80GB", "memory_mib": 81920}
+                                             for i in range(4)]})
+    api.cycle()  # back, and the job goes there again as attempt 2
+    assert api.job(job_id)["attempt"] == 2
+    url = f"/v1/nodes/gpu01/jobs/{job_id}"
+    assert api.ok("POST", f"{url}/events", h, json={"attempt": 1, "state": "COMPLETED",
+                                                      "exit_code": 0}) == {"state": "DISPATCHED"}
+    r = api.client.post(f"{url}/log?offset=0&attempt=1", headers=h, content=b"old run\n")
+    assert r.status_code == 409 and r.json()["stale"] is True
+    api.ok("POST", f"{url}/log?offset=0&attempt=2", h, content=b"new run\n")
+    assert api.client.get(f"/v1/jobs/{job_id}/log", headers=alice).content == b"new run\n"
+    assert api.ok("POST", f"{url}/events", h, json={"attempt": 2, "state": "COMPLETED",
+                                                      "exit_code": 0}) == {"state": "COMPLETED"}
 
 
 def test_log_shipping_offsets(api: Api, alice: dict[str, str]) -> None:

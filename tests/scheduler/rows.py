@@ -42,8 +42,10 @@ def add_node(
     heartbeat: datetime | None = T0,
     unhealthy: Sequence[int] = (),
 ) -> Node:
-    node = Node(name=name, state=state, state_reason="", cpus=cpus, memory_mib=memory_mib,
-                registered_at=T0, last_heartbeat_at=heartbeat)
+    drain = state == "DRAIN"  # drained by an admin: up, but takes no new jobs
+    node = Node(name=name, state="UP" if drain else state, state_reason="", cpus=cpus,
+                memory_mib=memory_mib, registered_at=T0, last_heartbeat_at=heartbeat,
+                drain=drain, drain_reason="drained" if drain else "")
     node.gpus = [Gpu(index=i, uuid=f"GPU-{name}-{i}", model=model, memory_mib=81920,
                      healthy=i not in unhealthy, last_sample={}) for i in range(gpus)]
     session.add(node)

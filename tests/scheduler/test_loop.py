@@ -195,8 +195,10 @@ def test_a_silent_node_goes_down_and_its_jobs_end_as_node_fail(loop: Loop) -> No
     with loop.ctx.transaction() as s:
         add_node(s, "n1", gpus=4)
         n2 = add_node(s, "n2", gpus=4).id
-        running = add_job(s, gpus=2).id
-        dispatched = add_job(s, gpus=2).id
+        running = add_job(s, gpus=2)
+        dispatched = add_job(s, gpus=2)
+        running.requeue = dispatched.requeue = False  # (requeue: tests/api/test_nodes.py)
+        running, dispatched = running.id, dispatched.id
         elsewhere = add_job(s, gpus=4).id
     assert [n for _, n in cycle(loop.ctx).started] == ["n1", "n1", "n2"]
     with loop.ctx.transaction() as s:

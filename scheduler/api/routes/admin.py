@@ -10,14 +10,18 @@ from scheduler.api.schemas import (
     AccountCreate,
     AccountRead,
     MembershipCreate,
+    NodeDrain,
+    NodeRead,
     TokenCreate,
     TokenCreated,
     TokenRead,
     UserCreate,
     UserRead,
+    UserUpdate,
 )
 from scheduler.db.models import ApiToken, User
 from scheduler.services import admin as svc
+from scheduler.services import nodes
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -40,6 +44,37 @@ def create_user(body: UserCreate, ctx: Ctx, _: Admin) -> UserRead:
     """Create a user in ``account`` (its default account) with ``shares`` there."""
     with ctx.transaction() as session:
         return svc.user_read(svc.create_user(session, body, now=ctx.clock()))
+
+
+@router.patch("/users/{name}", response_model=UserRead)
+def update_user(name: str, body: UserUpdate, ctx: Ctx, _: Admin) -> UserRead:
+    """Change a user's Unix account mapping (``unix_user``; null: the same name) or admin
+    flag."""
+    with ctx.transaction() as session:
+        user = svc.user_by_name(session, name)
+        return svc.user_read(svc.update_user(session, user, body))
+
+
+@router.post("/nodes/{name}/drain", response_model=NodeRead)
+def drain_node(name: str, body: NodeDrain, ctx: Ctx, _: Admin) -> NodeRead:
+    """Drain a node: running jobs finish, nothing new starts, until it is resumed."""
+    with ctx.transaction() as session:
+        nodes.drain(session, nodes.get_node(session, name), reason=body.reason)
+    return _node(ctx, name)
+
+
+@router.post("/nodes/{name}/resume", response_model=NodeRead)
+def resume_node(name: str, ctx: Ctx, _: Admin) -> NodeRead:
+    """End a drain: the node takes new jobs again."""
+    with ctx.transaction() as session:
+        nodes.resume(session, nodes.get_node(session, name))
+    ctx.wake()
+    return _node(ctx, name)
+
+
+def _node(ctx: Ctx, name: str) -> NodeRead:
+    with ctx.transaction() as session:
+        return next(n for n in nodes.list_nodes(session) if n.name == name)
 
 
 @router.post("/users/{name}/accounts", status_code=201, response_model=UserRead)

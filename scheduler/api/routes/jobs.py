@@ -83,19 +83,23 @@ def read_log(
     principal: UserOrAdmin,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LOG_READ)] = 1024 * 1024,
+    attempt: Annotated[int | None, Query(ge=1)] = None,
 ) -> Response:
-    """Raw output from ``offset``. Follow by polling with ``X-Gpuq-Next-Offset`` until
-    ``X-Gpuq-Job-State`` is final and a read returns no bytes."""
+    """Raw output of the current run (or of ``attempt``) from ``offset``, at most ``limit``
+    bytes. Follow by polling with ``X-Gpuq-Next-Offset`` until ``X-Gpuq-Job-State`` is
+    final and a read returns no bytes."""
     with ctx.transaction() as session:
         job = svc.get_job(session, job_id)
         svc.check_owner(principal, job)
         state = job.state
-    data = ctx.logs.read(job_id, offset, limit)
+        run = attempt or max(job.attempt, 1)
+    data = ctx.logs.read(job_id, offset, limit, run)
     return Response(
         content=data,
         media_type="text/plain; charset=utf-8",
         headers={
-            "X-Gpuq-Log-Size": str(ctx.logs.size(job_id)),
+            "X-Gpuq-Attempt": str(run),
+            "X-Gpuq-Log-Size": str(ctx.logs.size(job_id, run)),
             "X-Gpuq-Next-Offset": str(offset + len(data)),
             "X-Gpuq-Job-State": state,
         },

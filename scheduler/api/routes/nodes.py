@@ -86,21 +86,29 @@ def job_event(name: str, job_id: int, body: JobStateReport, ctx: Ctx,
 
 @router.post("/{name}/jobs/{job_id}/log", response_model=None)
 async def ship_log(name: str, job_id: int, request: Request, ctx: Ctx, principal: NodeCaller,
-                   offset: Annotated[int, Query(ge=0)]) -> dict[str, int] | JSONResponse:
+                   offset: Annotated[int, Query(ge=0)],
+                   attempt: Annotated[int, Query(ge=1)] = 1) -> dict[str, int] | JSONResponse:
+    """Append output of run ``attempt`` of the job, which starts at ``offset``."""
     _own(principal, name)
     data = await request.body()
     if len(data) > MAX_LOG_CHUNK:
         raise HTTPException(413, f"send at most {MAX_LOG_CHUNK} bytes per call")
     from starlette.concurrency import run_in_threadpool
 
-    def store() -> int:
+    def store() -> int | None:
         with ctx.transaction() as session:
             node = svc.get_or_create_node(session, name)
-            svc.job_for_node(session, node, job_id)
-        return ctx.logs.append(job_id, offset, data)
+            current = svc.job_for_node(session, node, job_id).attempt
+        if attempt != current:
+            return None
+        return ctx.logs.append(job_id, offset, data, attempt)
 
     try:
         size = await run_in_threadpool(store)
     except OffsetMismatch as e:
         return JSONResponse({"detail": str(e), "size": e.size}, status_code=409)
+    if size is None:
+        return JSONResponse({"detail": f"attempt {attempt} of job {job_id} is not its current "
+                                       "run (stale attempt): drop its output", "stale": True},
+                            status_code=409)
     return {"size": size}
