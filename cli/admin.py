@@ -25,8 +25,8 @@ def _call(env: Env, method: str, path: str, **kw: Any) -> Any:
 
 @click.group("admin")
 def admin() -> None:
-    """Manage accounts, users and tokens (uses the admin token: GPUQ_ADMIN_TOKEN, or
-    admin_token in the config file)."""
+    """Manage accounts, users, tokens and nodes (uses the admin token: GPUQ_ADMIN_TOKEN,
+    or admin_token in the config file)."""
 
 
 # --- accounts --------------------------------------------------------------------------
@@ -104,14 +104,41 @@ def user() -> None:
               help="The user's (default) account.")
 @click.option("--shares", type=click.IntRange(0), help="The user's shares in it [1].")
 @click.option("--admin", "is_admin", is_flag=True, help="Make the user an admin.")
+@click.option("--unix-user", metavar="UNIX_USER",
+              help="The Unix account the user's jobs run as on GPU hosts [the same name].")
 @pass_env
 def user_create(env: Env, name: str, account_name: str, shares: int | None,
-                is_admin: bool) -> None:
+                is_admin: bool, unix_user: str | None) -> None:
     """Create a user in an account."""
-    body = _drop_none(name=name, account=account_name, shares=shares, admin=is_admin or None)
+    body = _drop_none(name=name, account=account_name, shares=shares, admin=is_admin or None,
+                      unix_user=unix_user)
     u = _call(env, "POST", "/users", json=body, what="user")
     click.echo(f"Created user {u['name']} in account {account_name}"
-               + (" (admin)" if u.get("admin") else ""))
+               + (" (admin)" if u.get("admin") else "") + _runs_as(u))
+
+
+def _runs_as(u: Mapping[str, Any]) -> str:
+    """``; jobs run as Unix user X`` when that is not the user's own name."""
+    unix = u.get("unix_user")
+    return f"; jobs run as Unix user {unix}" if unix and unix != u["name"] else ""
+
+
+@user.command("set")
+@click.argument("name")
+@click.option("--unix-user", metavar="UNIX_USER",
+              help="The Unix account the user's jobs run as on GPU hosts.")
+@click.option("--admin/--no-admin", "is_admin", default=None,
+              help="Make the user an admin, or no longer one.")
+@pass_env
+def user_set(env: Env, name: str, unix_user: str | None, is_admin: bool | None) -> None:
+    """Change a user: the Unix account their jobs run as, or whether they are an admin."""
+    body = _drop_none(unix_user=unix_user, admin=is_admin)
+    if not body:
+        raise click.UsageError("nothing to change: give --unix-user, --admin or --no-admin")
+    u = _call(env, "PATCH", f"/users/{name}", json=body, what="user",
+              not_found=f"no user {name}", idempotent=True)
+    click.echo(f"Updated user {u['name']}: jobs run as Unix user {u.get('unix_user') or '?'}, "
+               + ("admin" if u.get("admin") else "not an admin"))
 
 
 @user.command("add-account")
@@ -136,12 +163,45 @@ def user_list(env: Env, as_json: bool) -> None:
     if as_json:
         echo_json(data)
         return
-    table = plain_table("USER", "ADMIN", "DEFAULT", "ACCOUNTS(SHARES)")
+    table = plain_table("USER", "ADMIN", "UNIX USER", "DEFAULT", "ACCOUNTS(SHARES)")
     for u in data:
         accts = ", ".join(f"{m['account']}({m['shares']})" for m in u.get("accounts") or [])
-        table.add_row(u["name"], "yes" if u.get("admin") else "", u.get("default_account") or "",
-                      accts)
+        table.add_row(u["name"], "yes" if u.get("admin") else "", u.get("unix_user") or "",
+                      u.get("default_account") or "", accts)
     echo_table(table)
+
+
+# --- nodes -----------------------------------------------------------------------------
+
+
+@admin.group("node")
+def node() -> None:
+    """GPU nodes: drain one for maintenance, and resume it."""
+
+
+@node.command("drain")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why, for people: e.g. 'replacing GPU 3'.")
+@pass_env
+def node_drain(env: Env, name: str, reason: str) -> None:
+    """Drain a node: its running jobs finish, no new job starts there until it is
+    resumed."""
+    n = _call(env, "POST", f"/nodes/{name}/drain", json={"reason": reason}, what="drain",
+              not_found=f"no node {name}", idempotent=True)
+    click.echo(f"Node {n.get('name', name)} drained: {n.get('drain_reason') or reason} "
+               "(running jobs finish; nothing new starts)")
+
+
+@node.command("resume")
+@click.argument("name")
+@pass_env
+def node_resume(env: Env, name: str) -> None:
+    """End a drain: the node takes new jobs again."""
+    n = _call(env, "POST", f"/nodes/{name}/resume", not_found=f"no node {name}",
+              idempotent=True)
+    state = n.get("state")
+    click.echo(f"Node {n.get('name', name)} resumed: new jobs may start there"
+               + (f" once it is up (it is {state} now)" if state and state != "UP" else ""))
 
 
 # --- tokens ----------------------------------------------------------------------------

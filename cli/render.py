@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cli.units import format_duration, format_mib
+from cli.units import format_duration, format_energy, format_mib
 
 ACTIVE_STATES = ("DISPATCHED", "RUNNING")
 PENDING_STATES = ("PENDING",)
@@ -95,14 +95,22 @@ def job_detail(job: Job, now: datetime) -> str:
     ]
     if job.get("exit_code") is not None:
         rows.append(("Exit code", str(job["exit_code"])))
+    if int(job.get("attempt") or 0) > 1:
+        rows.append(("Attempt", f"{job['attempt']} (requeued)"))
     gpus = f"{job['gpus']} x {job['gpu_model']}" if job.get("gpu_model") else str(job["gpus"])
     rows.append(("Resources", f"gpus {gpus}, cpus {job.get('cpus')}, memory "
                               f"{format_mib(job.get('memory_mib')) or 'no limit'}"))
+    if job.get("requeue") is not None:
+        rows.append(("Requeue", "yes" if job["requeue"] else "no"))
     if job.get("node"):
         idx = ",".join(str(i) for i in job.get("gpu_indices") or [])
         rows.append(("Node", f"{job['node']}" + (f" GPUs {idx}" if idx else "")))
     rows.append(("Time", f"{format_duration(elapsed_s(job, now))} of "
                          f"{format_duration(job.get('time_limit_s'))}"))
+    if job.get("gpu_energy_j") is not None:
+        rows.append(("GPU energy", format_energy(job["gpu_energy_j"])))
+    if job.get("max_gpu_memory_mib") is not None:
+        rows.append(("GPU memory", f"{format_mib(job['max_gpu_memory_mib'])} peak"))
     rows.append(("Priority", str(job.get("priority"))))
     for label, key in (("Submitted", "submitted_at"), ("Dispatched", "dispatched_at"),
                        ("Started", "started_at"), ("Ended", "ended_at")):

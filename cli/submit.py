@@ -19,7 +19,8 @@ from cli.units import MemoryType, TimeType
 
 _COMMAND_FORM = "gpuq.submit.command_form"
 #: Options that go into the request body as they are (None: not given, server default).
-_SPEC_KEYS = ("name", "gpus", "gpu_model", "cpus", "memory_mib", "time_limit_s", "account")
+_SPEC_KEYS = ("name", "gpus", "gpu_model", "cpus", "memory_mib", "time_limit_s", "account",
+              "requeue")
 
 
 class SubmitCommand(click.Command):
@@ -119,6 +120,8 @@ def build_job(params: dict[str, Any], *, command: list[str] | None, script: str 
               help="Environment to pass: ALL (default), NONE, or VAR1,VAR2=x (ALL,VAR=x adds).")
 @click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
               help="Set a variable in the job's environment (repeatable).")
+@click.option("--requeue/--no-requeue", default=None,
+              help="Run the job again (from the start) if its node fails [--requeue].")
 @click.option("--idempotency-key", metavar="KEY",
               help="Submitting twice with one key makes one job [a fresh one per call].")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")

@@ -86,6 +86,21 @@ def format_mib(mib: float | None) -> str:
     return f"{mib:.0f}M"
 
 
+def format_energy(joules: float | None) -> str:
+    """"850 J (0.2 Wh)", "12.3 kJ (3.4 Wh)", "25.9 MJ (7.2 kWh)"; "" for unknown."""
+    if joules is None:
+        return ""
+    j = max(0.0, float(joules))
+    if j < 1000:
+        si = f"{j:.0f} J"
+    elif j < 1_000_000:
+        si = f"{j / 1000:.1f} kJ"
+    else:
+        si = f"{j / 1_000_000:.1f} MJ"
+    wh = j / 3600
+    return f"{si} ({wh:.1f} Wh)" if wh < 1000 else f"{si} ({wh / 1000:.1f} kWh)"
+
+
 class TimeType(click.ParamType):
     name = "TIME"
 

@@ -16,7 +16,16 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from scheduler.api.schemas import JobCreate, JobRead
+from scheduler.api.schemas import (
+    GpuRead,
+    JobCreate,
+    JobRead,
+    NodeDrain,
+    NodeRead,
+    UserCreate,
+    UserRead,
+    UserUpdate,
+)
 
 USER_TOKEN = "gpuq_user_secret"
 ADMIN_TOKEN = "gpuq_admin_secret"
@@ -35,6 +44,33 @@ def make_job(id: int = 1, **kw: Any) -> dict[str, Any]:
     return JobRead(**base).model_dump(mode="json")
 
 
+def make_gpu(index: int = 0, **kw: Any) -> dict[str, Any]:
+    """A ``GpuRead`` as the server sends it (validated by the real schema)."""
+    base: dict[str, Any] = dict(index=index, uuid=f"GPU-{index}", model="A100-80GB",
+                                memory_mib=81920, healthy=True, job_id=None, sample={})
+    base.update(kw)
+    return GpuRead(**base).model_dump(mode="json")
+
+
+def make_node(name: str = "gpu01", gpus: int | list[dict[str, Any]] = 1,
+              **kw: Any) -> dict[str, Any]:
+    """A ``NodeRead`` as the server sends it; ``gpus``: a count of idle GPUs, or the GPUs."""
+    base: dict[str, Any] = dict(
+        name=name, state="UP", state_reason="", cpus=64, memory_mib=512000,
+        gpu_backend="simulated", last_heartbeat_at=T0,
+        gpus=[make_gpu(i) for i in range(gpus)] if isinstance(gpus, int) else gpus)
+    base.update(kw)
+    return NodeRead(**base).model_dump(mode="json")
+
+
+def make_user(name: str = "bob", account: str = "lab1", **kw: Any) -> dict[str, Any]:
+    """A ``UserRead`` as the server sends it."""
+    base: dict[str, Any] = dict(name=name, admin=False, unix_user=name, default_account=account,
+                                accounts=[{"account": account, "shares": 1}])
+    base.update(kw)
+    return UserRead(**base).model_dump(mode="json")
+
+
 @dataclass
 class FakeApi:
     """What the fake server holds and saw; tests set it up and read it."""
@@ -46,15 +82,22 @@ class FakeApi:
     queries: list[list[tuple[str, str]]] = field(default_factory=list)
     #: Seconds to stall before answering each submit, popped in order (after creating).
     post_delays: list[float] = field(default_factory=list)
-    #: Per job: steps applied one per log read: (bytes appended, state after).
-    log_steps: dict[int, list[tuple[bytes, str]]] = field(default_factory=dict)
+    #: Per job: steps applied one per log read: (bytes appended, state after), or
+    #: (bytes, state, attempt): a new attempt starts a new log with those bytes.
+    log_steps: dict[int, list[tuple[Any, ...]]] = field(default_factory=dict)
+    #: The current attempt's log of each job; earlier attempts' in ``old_logs``.
     logs: dict[int, bytes] = field(default_factory=dict)
+    old_logs: dict[tuple[int, int], bytes] = field(default_factory=dict)
     log_reads: list[tuple[int, int]] = field(default_factory=list)
     nodes: list[dict[str, Any]] = field(default_factory=list)
     admin_posts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     #: What GET /v1/admin/<what> answers.
     admin_lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     admin_deletes: list[str] = field(default_factory=list)
+    #: The users, by name: POST/PATCH /v1/admin/users change them, GET lists them.
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Bodies of PATCH /v1/admin/users/{name}: (name, body).
+    admin_patches: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def reset(self) -> None:
         url = self.url
@@ -98,7 +141,8 @@ def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract
         if seen is not None:
             return JSONResponse(state.jobs[seen], status_code=200)
         jid = len(state.jobs) + 1
-        state.jobs[jid] = make_job(jid, name=body.name or "job", gpus=body.gpus)
+        state.jobs[jid] = make_job(jid, name=body.name or "job", gpus=body.gpus,
+                                   requeue=body.requeue)
         if body.idempotency_key:
             state.keys[body.idempotency_key] = jid
         if state.post_delays:
@@ -136,20 +180,27 @@ def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract
     @app.get("/v1/jobs/{job_id}/log")
     def read_log(job_id: int, authorization: Auth = None,
                  offset: Annotated[int, Query(ge=0)] = 0,
-                 limit: Annotated[int, Query(ge=1)] = 1024 * 1024) -> Response:
+                 limit: Annotated[int, Query(ge=1)] = 1024 * 1024,
+                 attempt: Annotated[int | None, Query(ge=1)] = None) -> Response:
         _role(authorization)
         job = get(job_id)
         steps = state.log_steps.get(job_id)
         if steps:
-            data, new_state = steps.pop(0)
+            data, new_state, *new_attempt = steps.pop(0)
+            if new_attempt and new_attempt[0] != max(job["attempt"], 1):
+                state.old_logs[(job_id, max(job["attempt"], 1))] = state.logs.pop(job_id, b"")
+                job["attempt"] = new_attempt[0]
             state.logs[job_id] = state.logs.get(job_id, b"") + data
             job["state"] = new_state
         state.log_reads.append((offset, limit))
-        log = state.logs.get(job_id, b"")
+        current = max(job["attempt"], 1)
+        run = attempt or current
+        log = (state.logs.get(job_id, b"") if run == current
+               else state.old_logs.get((job_id, run), b""))
         chunk = log[offset:offset + limit]
         return Response(chunk, media_type="text/plain; charset=utf-8", headers={
-            "X-Gpuq-Log-Size": str(len(log)), "X-Gpuq-Next-Offset": str(offset + len(chunk)),
-            "X-Gpuq-Job-State": job["state"]})
+            "X-Gpuq-Attempt": str(run), "X-Gpuq-Log-Size": str(len(log)),
+            "X-Gpuq-Next-Offset": str(offset + len(chunk)), "X-Gpuq-Job-State": job["state"]})
 
     @app.get("/v1/nodes")
     def nodes(authorization: Auth = None) -> list[dict[str, Any]]:
@@ -159,6 +210,60 @@ def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract
     def need_admin(authorization: str | None) -> None:
         if _role(authorization) != "admin":
             raise HTTPException(403, "this needs a admin token; yours is a user token")
+
+    def node(name: str) -> dict[str, Any]:
+        for n in state.nodes:
+            if n["name"] == name:
+                return n
+        raise HTTPException(404, f"no node {name}")
+
+    @app.post("/v1/admin/nodes/{name}/drain")
+    def admin_drain(name: str, body: NodeDrain, authorization: Auth = None) -> dict[str, Any]:
+        need_admin(authorization)
+        n = node(name)
+        state.admin_posts.append((f"nodes/{name}/drain", body.model_dump()))
+        n.update(drain=True, drain_reason=body.reason,
+                 state="DRAIN" if n["state"] == "UP" else n["state"])
+        return n
+
+    @app.post("/v1/admin/nodes/{name}/resume")
+    def admin_resume(name: str, authorization: Auth = None) -> dict[str, Any]:
+        need_admin(authorization)
+        n = node(name)
+        state.admin_posts.append((f"nodes/{name}/resume", {}))
+        n.update(drain=False, drain_reason="",
+                 state="UP" if n["state"] == "DRAIN" else n["state"])
+        return n
+
+    @app.get("/v1/admin/users")
+    def admin_users(authorization: Auth = None) -> list[dict[str, Any]]:
+        need_admin(authorization)
+        return list(state.users.values())
+
+    @app.post("/v1/admin/users", status_code=201)
+    def admin_create_user(body: UserCreate, authorization: Auth = None) -> dict[str, Any]:
+        need_admin(authorization)
+        state.admin_posts.append(("users", body.model_dump(exclude_unset=True)))
+        if body.name in state.users:
+            raise HTTPException(409, f"user {body.name} exists")
+        state.users[body.name] = make_user(
+            body.name, body.account, admin=body.admin, unix_user=body.unix_user or body.name,
+            accounts=[{"account": body.account, "shares": body.shares}])
+        return state.users[body.name]
+
+    @app.patch("/v1/admin/users/{name}")
+    def admin_update_user(name: str, body: UserUpdate,
+                          authorization: Auth = None) -> dict[str, Any]:
+        need_admin(authorization)
+        if name not in state.users:
+            raise HTTPException(404, f"no user {name}")
+        state.admin_patches.append((name, body.model_dump(exclude_unset=True)))
+        user = state.users[name]
+        if "unix_user" in body.model_fields_set:
+            user["unix_user"] = body.unix_user or name
+        if body.admin is not None:
+            user["admin"] = body.admin
+        return user
 
     @app.get("/v1/admin/{what}")
     def admin_list(what: str, authorization: Auth = None) -> list[dict[str, Any]]:
@@ -179,12 +284,13 @@ def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract
     async def admin_membership(name: str, request: Request,
                                authorization: Auth = None) -> dict[str, Any]:
         need_admin(authorization)
-        if name != "bob":
+        if name not in state.users:
             raise HTTPException(404, f"no user {name}")
         body = await request.json()
         state.admin_posts.append((f"users/{name}/accounts", body))
-        return {"name": name, "admin": False, "default_account": "lab1",
-                "accounts": [{"account": "lab1", "shares": 1}, {**body, "shares": 1}]}
+        user = state.users[name]
+        user["accounts"].append({"account": body["account"], "shares": body.get("shares", 1)})
+        return user
 
     @app.post("/v1/admin/{what}", status_code=201)
     async def admin_create(what: str, request: Request, authorization: Auth = None) -> Any:
@@ -195,10 +301,6 @@ def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract
             if body["name"] == "lab1":
                 raise HTTPException(409, "account lab1 exists")
             return {"parent": "root", "shares": 1, "description": "", **body}
-        if what == "users":
-            return {"name": body["name"], "admin": body.get("admin", False),
-                    "default_account": body["account"],
-                    "accounts": [{"account": body["account"], "shares": body.get("shares", 1)}]}
         if what == "tokens":
             return {"id": 7, "prefix": "gpuq_abc", "role": body["role"], "user": body.get("user"),
                     "node": body.get("node"), "description": "", "created_at": T0.isoformat(),

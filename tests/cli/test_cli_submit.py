@@ -39,6 +39,23 @@ def test_unset_options_are_left_to_the_server(api: FakeApi, gpuq) -> None:
                             "idempotency_key": api.posts[0]["idempotency_key"]}
 
 
+def test_requeue(api: FakeApi, gpuq, tmp_path: Path) -> None:
+    assert gpuq("submit", "--no-requeue", "--", "true").exit_code == 0
+    assert gpuq("submit", "--requeue", "--", "true").exit_code == 0
+    assert [p["requeue"] for p in api.posts] == [False, True]
+    assert "Requeue:     no" in gpuq("show", "1").stdout.splitlines()
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\n#GPUQ --no-requeue\necho\n")
+    assert gpuq("submit", str(script)).exit_code == 0
+    assert gpuq("submit", "--requeue", str(script)).exit_code == 0  # the command line wins
+    assert [p["requeue"] for p in api.posts[2:]] == [False, True]
+    script.write_text("#!/bin/sh\n#GPUQ --no-requeue\n#GPUQ --requeue\necho\n")
+    assert gpuq("submit", str(script)).exit_code == 0  # the later line wins
+    assert api.posts[-1]["requeue"] is True
+    assert gpuq("submit", "--", "true").exit_code == 0
+    assert "requeue" not in api.posts[-1]  # the server's default (yes)
+
+
 def test_each_invocation_has_its_own_key(api: FakeApi, gpuq) -> None:
     assert gpuq("submit", "--parsable", "--", "true").stdout == "1\n"
     assert gpuq("submit", "--parsable", "--", "true").stdout == "2\n"

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from cli.units import format_duration, format_mib, parse_memory_mib, parse_time_s
+from cli.units import (
+    format_duration,
+    format_energy,
+    format_mib,
+    parse_memory_mib,
+    parse_time_s,
+)
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -54,3 +60,11 @@ def test_format_duration_like_squeue(seconds: float | None, text: str) -> None:
 def test_format_mib() -> None:
     assert [format_mib(m) for m in (None, 512, 1024, 1536, 81920, 0)] == \
         ["", "512M", "1G", "1.5G", "80G", "0M"]
+
+
+@pytest.mark.parametrize(("joules", "text"), [
+    (None, ""), (0, "0 J (0.0 Wh)"), (850, "850 J (0.2 Wh)"), (12_300, "12.3 kJ (3.4 Wh)"),
+    (999_900, "999.9 kJ (277.8 Wh)"), (25_920_000, "25.9 MJ (7.2 kWh)"),
+])
+def test_format_energy(joules: float | None, text: str) -> None:
+    assert format_energy(joules) == text
