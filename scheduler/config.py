@@ -76,6 +76,20 @@ class Settings(BaseSettings):
     dispatch_resend_after_s: float = 20.0
     #: A node that has not sent a heartbeat for this many seconds is marked DOWN.
     node_down_after_s: float = 60.0
+    #: Usage decays with this half-life, in seconds (Slurm's PriorityDecayHalfLife; 0: none).
+    usage_half_life_s: float = 7 * 86400
+    #: How often running jobs are charged and usage decayed, in seconds.
+    usage_charge_interval_s: float = 30.0
+    #: The scheduling policy: fifo | fairshare | fairshare+backfill.
+    policy: Literal["fifo", "fairshare", "fairshare+backfill"] = "fairshare+backfill"
+    #: The fair-share factor: fair_tree (Slurm's) or classic (2^(-usage/shares)).
+    fairshare_algorithm: Literal["fair_tree", "classic"] = "fair_tree"
+    #: Multifactor priority weights (fairshare.md A3) and the age at which age saturates.
+    priority_weight_fairshare: float = 10_000
+    priority_weight_age: float = 1_000
+    priority_weight_jobsize: float = 0
+    priority_weight_qos: float = 0
+    priority_max_age_s: float = 7 * 86400
     #: A job's GPU samples are stored at most this often, in seconds (totals: every beat).
     job_sample_interval_s: float = 60.0
     #: Default and maximum job time limit, in seconds.

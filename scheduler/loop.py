@@ -12,17 +12,18 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from scheduler.context import Context
-from scheduler.db.models import GpuAllocation, Job, Node
+from scheduler.db.models import GpuAllocation, Job, Node, SchedulerState
 from scheduler.policy import Decisions, schedule
 from scheduler.services.nodes import mark_down
 from scheduler.snapshot import build_snapshot
 from scheduler.states import JobState, NodeState, set_pending_reason, transition
+from scheduler.usage import charge
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,11 @@ def _apply(session: Session, decisions: Decisions, now, result: CycleResult) -> 
             set_pending_reason(job, reason)
 
 
+def _charge_due(session: Session, now: datetime, interval_s: float) -> bool:
+    last = session.scalar(select(SchedulerState.usage_decayed_at).where(SchedulerState.id == 1))
+    return last is None or (now - last).total_seconds() >= interval_s
+
+
 def cycle(ctx: Context) -> CycleResult:
     """One scheduling cycle. Safe to call from tests with a manual clock."""
     now = ctx.clock()
@@ -100,10 +106,12 @@ def cycle(ctx: Context) -> CycleResult:
             Node.last_heartbeat_at < deadline))
         for node in stale:
             secs = int(ctx.settings.node_down_after_s)
-            for job in mark_down(session, node, now=now,
+            for job in mark_down(session, node, now=now, settings=ctx.settings,
                                  reason=f"no heartbeat for {secs} s"):
                 log.warning("job %s: NODE_FAIL on %s", job.id, node.name)
             result.nodes_down.append(node.name)
+        if _charge_due(session, now, ctx.settings.usage_charge_interval_s):
+            charge(session, now=now, settings=ctx.settings)
         decisions = schedule(build_snapshot(session, now))
         _apply(session, decisions, now, result)
     for job_id, node in result.started:

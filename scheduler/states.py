@@ -111,6 +111,8 @@ def requeue(session: Session, job: Job, *, now: datetime, reason: str) -> None:
     job.reason = reason
     job.node_id = None
     job.gpu_indices = []
+    job.started_at = None
+    job.charged_until = None
     job.ended_at = None
     job.exit_code = None
     job.gpu_energy_earlier_j = job.gpu_energy_j or 0.0

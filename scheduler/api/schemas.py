@@ -276,17 +276,21 @@ class NodeRead(BaseModel):
 # --- admin ------------------------------------------------------------------------------
 
 
+Shares = int | Literal["parent"]
+
+
 class AccountCreate(Strict):
     name: Name
     parent: Name = "root"
-    shares: int = Field(1, ge=0, le=1_000_000)
+    #: Raw shares, or "parent" (Slurm's FairShare=parent: not a level of its own).
+    shares: Annotated[int, Field(ge=0, le=1_000_000)] | Literal["parent"] = 1
     description: str = Field("", max_length=256)
 
 
 class AccountRead(BaseModel):
     name: str
     parent: str | None
-    shares: int
+    shares: Shares
     description: str
 
 
@@ -297,7 +301,7 @@ UnixName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_.-]{0,31}$",
 class UserCreate(Strict):
     name: Name
     account: Name
-    shares: int = Field(1, ge=0, le=1_000_000)
+    shares: Annotated[int, Field(ge=0, le=1_000_000)] | Literal["parent"] = 1
     admin: bool = False
     #: The Unix account this user's jobs run as on workers running as root (default: the
     #: same name). Only admins set it; users never choose it.
@@ -316,12 +320,12 @@ class NodeDrain(Strict):
 
 class MembershipCreate(Strict):
     account: Name
-    shares: int = Field(1, ge=0, le=1_000_000)
+    shares: Annotated[int, Field(ge=0, le=1_000_000)] | Literal["parent"] = 1
 
 
 class MembershipRead(BaseModel):
     account: str
-    shares: int
+    shares: Shares
 
 
 class UserRead(BaseModel):
@@ -366,6 +370,44 @@ class TokenRead(BaseModel):
 class TokenCreated(TokenRead):
     #: The secret; shown once, never stored.
     token: str
+
+
+class UsageImport(Strict):
+    """One record of historical usage from another scheduler."""
+
+    user: Name
+    account: Name
+    billed_seconds: float = Field(..., ge=0, description="billed GPU-seconds")
+    #: When the usage ended; it has decayed since. Default: now.
+    end_time: datetime | None = None
+
+    @field_validator("end_time")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-01-31T12:00:00Z")
+        return v
+
+
+class UsageImportResult(BaseModel):
+    imported: int
+    #: What the records add to the associations' usage now, after decay.
+    decayed_billed_seconds: float
+
+
+class FairShareRow(BaseModel):
+    """One line of ``sshare -l``: an account, or a user in an account."""
+
+    account: str
+    user: str | None
+    parent: str | None
+    raw_shares: Shares
+    norm_shares: float
+    raw_usage: float
+    norm_usage: float
+    effective_usage: float
+    level_fs: float | None
+    fairshare: float | None
 
 
 class WhoAmI(BaseModel):

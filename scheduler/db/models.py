@@ -67,6 +67,8 @@ class Account(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
     shares: Mapped[int] = mapped_column(Integer, default=1)
+    #: Slurm's FairShare=parent: not a level of its own (its children count as its parent's).
+    shares_parent: Mapped[bool] = mapped_column(Boolean, default=False)
     description: Mapped[str] = mapped_column(String(256), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -96,6 +98,9 @@ class Membership(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     shares: Mapped[int] = mapped_column(Integer, default=1)
+    shares_parent: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Decayed usage of this association, billed GPU-seconds, as of ``usage_at``.
+    usage: Mapped[float] = mapped_column(Float, default=0.0)
 
     user: Mapped[User] = relationship(back_populates="memberships")
     account: Mapped[Account] = relationship()
@@ -189,6 +194,14 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     #: Back to the queue when its node fails (else it ends as NODE_FAIL).
     requeue: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: Lowers the job's priority by this much (users: >= 0; admins may go below).
+    nice: Mapped[int] = mapped_column(Integer, default=0)
+    qos: Mapped[str] = mapped_column(String(16), default="normal")
+    #: The factors of the last scheduling cycle (pending jobs), for `gpuq show` / `why`.
+    priority_factors: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    estimated_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Usage has been charged for this job up to here (running jobs charge as they run).
+    charged_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     # --- observed and desired state -------------------------------------------------------
     state: Mapped[str] = mapped_column(String(16), default="PENDING")
@@ -243,11 +256,13 @@ class JobEvent(Base):
 
 
 class UsageRecord(Base):
-    """GPU usage charged to a user association over an interval (billed GPU-seconds)."""
+    """GPU usage charged to a user association over an interval (billed GPU-seconds).
+    ``job_id`` is None for imported history."""
 
     __tablename__ = "usage_records"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
+                                               index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     start: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -270,3 +285,11 @@ class JobSample(Base):
     power_w: Mapped[float | None] = mapped_column(Float)
     #: Energy of this attempt's GPUs since it started, joules.
     energy_j: Mapped[float | None] = mapped_column(Float)
+
+
+class SchedulerState(Base):
+    """One row of cluster-wide bookkeeping: when usage was last decayed."""
+
+    __tablename__ = "scheduler_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    usage_decayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

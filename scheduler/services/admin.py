@@ -14,11 +14,14 @@ from scheduler.api.schemas import (
     MembershipRead,
     TokenCreate,
     TokenRead,
+    UsageImport,
+    UsageImportResult,
     UserCreate,
     UserRead,
     UserUpdate,
 )
 from scheduler.auth import issue_token
+from scheduler.config import Settings
 from scheduler.db.models import Account, ApiToken, Membership, User
 from scheduler.errors import Conflict, Invalid, NotFound
 from scheduler.services.nodes import get_or_create_node
@@ -51,9 +54,19 @@ def user_by_name(session: Session, name: str) -> User:
     return user
 
 
+def split_shares(shares: int | str) -> tuple[int, bool]:
+    """(raw shares, shares_parent) from an API value: a number, or "parent"."""
+    return (0, True) if shares == "parent" else (int(shares), False)
+
+
+def shares_value(shares: int, parent: bool) -> int | str:
+    return "parent" if parent else shares
+
+
 def account_read(acct: Account) -> AccountRead:
     return AccountRead(name=acct.name, parent=acct.parent.name if acct.parent else None,
-                       shares=acct.shares, description=acct.description)
+                       shares=shares_value(acct.shares, acct.shares_parent),
+                       description=acct.description)
 
 
 def create_account(session: Session, body: AccountCreate, *, now: datetime) -> Account:
@@ -62,7 +75,8 @@ def create_account(session: Session, body: AccountCreate, *, now: datetime) -> A
     if session.scalar(select(Account).where(Account.name == body.name)) is not None:
         raise Conflict(f"account {body.name!r} already exists")
     parent = account_by_name(session, body.parent, field="parent")
-    acct = Account(name=body.name, parent_id=parent.id, shares=body.shares,
+    shares, is_parent = split_shares(body.shares)
+    acct = Account(name=body.name, parent_id=parent.id, shares=shares, shares_parent=is_parent,
                    description=body.description, created_at=now)
     session.add(acct)
     session.flush()
@@ -78,7 +92,8 @@ def user_read(user: User) -> UserRead:
     return UserRead(
         name=user.name, admin=user.is_admin, unix_user=user.unix_user or user.name,
         default_account=user.default_account.name if user.default_account else None,
-        accounts=[MembershipRead(account=m.account.name, shares=m.shares)
+        accounts=[MembershipRead(account=m.account.name,
+                                 shares=shares_value(m.shares, m.shares_parent))
                   for m in user.memberships],
     )
 
@@ -92,7 +107,9 @@ def create_user(session: Session, body: UserCreate, *, now: datetime) -> User:
                 unix_user=body.unix_user, created_at=now)
     session.add(user)
     session.flush()
-    session.add(Membership(user_id=user.id, account_id=acct.id, shares=body.shares))
+    shares, is_parent = split_shares(body.shares)
+    session.add(Membership(user_id=user.id, account_id=acct.id, shares=shares,
+                           shares_parent=is_parent))
     session.flush()
     session.refresh(user)
     return user
@@ -111,7 +128,9 @@ def add_membership(session: Session, user: User, body: MembershipCreate) -> User
     acct = account_by_name(session, body.account)
     if any(m.account_id == acct.id for m in user.memberships):
         raise Conflict(f"user {user.name!r} is already in account {acct.name!r}")
-    session.add(Membership(user_id=user.id, account_id=acct.id, shares=body.shares))
+    shares, is_parent = split_shares(body.shares)
+    session.add(Membership(user_id=user.id, account_id=acct.id, shares=shares,
+                           shares_parent=is_parent))
     session.flush()
     session.refresh(user)
     return user
@@ -148,3 +167,26 @@ def revoke_token(session: Session, token_id: int, *, now: datetime) -> ApiToken:
     if row.revoked_at is None:
         row.revoked_at = now
     return row
+
+
+def import_usage(session: Session, records: list[UsageImport], *, now: datetime,
+                 settings: Settings) -> UsageImportResult:
+    """Import history; all records or none (the request's transaction)."""
+    from scheduler.usage import import_usage as add
+
+    total = 0.0
+    for i, rec in enumerate(records):
+        user = session.scalar(select(User).where(User.name == rec.user))
+        acct = session.scalar(select(Account).where(Account.name == rec.account))
+        member = user is not None and acct is not None and any(
+            m.account_id == acct.id for m in user.memberships)
+        if not member:
+            raise Invalid(f"record {i + 1}: user {rec.user!r} is not a member of account "
+                          f"{rec.account!r}; create the user and membership first",
+                          field=f"{i}")
+        end = rec.end_time or now
+        if end > now:
+            raise Invalid(f"record {i + 1}: end_time is in the future", field=f"{i}")
+        total += add(session, user_id=user.id, account_id=acct.id,  # type: ignore[union-attr]
+                     billed=rec.billed_seconds, end=end, now=now, settings=settings)
+    return UsageImportResult(imported=len(records), decayed_billed_seconds=total)

@@ -214,14 +214,21 @@ def list_nodes(session: Session) -> list[NodeRead]:
     return out
 
 
-def mark_down(session: Session, node: Node, *, now: datetime, reason: str) -> list[Job]:
+def mark_down(session: Session, node: Node, *, now: datetime, reason: str,
+              settings: Settings) -> list[Job]:
     """A node stopped answering: DOWN. Its active jobs end as NODE_FAIL; those that allow
-    it go back to the queue (a new attempt, elsewhere or here once the node is back)."""
+    it go back to the queue (a new attempt, elsewhere or here once the node is back).
+    Their usage is charged up to the node's last heartbeat, the last sign they ran."""
+    from scheduler.usage import charge_job
+
     node.state, node.state_reason = NodeState.DOWN.value, reason
     jobs = list(session.scalars(
         select(Job).where(Job.node_id == node.id, Job.state.in_([s.value for s in ACTIVE]))
         .with_for_update(key_share=True).execution_options(populate_existing=True)))
     for job in jobs:
+        if job.state == JobState.RUNNING.value and node.last_heartbeat_at is not None:
+            charge_job(session, job, until=node.last_heartbeat_at, settings=settings)
+            job.charged_until = now  # the silent time is not charged
         transition(session, job, JobState.NODE_FAIL, now=now, reason=f"{node.name}: {reason}")
         if job.requeue and job.cancel_requested_at is None:
             requeue(session, job, now=now,

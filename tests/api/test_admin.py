@@ -27,7 +27,7 @@ def test_account_errors(api: Api) -> None:
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "name"]
     r = api.client.post("/v1/admin/accounts", headers=api.admin,
                         json={"name": "y", "shares": -1})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "shares"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == ["body", "shares"]
 
 
 def test_user_in_several_accounts(api: Api) -> None:

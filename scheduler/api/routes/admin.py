@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
 
 from scheduler.api.deps import Admin, Ctx
@@ -15,6 +16,8 @@ from scheduler.api.schemas import (
     TokenCreate,
     TokenCreated,
     TokenRead,
+    UsageImport,
+    UsageImportResult,
     UserCreate,
     UserRead,
     UserUpdate,
@@ -75,6 +78,61 @@ def resume_node(name: str, ctx: Ctx, _: Admin) -> NodeRead:
 def _node(ctx: Ctx, name: str) -> NodeRead:
     with ctx.transaction() as session:
         return next(n for n in nodes.list_nodes(session) if n.name == name)
+
+
+USAGE_EXAMPLE_CSV = "user,account,billed_seconds,end_time\nalice,qlab,36000,2026-10-01T00:00:00Z\n"
+
+
+@router.post(
+    "/usage/import",
+    response_model=UsageImportResult,
+    openapi_extra={"requestBody": {"content": {
+        "application/json": {"schema": {"type": "array", "items": {
+            "$ref": "#/components/schemas/UsageImport"}},
+            "example": [{"user": "alice", "account": "qlab", "billed_seconds": 36000,
+                         "end_time": "2026-10-01T00:00:00Z"}]},
+        "text/csv": {"schema": {"type": "string"}, "example": USAGE_EXAMPLE_CSV}}}},
+)
+async def import_usage(request: Request, ctx: Ctx, _: Admin) -> UsageImportResult:
+    """Import usage history (a lab moving from another scheduler keeps its fair share):
+    a JSON list, or CSV with the header ``user,account,billed_seconds[,end_time]``. Each
+    record decays from its end time (default now). All records are imported, or none."""
+    from starlette.concurrency import run_in_threadpool
+
+    records = parse_usage(await request.body(), request.headers.get("content-type", ""))
+
+    def work() -> UsageImportResult:
+        with ctx.transaction() as session:
+            return svc.import_usage(session, records, now=ctx.clock(), settings=ctx.settings)
+
+    out = await run_in_threadpool(work)
+    ctx.wake()
+    return out
+
+
+def parse_usage(body: bytes, content_type: str) -> list[UsageImport]:
+    import csv
+    import io
+    import json
+
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        text = body.decode("utf-8")
+        if "csv" in content_type:
+            rows: list[dict[str, str]] = list(csv.DictReader(io.StringIO(text)))
+            data: object = [{k.strip(): v.strip() for k, v in r.items() if k and v} for r in rows]
+        else:
+            data = json.loads(text)
+    except (UnicodeDecodeError, ValueError, csv.Error) as e:
+        kind = "CSV" if "csv" in content_type else "JSON"
+        raise HTTPException(422, f"cannot read the body as {kind}: {e}") from None
+    try:
+        return TypeAdapter(list[UsageImport]).validate_python(data)
+    except ValidationError as e:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        ) from None
 
 
 @router.post("/users/{name}/accounts", status_code=201, response_model=UserRead)
