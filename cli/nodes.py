@@ -133,8 +133,11 @@ def nodes_text(nodes: Iterable[Mapping[str, Any]], *, width: int | None = None) 
     pending = iter(notes)
     # Every other line has text: a row with an empty cell shows nothing in it, and a row
     # folded on a narrow terminal still shows its folded cell.
-    return "\n".join((pad + next(pending, "")).rstrip() if not line.strip() else line
-                     for line in lines)
+    out = [(pad + next(pending, "")).rstrip() if not line.strip() else line
+           for line in lines]
+    # A blank last row may be trimmed by the renderer: its note goes at the end.
+    out.extend((pad + note).rstrip() for note in pending)
+    return "\n".join(out)
 
 
 @click.command("nodes")

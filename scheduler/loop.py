@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -84,8 +84,26 @@ def _apply(session: Session, decisions: Decisions, now, result: CycleResult) -> 
         if job_id in started:
             continue
         job = session.get(Job, job_id)
-        if job is not None:
-            set_pending_reason(job, reason)
+        if job is None:
+            continue
+        set_pending_reason(job, reason)
+        _record_priority(job, decisions, job_id)
+
+
+def _record_priority(job: Job, decisions: Decisions, job_id: int) -> None:
+    """Keep what `gpuq show` and `gpuq why` read: the factors and the estimated start.
+    Rounded, so an unchanged value writes nothing."""
+    p = decisions.priorities.get(job_id)
+    if p is not None:
+        factors = {"total": round(p.total, 3), "fairshare": round(p.fairshare, 4),
+                   "age": round(p.age, 4), "jobsize": round(p.jobsize, 4),
+                   "qos": round(p.qos, 4), "nice": p.nice, "site": p.site}
+        if job.priority_factors != factors:
+            job.priority_factors = factors
+    est = decisions.estimated_starts.get(job_id)
+    when = datetime.fromtimestamp(round(est), UTC) if est is not None else None
+    if job.estimated_start != when:
+        job.estimated_start = when
 
 
 def _charge_due(session: Session, now: datetime, interval_s: float) -> bool:
@@ -112,7 +130,7 @@ def cycle(ctx: Context) -> CycleResult:
             result.nodes_down.append(node.name)
         if _charge_due(session, now, ctx.settings.usage_charge_interval_s):
             charge(session, now=now, settings=ctx.settings)
-        decisions = schedule(build_snapshot(session, now))
+        decisions = schedule(build_snapshot(session, now, ctx.settings))
         _apply(session, decisions, now, result)
     for job_id, node in result.started:
         ctx.dispatcher.launch(node, job_id)

@@ -8,23 +8,81 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from scheduler.db.models import Account, Job, Node, User
-from scheduler.policy import GpuView, JobView, NodeView, Snapshot
+from scheduler.config import Settings
+from scheduler.db.models import Account, Job, Membership, Node, User
+from scheduler.policy import (
+    AccountView,
+    AssocView,
+    GpuView,
+    JobView,
+    NodeView,
+    PolicyConfig,
+    Snapshot,
+)
+from scheduler.policy.usage import billed_seconds
 from scheduler.states import ACTIVE, JobState, NodeState
 
 
-def job_view(job: Job, users: dict[int, str], accounts: dict[int, str]) -> JobView:
+def job_view(job: Job, users: dict[int, str], accounts: dict[int, str],
+             nodes: dict[int, str] | None = None) -> JobView:
+    running = job.state != JobState.PENDING.value
     return JobView(
         id=job.id,
         gpus=job.gpus,
         submitted_at=job.submitted_at.timestamp(),
-        priority=job.priority,
+        priority=job.priority,  # the site offset an admin set (0 by default)
         gpu_model=job.gpu_model,
         cpus=job.cpus,
         memory_mib=job.memory_mib,
         user=users.get(job.user_id, ""),
         account=accounts.get(job.account_id, ""),
+        time_limit_s=float(job.time_limit_s),
+        nice=job.nice,
+        qos=job.qos,
+        node=(nodes or {}).get(job.node_id or 0) if running else None,
+        gpu_indices=tuple(job.gpu_indices or ()) if running else (),
+        started_at=(job.started_at or job.dispatched_at or job.submitted_at).timestamp()
+        if running else None,
     )
+
+
+def policy_config(settings: Settings) -> PolicyConfig:
+    return PolicyConfig(
+        policy=settings.policy,
+        fairshare_algorithm=settings.fairshare_algorithm,
+        weight_fairshare=settings.priority_weight_fairshare,
+        weight_age=settings.priority_weight_age,
+        weight_jobsize=settings.priority_weight_jobsize,
+        weight_qos=settings.priority_weight_qos,
+        max_age_s=settings.priority_max_age_s,
+    )
+
+
+def tree_views(session: Session) -> tuple[tuple[AccountView, ...], tuple[AssocView, ...],
+                                          dict[tuple[str, str], float]]:
+    """The accounts tree, the user associations and their decayed usage."""
+    accts = list(session.scalars(select(Account).order_by(Account.id)))
+    names = {a.id: a.name for a in accts}
+    accounts = tuple(AccountView(a.name, names.get(a.parent_id or 0), a.shares, a.shares_parent)
+                     for a in accts)
+    rows = session.execute(select(User.name, Membership.account_id, Membership.shares,
+                                  Membership.shares_parent, Membership.usage)
+                           .join(User, User.id == Membership.user_id)
+                           .order_by(Membership.id))
+    assocs, usage = [], {}
+    for user, account_id, shares, parent, used in rows:
+        assocs.append(AssocView(user, names[account_id], shares, parent))
+        usage[(user, names[account_id])] = used
+    return accounts, tuple(assocs), usage
+
+
+def _uncharged(job: Job, now: datetime, settings: Settings) -> float:
+    """What a running job used since its last charge (charged every few seconds)."""
+    since = job.charged_until or job.started_at
+    if job.state != JobState.RUNNING.value or since is None:
+        return 0.0
+    return billed_seconds(job.gpus, (now - since).total_seconds(),
+                          settings.billing_weight(job.gpu_model or ""))
 
 
 def node_views(session: Session, active: list[Job]) -> list[NodeView]:
@@ -58,16 +116,29 @@ def node_views(session: Session, active: list[Job]) -> list[NodeView]:
     return views
 
 
-def build_snapshot(session: Session, now: datetime) -> Snapshot:
+def build_snapshot(session: Session, now: datetime, settings: Settings | None = None
+                   ) -> Snapshot:
+    settings = settings or Settings()
     users = {uid: name for uid, name in session.execute(select(User.id, User.name))}
-    accounts = {aid: name for aid, name in session.execute(select(Account.id, Account.name))}
+    account_names = {aid: name for aid, name in session.execute(select(Account.id,
+                                                                      Account.name))}
+    node_names = {nid: name for nid, name in session.execute(select(Node.id, Node.name))}
     states = [JobState.PENDING.value, *(s.value for s in ACTIVE)]
     jobs = list(session.scalars(select(Job).where(Job.state.in_(states))))
     active = [j for j in jobs if j.state != JobState.PENDING.value]
     pending = [j for j in jobs if j.state == JobState.PENDING.value]
+    accounts, assocs, usage = tree_views(session)
+    for job in active:
+        key = (users.get(job.user_id, ""), account_names.get(job.account_id, ""))
+        if key in usage:
+            usage[key] += _uncharged(job, now, settings)
     return Snapshot(
         now=now.timestamp(),
         nodes=tuple(node_views(session, active)),
-        pending=tuple(job_view(j, users, accounts) for j in pending),
-        running=tuple(job_view(j, users, accounts) for j in active),
+        pending=tuple(job_view(j, users, account_names) for j in pending),
+        running=tuple(job_view(j, users, account_names, node_names) for j in active),
+        accounts=accounts,
+        assocs=assocs,
+        usage=usage,
+        config=policy_config(settings),
     )

@@ -45,6 +45,9 @@ class LogAck:
     size: int
     #: The server has less than the offset we sent from (409): resend from ``size``.
     resend: bool = False
+    #: The run is not the job's current attempt (409 with ``"stale": true``): the server
+    #: takes no more of its output.
+    stale: bool = False
 
 
 class NodeClient:
@@ -90,14 +93,18 @@ class NodeClient:
                           json=body.model_dump())
         return str(r.json().get("state", ""))
 
-    def ship_log(self, job_id: int, offset: int, data: bytes) -> LogAck:
+    def ship_log(self, job_id: int, attempt: int, offset: int, data: bytes) -> LogAck:
+        """Append ``data`` at ``offset`` of the output of run (``job_id``, ``attempt``)."""
         try:
             r = self._request("POST", f"/v1/nodes/{self.node}/jobs/{int(job_id)}/log",
-                              params={"offset": offset}, content=data,
+                              params={"offset": offset, "attempt": int(attempt)}, content=data,
                               headers={"Content-Type": "application/octet-stream"})
         except ApiError as e:
-            if e.status == 409 and isinstance(e.detail, dict) and "size" in e.detail:
-                return LogAck(size=int(e.detail["size"]), resend=True)
+            if e.status == 409 and isinstance(e.detail, dict):
+                if e.detail.get("stale"):
+                    return LogAck(size=int(e.detail.get("size") or 0), stale=True)
+                if "size" in e.detail:
+                    return LogAck(size=int(e.detail["size"]), resend=True)
             raise
         return LogAck(size=int(r.json()["size"]))
 
@@ -124,13 +131,12 @@ class NodeClient:
 
 
 def _detail(r: httpx.Response) -> Any:
-    """The server's ``detail`` (with ``size`` kept for the log's 409), else the body text."""
+    """The server's ``detail``, else the body text. A body with more than ``detail`` (the
+    log's 409 carries ``size`` and ``stale``) is kept whole."""
     try:
         body = r.json()
     except ValueError:
         return r.text[:500]
     if isinstance(body, dict) and "detail" in body:
-        if "size" in body:
-            return {"detail": body["detail"], "size": body["size"]}
-        return body["detail"]
+        return body if set(body) - {"detail"} else body["detail"]
     return body

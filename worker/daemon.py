@@ -2,8 +2,9 @@
 scheduler dispatches to it, and reports what its jobs do.
 
 Threads: the main thread consumes the node's Celery queue; a heartbeat thread sends the
-job list and GPU samples (and acts on the reply); a poll thread ships job output and
-reports state changes. SIGTERM or SIGINT stops consuming and the threads, and leaves the
+job runs (each with its GPUs' sample) and the GPU samples (health, and the processes on
+each GPU that gpuq did not start), and acts on the reply; a poll thread ships job output
+and reports state changes. SIGTERM or SIGINT stops consuming and the threads, and leaves the
 job supervisors running (a restarted daemon re-adopts them); a second signal exits at once.
 """
 
@@ -20,14 +21,15 @@ from celery import Celery
 from celery.worker import state as celery_state
 
 from scheduler.api.schemas import GpuSample as WireGpuSample
-from scheduler.api.schemas import Heartbeat, RegisterReply
+from scheduler.api.schemas import Heartbeat, JobRef, RegisterReply
 from scheduler.config import Settings
 from scheduler.dispatch import make_celery
 from worker.client import ApiError, NodeClient, ServerUnavailable
-from worker.gpus import GpuBackend, open_backend
+from worker.gpus import GpuBackend, GpuSample, open_backend
 from worker.host import read_node_token, registration
 from worker.jobenv import Identity, identity_for, identity_policy
 from worker.jobs import JobManager
+from worker.procs import JobProcesses, foreign_processes
 from worker.tasks import Handlers, register_tasks
 
 log = logging.getLogger("gpuq.worker")
@@ -43,11 +45,14 @@ class Daemon:
         self.stop = threading.Event()
         self.manager = JobManager(state_dir=settings.effective_worker_state_dir,
                                   node=settings.node_name, api=api,
-                                  kill_grace_s=settings.kill_grace_s, identity=identity)
+                                  kill_grace_s=settings.kill_grace_s, identity=identity,
+                                  gpus=backend)
         self.handlers = Handlers(api, self.manager)
         self.heartbeat_interval_s = settings.heartbeat_interval_s
         self._threads: list[threading.Thread] = []
         self._down_since: dict[str, str] = {}
+        self._foreign_seen: dict[int, frozenset[int]] = {}
+        self._unhealthy_seen: dict[int, str | None] = {}
 
     # --- registration and heartbeats -------------------------------------------------
     def register(self) -> RegisterReply | None:
@@ -71,12 +76,11 @@ class Daemon:
         return None
 
     def heartbeat(self) -> None:
-        self.backend.set_busy(self.manager.busy_gpu_indices())
-        body = Heartbeat(jobs=self.manager.jobs(), gpus=[
-            WireGpuSample(index=s.index, utilization_pct=s.utilization_pct,
-                          memory_used_mib=s.memory_used_mib, power_w=s.power_w,
-                          energy_j=s.energy_j, temperature_c=s.temperature_c, healthy=s.healthy)
-            for s in self.backend.samples()])
+        procs = self.manager.job_processes()
+        self.backend.set_busy(procs.gpus)
+        samples = self.backend.samples()
+        body = Heartbeat(jobs=self.manager.jobs(samples),
+                         gpus=[self._wire_sample(s, procs) for s in samples])
         try:
             reply = self.api.heartbeat(body)
         except ApiError as e:
@@ -85,11 +89,36 @@ class Daemon:
             log.warning("the scheduler has forgotten this node (%s); registering again", e)
             self.register()
             return
+        # Kills first: a launch of a job's next attempt waits for its older run here to end.
+        for ref in reply.kill:
+            self._kill(ref)
         for job_id in reply.launch:
             self.handlers.launch(job_id)
-        for job_id in reply.kill:
-            log.info("heartbeat: the scheduler wants job %s dead", job_id)
-            self.manager.kill(job_id)
+
+    def _kill(self, ref: JobRef) -> None:
+        if self.manager.kill(ref.job_id, ref.attempt):
+            log.info("heartbeat: the scheduler wants job %s.%s dead", ref.job_id, ref.attempt)
+
+    def _wire_sample(self, s: GpuSample, procs: JobProcesses) -> WireGpuSample:
+        foreign = foreign_processes(s.processes, procs, held=s.index in procs.gpus)
+        pids = frozenset(p.pid for p in foreign)
+        if pids != self._foreign_seen.get(s.index, frozenset()):
+            if foreign:
+                log.info("GPU %d: in use by processes gpuq did not start (no job gets it): %s",
+                         s.index, "; ".join(f"pid {p.pid} ({p.user}: {p.command})"
+                                            for p in foreign))
+            else:
+                log.info("GPU %d: no process gpuq did not start is left on it", s.index)
+            self._foreign_seen[s.index] = pids
+        if not s.healthy and self._unhealthy_seen.get(s.index) != s.health_reason:
+            log.error("GPU %d is unhealthy (no job gets it): %s", s.index, s.health_reason)
+        self._unhealthy_seen[s.index] = None if s.healthy else s.health_reason
+        return WireGpuSample(
+            index=s.index, utilization_pct=s.utilization_pct, memory_used_mib=s.memory_used_mib,
+            power_w=s.power_w, energy_j=s.energy_j, temperature_c=s.temperature_c,
+            healthy=s.healthy,
+            health_reason=s.health_reason[:256] if s.health_reason is not None else None,
+            foreign_processes=foreign[:256])
 
     # --- threads -----------------------------------------------------------------------
     def _every(self, name: str, interval_s: Callable[[], float], fn: Callable[[], None]) -> None:
@@ -161,10 +190,10 @@ def run(settings: Settings) -> None:
     try:
         daemon = Daemon(settings, backend, api, identity=identity)
         _install_signals(daemon)
-        adopted = daemon.manager.job_ids()
+        adopted = [str(k) for k in daemon.manager.runs()]
         if adopted:
-            log.info("re-adopting %d job(s) from %s: %s", len(adopted),
-                     daemon.manager.jobs_dir, adopted)
+            log.info("re-adopting %d job run(s) from %s: %s", len(adopted),
+                     daemon.manager.jobs_dir, ", ".join(adopted))
         reply = daemon.register()
         if reply is None:
             return

@@ -1,6 +1,7 @@
-"""The on-disk layout of one job, shared by the daemon and the job's supervisor.
+"""The on-disk layout of one job run, shared by the daemon and the job's supervisor.
 
-``<state_dir>/jobs/<id>/``::
+A job may run more than once (a requeued job runs again as its next *attempt*), so
+everything local is keyed by (job id, attempt): ``<state_dir>/jobs/<id>.<attempt>/``::
 
     spec.json       written by the daemon before it starts the supervisor
     script          the job's script, when it has one
@@ -9,8 +10,14 @@
     lock            flock held by the supervisor while it lives
     cancel          present once a cancel was asked for
     supervisor.log  the supervisor's own messages
+    usage.json      GPU energy at launch and the job's last sample (daemon)
     shipped         bytes of output.log the server has acknowledged (daemon)
     reported        the last state the server acknowledged (daemon)
+    stale           present once the server said this run is not the job's current one
+                    (or not this node's): nothing more is sent for it (daemon)
+
+Directories of the first layout, ``<state_dir>/jobs/<id>/`` (before attempts existed),
+are read as attempt 1, so a daemon upgraded under running jobs still re-adopts them.
 
 Standard library only: the supervisor imports it and must start fast.
 """
@@ -25,7 +32,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 SPEC = "spec.json"
 SCRIPT = "script"
@@ -36,9 +43,69 @@ CANCEL = "cancel"
 SUPERVISOR_LOG = "supervisor.log"
 SHIPPED = "shipped"
 REPORTED = "reported"
+USAGE = "usage.json"
+STALE = "stale"
 
 RUNNING = "RUNNING"
 FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+
+
+class RunKey(NamedTuple):
+    """One run of a job: its id and which attempt (``LaunchSpec.attempt``) it is."""
+
+    job_id: int
+    attempt: int
+
+    def __str__(self) -> str:
+        return f"{self.job_id}.{self.attempt}"
+
+
+def run_name(key: RunKey) -> str:
+    """The directory name of a run: ``<job id>.<attempt>``."""
+    return f"{int(key.job_id)}.{int(key.attempt)}"
+
+
+def legacy_name(key: RunKey) -> str | None:
+    """The directory name the first layout gave this run (attempt 1 only), else ``None``."""
+    return str(int(key.job_id)) if key.attempt == 1 else None
+
+
+def _number(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def parse_run_name(name: str) -> RunKey | None:
+    """``"12.3"`` -> (12, 3); ``"12"`` (the first layout) -> (12, 1); anything else ``None``."""
+    head, dot, tail = name.partition(".")
+    job_id = _number(head)
+    if job_id is None:
+        return None
+    if not dot:
+        return RunKey(job_id, 1)
+    attempt = _number(tail)
+    return RunKey(job_id, attempt) if attempt is not None and attempt >= 1 else None
+
+
+def find_run(base: Path, key: RunKey) -> Path | None:
+    """The directory of ``key`` under ``base`` (either layout), or ``None``."""
+    for name in (run_name(key), legacy_name(key)):
+        if name is not None and (base / name).is_dir():
+            return base / name
+    return None
+
+
+def list_runs(base: Path) -> dict[RunKey, Path]:
+    """Every run directory under ``base``, by key, in (job id, attempt) order."""
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return {}
+    runs: dict[RunKey, Path] = {}
+    for name in names:
+        key = parse_run_name(name)
+        if key is not None and key not in runs:
+            runs[key] = base / name
+    return dict(sorted(runs.items()))
 
 
 def write_json_atomic(path: Path, obj: Any, *, mode: int = 0o600) -> None:

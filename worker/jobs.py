@@ -1,10 +1,12 @@
 """The JobManager: starts job supervisors, stops them, and tells the server what they did.
 
-Everything it knows lives in ``<state_dir>/jobs/<id>/`` (see ``worker.jobdir``), so a
-restarted daemon re-adopts its jobs by listing that directory: supervisors still running
-keep running, jobs that ended while it was away get reported. Once the server has
-acknowledged a job's final state (after all of its output), the directory moves to
-``<state_dir>/done/``.
+Everything is keyed by *run*: (job id, attempt), as a requeued job runs again as its next
+attempt. All it knows lives in ``<state_dir>/jobs/<id>.<attempt>/`` (see
+``worker.jobdir``; directories of the first layout, ``jobs/<id>/``, are attempt 1), so a
+restarted daemon re-adopts its runs by listing that directory: supervisors still running
+keep running, runs that ended while it was away get reported. Once the server has
+acknowledged a run's final state (after all of its output), or has said it is not the
+job's current run, the directory moves to ``<state_dir>/done/`` once the run has ended.
 """
 
 from __future__ import annotations
@@ -18,22 +20,29 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import worker
-from scheduler.api.schemas import LaunchSpec, WorkerJob
+from scheduler.api.schemas import JobSample, LaunchSpec, WorkerJob
 from worker import jobdir as jd
+from worker import usage
 from worker.client import NodeClient
+from worker.gpus.base import GpuBackend, GpuSample
+from worker.jobdir import RunKey
 from worker.jobenv import Identity, LaunchRefused, build_env, identity_for
+from worker.procs import JobProcesses
 from worker.reporting import Reporter
 
 log = logging.getLogger(__name__)
 #: Seconds a job directory may go without a supervisor taking its lock before the
 #: job counts as failed to start (only for supervisors this daemon did not start itself).
 START_TIMEOUT_S = 60.0
+#: Beyond the kill grace period, how long a launch waits for an older attempt of the
+#: same job to end before it starts the new one anyway.
+OLDER_ATTEMPT_EXTRA_WAIT_S = 5.0
 DONE_KEEP = 200
 #: Of the daemon's environment, only these reach the supervisor (never the node token).
 SUPERVISOR_ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LANG", "LC_ALL", "TZ")
@@ -41,9 +50,9 @@ SUPERVISOR_ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LANG", "LC
 
 @dataclass(frozen=True)
 class Observed:
-    """What the daemon sees of one job directory."""
+    """What the daemon sees of one run directory."""
 
-    job_id: int
+    key: RunKey
     dir: Path
     #: ``RUNNING`` (also while the supervisor is starting) or a final state.
     state: str
@@ -52,37 +61,50 @@ class Observed:
     exit_code: int | None = None
     reason: str = ""
 
+    @property
+    def job_id(self) -> int:
+        return self.key.job_id
+
 
 class JobManager:
     def __init__(self, *, state_dir: Path, node: str, api: NodeClient, kill_grace_s: float,
                  identity: Callable[[str], Identity] = identity_for,
+                 gpus: GpuBackend | None = None,
                  python: str = sys.executable, wall: Callable[[], float] = time.time,
                  chunk_bytes: int = 256 * 1024) -> None:
         self.jobs_dir, self.done_dir = state_dir / "jobs", state_dir / "done"
         for d in (state_dir, self.jobs_dir, self.done_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.node, self.kill_grace_s = node, kill_grace_s
-        self._identity, self._python, self._wall = identity, python, wall
+        self._identity, self._gpus = identity, gpus
+        self._python, self._wall = python, wall
         self._lock = threading.Lock()
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._children: dict[RunKey, subprocess.Popen[bytes]] = {}
         self.reporter = Reporter(api, chunk_bytes=chunk_bytes)
 
     # --- launch and kill ---------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> bool:
-        """Start a supervisor for ``spec``; ``False`` if this job id was seen before."""
-        d = self.jobs_dir / str(int(spec.job_id))
+        """Start a supervisor for run (``spec.job_id``, ``spec.attempt``); ``False`` if
+        that run is here or ran here before. Other attempts of the job still running here
+        are killed first (waiting for them up to the kill grace period and a little)."""
+        key = RunKey(int(spec.job_id), int(spec.attempt))
         with self._lock:
-            if (self.done_dir / d.name).exists():
-                log.info("job %s ran here before; not launching it again", spec.job_id)
+            if jd.find_run(self.done_dir, key) or jd.find_run(self.jobs_dir, key):
+                log.info("job %s is here or ran here before; launch ignored", key)
                 return False
+        others = [k for k in self.live_attempts(key.job_id) if k != key.attempt]
+        if others:
+            self._kill_and_wait(key, others)
+        d = self.jobs_dir / jd.run_name(key)
+        with self._lock:
             try:
                 d.mkdir(mode=0o700)
             except FileExistsError:
-                log.info("job %s is already here; launch ignored", spec.job_id)
+                log.info("job %s is already here; launch ignored", key)
                 return False
         refused, env, run_as = None, {}, None
         try:
-            who = self._identity(spec.user)
+            who = self._identity(spec.unix_user)
             env = build_env(spec, node=self.node, who=who)
             run_as = {"name": who.name, "uid": who.uid, "gid": who.gid,
                       "groups": list(who.groups) if who.groups is not None else None}
@@ -92,18 +114,47 @@ class JobManager:
             fd = os.open(d / jd.SCRIPT, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
             with os.fdopen(fd, "w") as f:
                 f.write(spec.script)
+        self._record_start(d, spec.gpu_indices)
         jd.write_json_atomic(d / jd.SPEC, {
-            "job_id": spec.job_id, "launch": spec.model_dump(mode="json"), "env": env,
-            "kill_grace_s": self.kill_grace_s, "run_as": run_as, "refused": refused})
-        self._spawn(spec.job_id, d)
+            "job_id": key.job_id, "attempt": key.attempt, "launch": spec.model_dump(mode="json"),
+            "env": env, "kill_grace_s": self.kill_grace_s, "run_as": run_as,
+            "refused": refused})
+        self._spawn(key, d)
         if run_as is None:
-            log.warning("job %s: not started: %s", spec.job_id, refused)
+            log.warning("job %s: not started: %s", key, refused)
         else:
-            log.info("job %s: launched on GPUs %s as %s", spec.job_id, spec.gpu_indices,
-                     run_as["name"])
+            log.info("job %s: launched on GPUs %s as %s", key, spec.gpu_indices, run_as["name"])
         return True
 
-    def _spawn(self, job_id: int, d: Path) -> None:
+    def _record_start(self, d: Path, gpu_indices: Sequence[int]) -> None:
+        """Each GPU's energy counter at launch, for the run's energy (``usage.json``)."""
+        samples: list[GpuSample] = []
+        if self._gpus is not None and gpu_indices:
+            try:
+                samples = self._gpus.samples()
+            except Exception:
+                log.exception("reading the GPUs at launch failed; the job's energy will "
+                              "count from its first heartbeat")
+        jd.write_json_atomic(d / jd.USAGE, usage.start_record(gpu_indices, samples,
+                                                               self._wall()))
+
+    def _kill_and_wait(self, key: RunKey, attempts: Sequence[int]) -> None:
+        log.info("job %s: killing attempt(s) %s of the job still running here first", key,
+                 ", ".join(map(str, attempts)))
+        dirs = []
+        for attempt in attempts:
+            self.kill(key.job_id, attempt)
+            d = jd.find_run(self.jobs_dir, RunKey(key.job_id, attempt))
+            if d is not None:
+                dirs.append(d)
+        deadline = time.monotonic() + self.kill_grace_s + OLDER_ATTEMPT_EXTRA_WAIT_S
+        while any(jd.supervisor_alive(d) for d in dirs):
+            if time.monotonic() > deadline:
+                log.warning("job %s: an older attempt is still running; launching anyway", key)
+                return
+            time.sleep(0.02)
+
+    def _spawn(self, key: RunKey, d: Path) -> None:
         env = {k: os.environ[k] for k in SUPERVISOR_ENV if k in os.environ}
         src = str(Path(worker.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
@@ -113,13 +164,14 @@ class JobManager:
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     close_fds=True, cwd="/", env=env)
         with self._lock:
-            self._children[job_id] = proc
+            self._children[key] = proc
 
-    def kill(self, job_id: int) -> bool:
-        """Cancel a job: its supervisor sends SIGTERM, then SIGKILL after the grace period,
-        and records CANCELLED. ``False`` if the job is not here (or already ended)."""
-        d = self.jobs_dir / str(int(job_id))
-        if not d.is_dir():
+    def kill(self, job_id: int, attempt: int) -> bool:
+        """Cancel one run: its supervisor sends SIGTERM, then SIGKILL after the grace
+        period, and records CANCELLED. ``False`` if the run is not here (or has ended)."""
+        key = RunKey(int(job_id), int(attempt))
+        d = jd.find_run(self.jobs_dir, key)
+        if d is None:
             return False
         state = jd.read_json(d / jd.STATE)
         if state is not None and state.get("state") in jd.FINAL:
@@ -131,69 +183,117 @@ class JobManager:
         if state is not None and jd.supervisor_alive(d):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(state["supervisor_pid"]), signal.SIGTERM)
-        log.info("job %s: cancel sent", job_id)
+        log.info("job %s: cancel sent", key)
         return True
 
     # --- what is here ------------------------------------------------------------------
-    def job_ids(self) -> list[int]:
-        try:
-            names = os.listdir(self.jobs_dir)
-        except FileNotFoundError:
-            return []
-        return sorted(int(n) for n in names if n.isdigit())
+    def runs(self) -> dict[RunKey, Path]:
+        """Every run here (running, or ended and not yet retired), by key."""
+        return jd.list_runs(self.jobs_dir)
 
-    def jobs(self) -> list[WorkerJob]:
-        """Every job still here, for the heartbeat: RUNNING unless it has ended."""
+    def job_ids(self) -> list[int]:
+        return sorted({k.job_id for k in self.runs()})
+
+    def live_attempts(self, job_id: int) -> list[int]:
+        """Attempts of ``job_id`` here that have not ended."""
         out = []
-        for job_id in self.job_ids():
-            state = jd.read_json(self.jobs_dir / str(job_id) / jd.STATE) or {}
-            final = state.get("state") if state.get("state") in jd.FINAL else None
-            out.append(WorkerJob(job_id=job_id, state=final or jd.RUNNING))
+        for key, d in self.runs().items():
+            if key.job_id == job_id:
+                state = jd.read_json(d / jd.STATE) or {}
+                if state.get("state") not in jd.FINAL:
+                    out.append(key.attempt)
         return out
 
+    def jobs(self, samples: Sequence[GpuSample] | None = None) -> list[WorkerJob]:
+        """Every run still here, for the heartbeat: RUNNING unless it has ended, with its
+        GPUs' sample (computed from ``samples`` while it runs, the last one once ended)."""
+        out = []
+        for key, d in self.runs().items():
+            state = jd.read_json(d / jd.STATE) or {}
+            final = state.get("state") if state.get("state") in jd.FINAL else None
+            out.append(WorkerJob(job_id=key.job_id, attempt=key.attempt,
+                                 state=final or jd.RUNNING,
+                                 sample=self._sample(d, running=final is None, samples=samples)))
+        return out
+
+    def _sample(self, d: Path, *, running: bool,
+                samples: Sequence[GpuSample] | None) -> JobSample | None:
+        spec = jd.read_json(d / jd.SPEC)
+        indices = (spec or {}).get("launch", {}).get("gpu_indices") or []
+        if spec is None or not indices:
+            return None
+        try:
+            record = jd.read_json(d / jd.USAGE)
+        except ValueError:
+            record = None
+        if not running or samples is None:
+            return usage.last_sample(record)
+        record, sample = usage.advance(record, indices, samples, self._wall())
+        with contextlib.suppress(FileNotFoundError):  # retired meanwhile
+            jd.write_json_atomic(d / jd.USAGE, record)
+        return sample
+
+    def job_processes(self) -> JobProcesses:
+        """The running runs' sessions, supervisors and GPUs (to tell gpuq's processes on
+        a GPU from foreign ones, and for the simulated GPUs' load)."""
+        sessions: set[int] = set()
+        supervisors: set[int] = set()
+        gpus: dict[int, list[int]] = {}
+        for d in self.runs().values():
+            state = jd.read_json(d / jd.STATE) or {}
+            if state.get("state") in jd.FINAL:
+                continue
+            spec = jd.read_json(d / jd.SPEC) or {}
+            pid = state.get("pid")
+            sessions.update(int(state[k]) for k in ("pid", "pgid") if state.get(k))
+            if state.get("supervisor_pid"):
+                supervisors.add(int(state["supervisor_pid"]))
+            if spec.get("refused"):
+                continue
+            for i in spec.get("launch", {}).get("gpu_indices") or []:
+                gpus.setdefault(int(i), [])
+                if pid:
+                    gpus[int(i)].append(int(pid))
+        return JobProcesses(sessions=frozenset(sessions), supervisors=frozenset(supervisors),
+                            gpus=gpus)
+
     def busy_gpu_indices(self) -> set[int]:
-        busy: set[int] = set()
-        for job in self.jobs():
-            if job.state == jd.RUNNING:
-                spec = jd.read_json(self.jobs_dir / str(job.job_id) / jd.SPEC) or {}
-                busy.update(spec.get("launch", {}).get("gpu_indices", []))
-        return busy
+        return set(self.job_processes().gpus)
 
     # --- the poll ----------------------------------------------------------------------
     def poll(self) -> None:
-        """Ship new output and report state changes of every job here (one pass).
+        """Ship new output and report state changes of every run here (one pass).
 
         Raises ``ServerUnavailable`` when the server cannot be reached; the next pass
         carries on where this one stopped.
         """
         self._reap_children()
-        for job_id in self.job_ids():
-            d = self.jobs_dir / str(job_id)
+        for key, d in self.runs().items():
             try:
-                obs = self.observe(job_id, d)
+                obs = self.observe(key, d)
             except FileNotFoundError:
                 continue  # retired meanwhile
             if self.reporter.sync(obs):
                 self._retire(obs)
 
-    def observe(self, job_id: int, d: Path) -> Observed:
+    def observe(self, key: RunKey, d: Path) -> Observed:
         state = jd.read_json(d / jd.STATE)
         if state is not None and state.get("state") in jd.FINAL:
-            return self._observed(job_id, d, state)
-        if jd.supervisor_alive(d) or self._starting(job_id, d, state):
-            return Observed(job_id, d, jd.RUNNING, started=state is not None)
-        return self._observed(job_id, d, self._supervisor_lost(job_id, d, state))
+            return self._observed(key, d, state)
+        if jd.supervisor_alive(d) or self._starting(key, d, state):
+            return Observed(key, d, jd.RUNNING, started=state is not None)
+        return self._observed(key, d, self._supervisor_lost(key, d, state))
 
     @staticmethod
-    def _observed(job_id: int, d: Path, state: dict[str, Any]) -> Observed:
-        return Observed(job_id, d, state["state"], started=state.get("pid") is not None,
+    def _observed(key: RunKey, d: Path, state: dict[str, Any]) -> Observed:
+        return Observed(key, d, state["state"], started=state.get("pid") is not None,
                         exit_code=state.get("exit_code"), reason=state.get("reason") or "")
 
-    def _starting(self, job_id: int, d: Path, state: dict[str, Any] | None) -> bool:
+    def _starting(self, key: RunKey, d: Path, state: dict[str, Any] | None) -> bool:
         if state is not None:
             return False
         with self._lock:
-            child = self._children.get(job_id)
+            child = self._children.get(key)
         if child is not None:
             return child.poll() is None
         try:
@@ -202,10 +302,11 @@ class JobManager:
             return False
         return age_s < START_TIMEOUT_S
 
-    def _supervisor_lost(self, job_id: int, d: Path,
+    def _supervisor_lost(self, key: RunKey, d: Path,
                          state: dict[str, Any] | None) -> dict[str, Any]:
         """The supervisor is gone without recording an end: record one for it."""
-        state = dict(state or {"job_id": job_id, "pid": None, "pgid": None})
+        state = dict(state or {"job_id": key.job_id, "attempt": key.attempt, "pid": None,
+                               "pgid": None})
         cancelled = (d / jd.CANCEL).exists()
         if state.get("pid") is None:
             reason = ("cancelled before it started" if cancelled else
@@ -222,7 +323,7 @@ class JobManager:
             if not got:  # a supervisor has just appeared after all
                 return {"state": jd.RUNNING, "pid": state.get("pid")}
             jd.write_json_atomic(d / jd.STATE, state, mode=0o644)
-        log.warning("job %s: %s", job_id, reason)
+        log.warning("job %s: %s", key, reason)
         return state
 
     # --- housekeeping ------------------------------------------------------------------
@@ -232,7 +333,7 @@ class JobManager:
             if dest.exists():
                 shutil.rmtree(dest)
             os.rename(obs.dir, dest)
-            self._children.pop(obs.job_id, None)
+            self._children.pop(obs.key, None)
         self._prune_done()
 
     def _prune_done(self) -> None:
@@ -242,6 +343,7 @@ class JobManager:
 
     def _reap_children(self) -> None:
         with self._lock:
-            for job_id, proc in list(self._children.items()):
-                if proc.poll() is not None and (self.jobs_dir / str(job_id) / jd.STATE).exists():
-                    del self._children[job_id]
+            for key, proc in list(self._children.items()):
+                d = jd.find_run(self.jobs_dir, key)
+                if proc.poll() is not None and (d is None or (d / jd.STATE).exists()):
+                    del self._children[key]

@@ -1,9 +1,18 @@
-"""Tell the server what a job did: its output (in bounded chunks, resuming from the offset
-the server acknowledged) and its state changes (RUNNING, then the final state, which is
-sent only once all of the output is in)."""
+"""Tell the server what a job run did: its output (in bounded chunks, resuming from the
+offset the server acknowledged) and its state changes (RUNNING, then the final state,
+which is sent only once all of the output is in). Every report and chunk names the run's
+attempt.
+
+When the server says a run is not the job's current attempt (the log's 409 with
+``"stale": true``) or not this node's job any more (404), the run is marked *stale*
+(``stale`` in its directory): the rest of its output is dropped, nothing more is
+reported, and it is retired locally once it has ended. Killing it is the heartbeat's
+business (the server lists it in ``kill``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -21,43 +30,59 @@ log = logging.getLogger(__name__)
 MAX_CHUNKS_PER_PASS = 8
 
 
+class Stale(Exception):
+    """The server takes nothing more about this run."""
+
+
 class Reporter:
     def __init__(self, api: NodeClient, *, chunk_bytes: int = 256 * 1024) -> None:
         self.api, self.chunk_bytes = api, chunk_bytes
-        self._complained: dict[int, str] = {}
+        self._complained: dict[jd.RunKey, str] = {}
 
     def sync(self, obs: Observed) -> bool:
-        """One pass for one job; ``True`` once the server holds everything (retire it).
+        """One pass for one run; ``True`` once there is nothing more to send (retire it).
 
         Raises ``ServerUnavailable`` when the server cannot be reached.
         """
-        d, job_id = obs.dir, obs.job_id
+        d, key = obs.dir, obs.key
+        if (d / jd.STALE).exists():
+            return obs.state in jd.FINAL
         try:
             if obs.started and not jd.read_text(d / jd.REPORTED):
-                self.api.report(job_id, JobStateReport(state="RUNNING"))
+                self.api.report(key.job_id, JobStateReport(attempt=key.attempt, state="RUNNING"))
                 jd.write_text_atomic(d / jd.REPORTED, jd.RUNNING)
-            caught_up = self.ship(d, job_id)
+            caught_up = self.ship(d, key)
             if obs.state not in jd.FINAL or not caught_up:
                 return False
-            now = self.api.report(job_id, JobStateReport.model_validate(
-                {"state": obs.state, "exit_code": obs.exit_code, "reason": obs.reason[:256]}))
+            now = self.api.report(key.job_id, JobStateReport.model_validate(
+                {"attempt": key.attempt, "state": obs.state, "exit_code": obs.exit_code,
+                 "reason": obs.reason[:256]}))
             jd.write_text_atomic(d / jd.REPORTED, obs.state)
-            log.info("job %s: reported %s (server: %s)", job_id, obs.state, now)
-            self._complained.pop(job_id, None)
+            log.info("job %s: reported %s (server: %s)", key, obs.state, now)
+            self._complained.pop(key, None)
             return True
+        except Stale as e:
+            self._mark_stale(d, key, str(e))
+            return obs.state in jd.FINAL
         except ApiError as e:
             if e.status == 404:
-                self._complained.pop(job_id, None)
-                log.warning("job %s: the server says it is not assigned to this node; "
-                            "keeping its files in done/ and forgetting it", job_id)
-                return True
-            if self._complained.get(job_id) != str(e):
-                log.error("job %s: the server refused a report: %s", job_id, e)
-                self._complained[job_id] = str(e)
+                self._mark_stale(d, key, "the server says the job is not assigned to this node")
+                return obs.state in jd.FINAL
+            if self._complained.get(key) != str(e):
+                log.error("job %s: the server refused a report: %s", key, e)
+                self._complained[key] = str(e)
             return False
 
-    def ship(self, d: Path, job_id: int) -> bool:
-        """Send output the server does not have yet; ``True`` when it has all of it."""
+    def _mark_stale(self, d: Path, key: jd.RunKey, why: str) -> None:
+        self._complained.pop(key, None)
+        log.warning("job %s: %s; dropping the rest of this run's output, and keeping its "
+                    "files in done/ once it has ended", key, why)
+        with contextlib.suppress(FileNotFoundError):
+            jd.write_text_atomic(d / jd.STALE, why)
+
+    def ship(self, d: Path, key: jd.RunKey) -> bool:
+        """Send output the server does not have yet; ``True`` when it has all of it.
+        Raises ``Stale`` when the server takes no more output of this run."""
         path = d / jd.LOG
         try:
             size = path.stat().st_size
@@ -74,10 +99,13 @@ class Reporter:
                 data = f.read(min(self.chunk_bytes, size - acked))
                 if not data:
                     break
-                ack = self.api.ship_log(job_id, acked, data)
+                ack = self.api.ship_log(key.job_id, key.attempt, acked, data)
+                if ack.stale:
+                    raise Stale(f"the server says attempt {key.attempt} is not the job's "
+                                "current one")
                 if not ack.resend and ack.size <= acked:
                     log.warning("job %s: the server took none of the output at offset %d",
-                                job_id, acked)
+                                key, acked)
                     break
                 acked = ack.size
                 jd.write_text_atomic(d / jd.SHIPPED, str(acked))

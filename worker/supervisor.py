@@ -4,7 +4,14 @@ Started detached by the daemon (its own session, stdin from /dev/null), so it ou
 daemon restart. It starts the job in its own session (process group) in ``workdir`` with
 the environment from ``spec.json``, sends stdout and stderr to ``output.log``, enforces the
 time limit, and treats SIGTERM/SIGINT to itself as a cancel: SIGTERM to the job's whole
-process group, SIGKILL after the grace period. It is the only writer of ``state.json``.
+process group, SIGKILL after the grace period. It is the only writer of ``state.json``
+(which records the job's pid = pgid = sid, and the supervisor's own pid).
+
+When the job runs as another account (a root daemon), the job gets what it needs as that
+account: its script is copied to a directory the account owns, its output goes to a file
+descriptor the supervisor opened (the state directory stays private), and it enters its
+``workdir`` as that account (a job cannot start in a directory its user cannot reach,
+the whole path included: it fails with exit code 126 or 127, saying so).
 
 It is also a child subreaper, so the job's orphaned grandchildren are reaped here and
 "is anything of the job left?" has an exact answer. Standard library only.
@@ -15,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import logging
 import os
 import select
@@ -88,7 +96,7 @@ class Supervisor:
             try:
                 self._supervise()
             except BaseException:
-                log.exception("job %s: supervisor failed", spec.get("job_id"))
+                log.exception("job %s: supervisor failed", self.label)
                 if self._leader:  # never leave a job running unsupervised
                     self._signal_group(signal.SIGKILL)
                 raise
@@ -130,8 +138,13 @@ class Supervisor:
         self.state.update(fields)
         jd.write_json_atomic(self.dir / jd.STATE, self.state, mode=0o644)
 
+    @property
+    def label(self) -> str:
+        """``<job id>.<attempt>`` for messages."""
+        return f"{self.spec.get('job_id')}.{self.spec.get('attempt', 1)}"
+
     def _end(self, state: str, exit_code: int | None, reason: str) -> None:
-        log.info("job %s: %s (%s)", self.spec.get("job_id"), state, reason)
+        log.info("job %s: %s (%s)", self.label, state, reason)
         self._write(state=state, exit_code=exit_code, reason=reason,
                     ended_at=jd.iso_utc(self.wall()))
 
@@ -140,7 +153,8 @@ class Supervisor:
 
     def _supervise(self) -> None:
         spec, launch = self.spec, self.spec["launch"]
-        self.state = {"job_id": spec["job_id"], "state": None, "pid": None, "pgid": None,
+        self.state = {"job_id": spec["job_id"], "attempt": spec.get("attempt", 1),
+                      "state": None, "pid": None, "pgid": None,
                       "exit_code": None, "started_at": None, "ended_at": None, "reason": "",
                       "supervisor_pid": os.getpid(), "boot_id": jd.boot_id()}
         if spec.get("refused"):
@@ -181,7 +195,7 @@ class Supervisor:
         run_as = self.spec.get("run_as")
         if run_as and run_as["uid"] != os.geteuid():
             # The job's user may not reach the state directory: give it its own copy.
-            self._tmpdir = tempfile.mkdtemp(prefix=f"gpuq-job-{self.spec['job_id']}-")
+            self._tmpdir = tempfile.mkdtemp(prefix=f"gpuq-job-{self.label}-")
             os.chown(self._tmpdir, run_as["uid"], run_as["gid"])
             copy = Path(self._tmpdir) / "script"
             shutil.copyfile(path, copy)
@@ -193,16 +207,20 @@ class Supervisor:
         return [str(path)] if shebang else ["/bin/bash", str(path)]
 
     def _start(self, argv: list[str], workdir: str) -> subprocess.Popen[bytes]:
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"cwd": workdir}
         run_as = self.spec.get("run_as")
         if run_as and run_as["uid"] != os.geteuid():
-            kwargs.update(user=run_as["uid"], group=run_as["gid"],
-                          extra_groups=list(run_as.get("groups") or []))
+            _check_workdir_as(run_as, workdir)  # to fail saying why
+            # Enter the workdir as the job's user, after the switch (Popen's cwd would be
+            # entered as root: a way into directories the user cannot reach, and no way
+            # into root-squashed NFS homes). The supervisor has a single thread.
+            kwargs = {"user": run_as["uid"], "group": run_as["gid"],
+                      "extra_groups": list(run_as.get("groups") or []),
+                      "preexec_fn": functools.partial(os.chdir, workdir)}
         with open(self.dir / jd.LOG, "ab") as out:
-            return subprocess.Popen(argv, cwd=workdir, env=self.spec["env"],
-                                    stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    close_fds=True, **kwargs)
+            return subprocess.Popen(argv, env=self.spec["env"], stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, close_fds=True, **kwargs)
 
     @staticmethod
     def _start_error(e: Exception, launch: dict[str, Any]) -> tuple[int, str]:
@@ -233,13 +251,11 @@ class Supervisor:
                 elif now >= deadline_s:
                     ending = "TIMEOUT"
                 if ending is not None:
-                    log.info("job %s: %s: SIGTERM to the process group",
-                             self.spec["job_id"], ending)
+                    log.info("job %s: %s: SIGTERM to the process group", self.label, ending)
                     self._signal_group(signal.SIGTERM)
                     kill_at = now + grace_s
             if kill_at is not None and not killed and now >= kill_at:
-                log.info("job %s: still there after %.1f s: SIGKILL", self.spec["job_id"],
-                         grace_s)
+                log.info("job %s: still there after %.1f s: SIGKILL", self.label, grace_s)
                 self._signal_group(signal.SIGKILL)
                 killed = True
             done = ending is None or killed or not self._group_alive()
@@ -286,6 +302,31 @@ class Supervisor:
         except PermissionError:
             return True
         return True
+
+
+def _check_workdir_as(run_as: dict[str, Any], workdir: str) -> None:
+    """Raise the ``OSError`` that the job's account gets entering ``workdir`` (a child
+    switches to the account and tries), so that a job that cannot start there fails with
+    the reason rather than Popen's "Exception occurred in preexec_fn"."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            os.setgroups(list(run_as.get("groups") or []))
+            os.setgid(run_as["gid"])
+            os.setuid(run_as["uid"])
+            os.chdir(workdir)
+        except OSError as e:
+            code = e.errno or 255
+        except BaseException:
+            code = 255
+        os._exit(min(code, 255))
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 255 or code < 0:
+        raise OSError(f"could not check the workdir as {run_as.get('name')}")
+    if code:
+        raise OSError(code, os.strerror(code), workdir)
 
 
 def main(argv: list[str] | None = None) -> int:

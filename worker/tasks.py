@@ -1,7 +1,8 @@
 """What the worker does for a launch or kill message (Celery task or heartbeat reply).
 
 Messages carry only a job id and can be late, lost or repeated, so each handler re-reads
-the job from the API and acts only on what it says now; running one twice does no harm.
+the job from the API (``LaunchSpec``, which says the job's current attempt) and acts only
+on what it says now; running one twice does no harm.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ from worker.client import NodeClient, ServerUnavailable
 from worker.jobs import JobManager
 
 log = logging.getLogger(__name__)
-#: Job states after which nothing of the job should run (the scheduler's TERMINAL).
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"})
+#: The states in which a job may run on its node (the scheduler's ACTIVE): in any other
+#: (a final one, or PENDING again after a requeue) nothing of it should run here.
+ACTIVE = frozenset({"DISPATCHED", "RUNNING"})
+
+
+def _attempts(attempts: list[int]) -> str:
+    return ("attempt " if len(attempts) == 1 else "attempts ") + ", ".join(map(str, attempts))
 
 
 class Handlers:
@@ -24,7 +30,8 @@ class Handlers:
         self.api, self.manager = api, manager
 
     def launch(self, job_id: int) -> str:
-        """Launch the job if it is DISPATCHED to this node and nobody cancelled it."""
+        """Launch the job's current attempt if it is DISPATCHED to this node and nobody
+        cancelled it (killing any other attempt of it still running here first)."""
         spec = self.api.launch_spec(job_id)
         if spec is None:
             outcome = "ignored: not assigned to this node"
@@ -33,21 +40,30 @@ class Handlers:
         elif spec.cancel_requested:
             outcome = "ignored: cancel requested"
         elif self.manager.launch(spec):
-            outcome = "launched"
+            outcome = f"launched attempt {spec.attempt}"
         else:
-            outcome = "ignored: already here"
+            outcome = f"ignored: attempt {spec.attempt} is already here"
         log.info("launch %s: %s", job_id, outcome)
         return outcome
 
     def kill(self, job_id: int) -> str:
-        """Kill the job if the scheduler no longer wants it (cancelled, ended, not ours)."""
+        """Kill the job's runs here that the scheduler no longer wants: every attempt but
+        the current one, and the current one too when the job was cancelled, is not
+        active (ended, or back in the queue) or is not this node's (404)."""
         spec = self.api.launch_spec(job_id)
-        if spec is not None and not spec.cancel_requested and spec.state not in TERMINAL:
-            outcome = f"ignored: the job is {spec.state} and not cancelled"
-        elif self.manager.kill(job_id):
-            outcome = "killing"
+        here = self.manager.live_attempts(job_id)
+        if spec is None or spec.cancel_requested or spec.state not in ACTIVE:
+            victims = here
         else:
+            victims = [a for a in here if a != spec.attempt]
+        if victims:
+            killed = [a for a in victims if self.manager.kill(job_id, a)]
+            outcome = f"killing {_attempts(killed)}" if killed else "ignored: not running here"
+        elif not here:
             outcome = "ignored: not running here"
+        else:
+            assert spec is not None
+            outcome = f"ignored: the job is {spec.state} and not cancelled"
         log.info("kill %s: %s", job_id, outcome)
         return outcome
 

@@ -42,6 +42,8 @@ class JobCreate(Strict):
     account: Name | None = None
     #: Put the job back in the queue if its node fails (Slurm's --requeue); default yes.
     requeue: bool = True
+    #: Lowers the job's own priority (Slurm's --nice); only admins may give a negative one.
+    nice: int = Field(0, ge=-10_000, le=10_000)
     idempotency_key: str | None = Field(None, min_length=1, max_length=128)
 
     @field_validator("workdir")
@@ -82,6 +84,41 @@ class JobCreate(Strict):
         return self
 
 
+class PriorityFactors(BaseModel):
+    """The last scheduling cycle's multifactor priority: each factor in [0, 1]; total =
+    site + Σ weight x factor - nice."""
+
+    total: float
+    fairshare: float
+    age: float
+    jobsize: float
+    qos: float
+    nice: int
+    site: int = 0
+
+
+class JobAhead(BaseModel):
+    id: int
+    user: str
+    account: str
+    factors: PriorityFactors | None
+
+
+class WhyRead(BaseModel):
+    """Why a job waits: its place in the queue, its reason, its priority beside the job
+    ahead of it, and when it is expected to start (if the scheduler has planned it)."""
+
+    id: int
+    state: str
+    reason: str
+    #: 1 = next in line; None once the job is no longer pending.
+    position: int | None
+    pending: int
+    factors: PriorityFactors | None
+    ahead: JobAhead | None
+    estimated_start: datetime | None
+
+
 class JobEventRead(BaseModel):
     time: datetime
     old_state: str | None
@@ -113,6 +150,11 @@ class JobRead(BaseModel):
     gpu_energy_j: float | None = None
     #: Highest GPU memory the job held (sum over its GPUs), MiB.
     max_gpu_memory_mib: float | None = None
+    nice: int = 0
+    qos: str = "normal"
+    #: The last cycle's priority factors (pending jobs).
+    priority_factors: PriorityFactors | None = None
+    estimated_start: datetime | None = None
     submitted_at: datetime
     dispatched_at: datetime | None
     started_at: datetime | None
@@ -396,17 +438,19 @@ class UsageImportResult(BaseModel):
 
 
 class FairShareRow(BaseModel):
-    """One line of ``sshare -l``: an account, or a user in an account."""
+    """One line of ``sshare -l``: an account (``user`` null), or a user in an account.
+    Usage in billed GPU-seconds, decayed. ``level_fs`` "inf" means no usage yet."""
 
+    name: str
     account: str
     user: str | None
     parent: str | None
     raw_shares: Shares
-    norm_shares: float
+    norm_shares: float | None
     raw_usage: float
     norm_usage: float
-    effective_usage: float
-    level_fs: float | None
+    effective_usage: float | None
+    level_fs: float | Literal["inf"] | None
     fairshare: float | None
 
 

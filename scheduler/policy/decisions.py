@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -13,7 +14,46 @@ class Start:
 
 
 @dataclass(frozen=True, slots=True)
+class Priority:
+    """A pending job's multifactor priority. Every factor is in [0, 1]; the weights come from
+    ``PolicyConfig``: ``total = site + Σ weight·factor − nice``."""
+
+    total: float
+    fairshare: float
+    age: float
+    jobsize: float
+    qos: float
+    nice: int
+    #: The job's own ``JobView.priority`` (an admin's offset, Slurm's "site" factor).
+    site: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """GPUs promised to the top blocked job: on ``node`` from ``start_at`` (seconds since the
+    epoch) for its time limit. Lower jobs start only where they do not delay it."""
+
+    job_id: int
+    node: str
+    start_at: float
+    end_at: float
+    gpus: int
+    gpu_model: str | None = None
+    cpus: int = 0
+    memory_mib: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Decisions:
     starts: tuple[Start, ...] = ()
     #: A reason for every pending job that does not start this cycle.
     pending_reasons: dict[int, str] = field(default_factory=dict)
+    #: Every pending job's priority (fair-share policies), by job id; read-only (the
+    #: policy makes each ``Priority`` when it is read: see ``priority.Priorities``).
+    priorities: Mapping[int, Priority] = field(default_factory=dict)
+    #: Seconds since the epoch: the reserved job's start, and estimates for other waiting jobs.
+    estimated_starts: dict[int, float] = field(default_factory=dict)
+    #: Pending job ids in priority order (`gpuq why`: a job's position).
+    order: tuple[int, ...] = ()
+    #: The backfill reservation of this cycle, if one was made.
+    reservation: Reservation | None = None

@@ -81,4 +81,5 @@ def schedule(snapshot: Snapshot) -> Decisions:
         for name in eligible:
             held_by.setdefault(name, job.id)
 
-    return Decisions(starts=tuple(starts), pending_reasons=reasons)
+    return Decisions(starts=tuple(starts), pending_reasons=reasons,
+                     order=tuple(j.id for j in order))

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from scheduler.api.schemas import JobCreate, JobEventRead, JobRead
+from scheduler.api.schemas import JobAhead, JobCreate, JobEventRead, JobRead, WhyRead
 from scheduler.auth import Principal
 from scheduler.config import Settings
 from scheduler.db.models import Account, Job, JobEvent, User
@@ -88,6 +88,9 @@ def submit(session: Session, principal: Principal, spec: JobCreate, *, now: date
                                                Job.idempotency_key == spec.idempotency_key))
         if old is not None:
             return old, False
+    if spec.nice < 0 and not principal.is_admin:
+        raise Invalid("only admins may give a negative nice (it raises priority)",
+                      field="nice")
     account = _account_for(session, user, spec.account)
     limit = spec.time_limit_s or settings.default_time_limit_s
     if limit > settings.max_time_limit_s:
@@ -109,6 +112,7 @@ def submit(session: Session, principal: Principal, spec: JobCreate, *, now: date
         memory_mib=spec.memory_mib,
         time_limit_s=limit,
         requeue=spec.requeue,
+        nice=spec.nice,
         state=JobState.PENDING.value,
         reason="Submitted",
         gpu_indices=[],
@@ -207,6 +211,10 @@ def to_read(job: Job, principal: Principal, *, events: list[JobEvent] | None = N
         attempt=job.attempt,
         gpu_energy_j=job.gpu_energy_j,
         max_gpu_memory_mib=job.max_gpu_memory_mib,
+        nice=job.nice,
+        qos=job.qos,
+        priority_factors=job.priority_factors,
+        estimated_start=job.estimated_start,
         submitted_at=job.submitted_at,
         dispatched_at=job.dispatched_at,
         started_at=job.started_at,
@@ -223,3 +231,27 @@ def to_read(job: Job, principal: Principal, *, events: list[JobEvent] | None = N
 def job_events(session: Session, job_id: int) -> list[JobEvent]:
     return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
                                 .order_by(JobEvent.id)))
+
+
+def _rank_key(job: Job) -> tuple[float, float, int]:
+    total = (job.priority_factors or {}).get("total", float(job.priority))
+    return (-total, job.submitted_at.timestamp(), job.id)
+
+
+def why(session: Session, job: Job) -> WhyRead:
+    """Read what the last cycle recorded; nothing is recomputed here."""
+    pending = list(session.scalars(select(Job).where(Job.state == JobState.PENDING.value)
+                                   .options(selectinload(Job.user),
+                                            selectinload(Job.account))))
+    pending.sort(key=_rank_key)
+    position = ahead = None
+    if job.state == JobState.PENDING.value:
+        index = next(i for i, j in enumerate(pending) if j.id == job.id)
+        position = index + 1
+        if index > 0:
+            a = pending[index - 1]
+            ahead = JobAhead(id=a.id, user=a.user.name, account=a.account.name,
+                             factors=a.priority_factors)
+    return WhyRead(id=job.id, state=job.state, reason=job.reason, position=position,
+                   pending=len(pending), factors=job.priority_factors, ahead=ahead,
+                   estimated_start=job.estimated_start)

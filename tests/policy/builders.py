@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from scheduler.policy import GpuView, JobView, NodeView, Snapshot
+from scheduler.policy import (
+    AccountView,
+    AssocView,
+    GpuView,
+    JobView,
+    NodeView,
+    PolicyConfig,
+    Snapshot,
+)
 
 A100 = "A100-80GB"
 H100 = "H100-80GB"
@@ -55,6 +63,9 @@ def make_job(
     memory_mib: int = 0,
     user: str = "alice",
     account: str = "lab",
+    time_limit_s: float = 3600.0,
+    nice: int = 0,
+    qos: str = "normal",
 ) -> JobView:
     """A pending job; by default submitted at ``id`` seconds, so ids give submit order."""
     return JobView(
@@ -67,7 +78,29 @@ def make_job(
         memory_mib=memory_mib,
         user=user,
         account=account,
+        time_limit_s=time_limit_s,
+        nice=nice,
+        qos=qos,
     )
+
+
+def make_running(
+    id: int,
+    node: str = "n1",
+    gpu_indices: Iterable[int] = (0,),
+    *,
+    started_at: float | None = 0.0,
+    time_limit_s: float = 3600.0,
+    cpus: int = 1,
+    memory_mib: int = 0,
+    user: str = "alice",
+    account: str = "lab",
+) -> JobView:
+    """A running job on ``node``: it frees its GPUs at ``started_at + time_limit_s``."""
+    gpus = tuple(gpu_indices)
+    return JobView(id=id, gpus=len(gpus), submitted_at=0.0, cpus=cpus, memory_mib=memory_mib,
+                   user=user, account=account, time_limit_s=time_limit_s, node=node,
+                   gpu_indices=gpus, started_at=started_at)
 
 
 def make_snapshot(
@@ -76,6 +109,26 @@ def make_snapshot(
     *,
     running: Iterable[JobView] = (),
     now: float = 1_000_000.0,
+    accounts: Iterable[AccountView] = (),
+    assocs: Iterable[AssocView] = (),
+    usage: dict[tuple[str, str], float] | None = None,
+    config: PolicyConfig | None = None,
+    policy: str | None = None,
 ) -> Snapshot:
+    """A snapshot; ``policy`` is a shortcut for ``config=PolicyConfig(policy=...)``."""
+    if config is None:
+        config = PolicyConfig() if policy is None else PolicyConfig(policy=policy)
     return Snapshot(now=now, nodes=tuple(nodes), pending=tuple(pending),
-                    running=tuple(running))
+                    running=tuple(running), accounts=tuple(accounts), assocs=tuple(assocs),
+                    usage={} if usage is None else usage, config=config)
+
+
+def make_tree(spec: dict[str, tuple[str | None, int]],
+              users: dict[tuple[str, str], int]) -> tuple[list[AccountView], list[AssocView]]:
+    """Accounts from ``{name: (parent, shares)}`` and associations from
+    ``{(user, account): shares}``; a share of ``-1`` means FairShare=parent."""
+    accounts = [AccountView(name, parent, max(shares, 0), shares_parent=shares < 0)
+                for name, (parent, shares) in spec.items()]
+    assocs = [AssocView(user, account, max(shares, 0), shares_parent=shares < 0)
+              for (user, account), shares in users.items()]
+    return accounts, assocs

@@ -1,4 +1,6 @@
-"""The first policy: priority order, first fit by node name, one node per job, the hold rule."""
+"""The first policy (``config.policy == "fifo"``): priority order, first fit by node name, one
+node per job, the hold rule. Called directly; test_schedule.py checks that ``schedule``
+dispatches to it."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ import random
 
 import pytest
 
-from scheduler.policy import Decisions, JobView, NodeView, Start, schedule
-from scheduler.policy.fifo import priority_order
+from scheduler.policy import Decisions, JobView, NodeView, Start
+from scheduler.policy.fifo import priority_order, schedule
 from tests.policy.builders import A100, H100, make_job, make_node, make_snapshot
 
 

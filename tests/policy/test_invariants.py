@@ -1,4 +1,6 @@
-"""Safety invariants of ``schedule`` over random clusters and queues (hypothesis)."""
+"""Safety invariants of the FIFO policy over random clusters and queues (hypothesis).
+
+The fair-share policies have theirs in test_fairshare_invariants.py."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.policy import Decisions, NodeView, Snapshot, schedule
-from scheduler.policy.fifo import priority_order
+from scheduler.policy import Decisions, NodeView, Snapshot
+from scheduler.policy.fifo import priority_order, schedule
 from scheduler.policy.filters import STATIC, first_failure
 from tests.policy.builders import A100, H100, make_job, make_node, make_snapshot
 

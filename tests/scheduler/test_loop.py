@@ -78,7 +78,10 @@ def make_loop(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
     monkeypatch.setenv("GPUQ_CONFIG", str(tmp_path / "no-such-config.toml"))
     clock = ManualClock(T0)
     dispatcher = RecordingDispatcher()
-    ctx = build_context(Settings(data_dir=tmp_path / "data", database_url=url),
+    # The loop's mechanics under the simplest policy (strict priority, first fit, the hold
+    # rule); fair share and backfill have their own tests in tests/policy and tests/api.
+    ctx = build_context(Settings(data_dir=tmp_path / "data", database_url=url,
+                                 policy="fifo"),
                         clock=clock, dispatcher=dispatcher)
     dispatcher.sessions = ctx.sessions
     try:

@@ -22,11 +22,12 @@ TOKEN = "node-secret-token-123"
 
 def _make_spec(job_id: int = 1, **kw: Any) -> LaunchSpec:
     fields: dict[str, Any] = dict(
-        job_id=job_id, name=f"job{job_id}", user="alice", account="lab1", state="DISPATCHED",
-        cancel_requested=False, command=["true"], script=None, workdir="/tmp",
-        environment={}, gpu_indices=[0, 1], gpu_uuids=["GPU-a", "GPU-b"], cpus=1,
-        memory_mib=0, time_limit_s=60)
+        job_id=job_id, attempt=1, name=f"job{job_id}", user="alice", account="lab1",
+        state="DISPATCHED", cancel_requested=False, command=["true"], script=None,
+        workdir="/tmp", environment={}, gpu_indices=[0, 1], gpu_uuids=["GPU-a", "GPU-b"],
+        cpus=1, memory_mib=0, time_limit_s=60)
     fields.update(kw)
+    fields.setdefault("unix_user", fields["user"])
     if kw.get("script") is not None and "command" not in kw:
         fields["command"] = None
     return LaunchSpec(**fields)
@@ -38,24 +39,35 @@ def make_spec() -> Callable[..., LaunchSpec]:
 
 
 class FakeServer:
-    """The node endpoints of the contract, in memory, for one node."""
+    """The node endpoints of the contract (v2: attempts), in memory, for one node.
+
+    ``specs[job_id]`` is the job as the scheduler has it now; its ``attempt`` is the
+    current one: log posts for another attempt get the stale 409, and reports about
+    another attempt change nothing (the answer is the job's state)."""
 
     def __init__(self, node: str = "n1") -> None:
         self.node = node
         self.specs: dict[int, LaunchSpec] = {}
+        #: (job id, the report as sent, ``attempt`` included)
         self.events: list[tuple[int, dict[str, Any]]] = []
-        self.logs: dict[int, bytearray] = {}
-        self.log_posts: list[tuple[int, int, int]] = []  # (job, offset, bytes)
+        #: (job id, attempt) -> the output stored for that run
+        self.logs: dict[tuple[int, int], bytearray] = {}
+        self.log_posts: list[tuple[int, int, int, int]] = []  # (job, attempt, offset, bytes)
         self.heartbeats: list[dict[str, Any]] = []
         self.registrations: list[dict[str, Any]] = []
-        self.reply: dict[str, list[int]] = {"launch": [], "kill": []}
+        #: The next heartbeat's reply: ``launch`` job ids, ``kill`` [{job_id, attempt}].
+        self.reply: dict[str, list[Any]] = {"launch": [], "kill": []}
         self.down = False
         self.fail_logs = False
         self.forget_node = False
         self.lock = threading.Lock()
 
-    def states(self, job_id: int) -> list[str]:
-        return [e["state"] for j, e in self.events if j == job_id]
+    def states(self, job_id: int, attempt: int | None = None) -> list[str]:
+        return [e["state"] for j, e in self.events
+                if j == job_id and (attempt is None or e["attempt"] == attempt)]
+
+    def log(self, job_id: int, attempt: int = 1) -> bytes:
+        return bytes(self.logs.get((job_id, attempt), b""))
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         with self.lock:
@@ -87,15 +99,23 @@ class FakeServer:
             return httpx.Response(404, json={"detail": f"job {job_id} is not assigned"})
         if len(rest) == 2:
             return httpx.Response(200, json=self.specs[job_id].model_dump(mode="json"))
+        current = self.specs[job_id]
         if rest[2] == "events":
             report = json.loads(body)
             self.events.append((job_id, report))
+            if report["attempt"] != current.attempt:
+                return httpx.Response(200, json={"state": current.state})
             return httpx.Response(200, json={"state": report["state"]})
         if self.fail_logs:
             return httpx.Response(500, json={"detail": "disk full"})
         offset = int(request.url.params["offset"])
-        log = self.logs.setdefault(job_id, bytearray())
-        self.log_posts.append((job_id, offset, len(body)))
+        attempt = int(request.url.params["attempt"])
+        self.log_posts.append((job_id, attempt, offset, len(body)))
+        if attempt != current.attempt:
+            return httpx.Response(409, json={"detail": f"stale attempt {attempt}: the job is "
+                                                       f"at attempt {current.attempt}",
+                                             "stale": True})
+        log = self.logs.setdefault((job_id, attempt), bytearray())
         if offset > len(log):
             return httpx.Response(409, json={"detail": "gap", "size": len(log)})
         log += body[len(log) - offset:]

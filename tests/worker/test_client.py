@@ -6,7 +6,14 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler.api.schemas import Heartbeat, JobStateReport, NodeRegister, WorkerJob
+from scheduler.api.schemas import (
+    Heartbeat,
+    JobRef,
+    JobSample,
+    JobStateReport,
+    NodeRegister,
+    WorkerJob,
+)
 from worker.client import ApiError, LogAck, NodeClient, ServerUnavailable
 
 TOKEN = "node-secret-token-123"  # the fake server's (conftest.TOKEN)
@@ -23,24 +30,44 @@ def test_endpoints_round_trip(server: FakeServer, transport: httpx.MockTransport
     c = client(transport)
     reply = c.register(NodeRegister(gpu_backend="simulated"))
     assert (reply.node, reply.queue) == ("n1", "gpuq.node.n1")
-    server.reply = {"launch": [4], "kill": [5]}
-    hb = c.heartbeat(Heartbeat(jobs=[WorkerJob(job_id=5, state="RUNNING")]))
-    assert (hb.launch, hb.kill) == ([4], [5])
-    assert server.heartbeats[0]["jobs"] == [{"job_id": 5, "state": "RUNNING"}]
-    server.specs[4] = make_spec(job_id=4)
+    server.reply = {"launch": [4], "kill": [{"job_id": 5, "attempt": 2}]}
+    hb = c.heartbeat(Heartbeat(jobs=[WorkerJob(job_id=5, attempt=2, state="RUNNING",
+                                               sample=JobSample(power_w=250.0))]))
+    assert (hb.launch, hb.kill) == ([4], [JobRef(job_id=5, attempt=2)])
+    assert server.heartbeats[0]["jobs"] == [{
+        "job_id": 5, "attempt": 2, "state": "RUNNING",
+        "sample": {"utilization_pct": None, "memory_used_mib": None, "power_w": 250.0,
+                   "energy_j": None}}]
+    server.specs[4] = make_spec(job_id=4, attempt=3, unix_user="alice_l")
     spec = c.launch_spec(4)
-    assert spec is not None and spec.job_id == 4
+    assert spec is not None and (spec.job_id, spec.attempt, spec.unix_user) == (4, 3, "alice_l")
     assert c.launch_spec(99) is None
-    assert c.report(4, JobStateReport(state="COMPLETED", exit_code=0)) == "COMPLETED"
-    assert c.ship_log(4, 0, b"hello ") == LogAck(6)
-    assert c.ship_log(4, 3, b"lo world") == LogAck(11)
-    assert bytes(server.logs[4]) == b"hello world"
+    assert c.report(4, JobStateReport(attempt=3, state="COMPLETED", exit_code=0)) == "COMPLETED"
+    assert server.events == [(4, {"attempt": 3, "state": "COMPLETED", "exit_code": 0,
+                                  "reason": ""})]
+    assert c.ship_log(4, 3, 0, b"hello ") == LogAck(6)
+    assert c.ship_log(4, 3, 3, b"lo world") == LogAck(11)
+    assert server.log(4, 3) == b"hello world"
+    assert server.log_posts[0] == (4, 3, 0, 6)
 
 
 def test_log_gap_asks_for_a_resend(server: FakeServer, transport: httpx.MockTransport,
                                    make_spec: Any) -> None:
     server.specs[1] = make_spec()
-    assert client(transport).ship_log(1, 100, b"x") == LogAck(size=0, resend=True)
+    assert client(transport).ship_log(1, 1, 100, b"x") == LogAck(size=0, resend=True)
+
+
+def test_log_of_a_stale_attempt_is_refused(server: FakeServer, transport: httpx.MockTransport,
+                                           make_spec: Any) -> None:
+    server.specs[1] = make_spec(attempt=2)
+    assert client(transport).ship_log(1, 1, 0, b"old output") == LogAck(size=0, stale=True)
+    assert server.logs == {}
+
+
+def test_a_report_about_an_older_attempt_changes_nothing(
+        server: FakeServer, transport: httpx.MockTransport, make_spec: Any) -> None:
+    server.specs[1] = make_spec(attempt=2, state="RUNNING")
+    assert client(transport).report(1, JobStateReport(attempt=1, state="FAILED")) == "RUNNING"
 
 
 def test_connection_errors_are_retried_with_backoff() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -20,9 +21,11 @@ from scheduler.dispatch import make_celery, send_launch
 from worker import jobdir as jd
 from worker.client import NodeClient
 from worker.daemon import Daemon
-from worker.gpus.sim import SimulatedBackend
+from worker.gpus import open_backend
+from worker.gpus.sim import FAULTS_FILE, SimulatedBackend, write_faults
 from worker.host import NoNodeToken, read_node_token, registration
 from worker.jobenv import daemon_identity
+from worker.procs import proc_command
 
 
 def settings(tmp_path: Path, **kw: Any) -> Settings:
@@ -66,10 +69,22 @@ def test_registration_describes_the_node() -> None:
 @pytest.fixture
 def daemon(tmp_path: Path, transport: httpx.MockTransport, token: str) -> Iterator[Daemon]:
     api = NodeClient("http://sched", "n1", token, transport=transport, retries=0)
-    d = Daemon(settings(tmp_path, kill_grace_s=0.3), SimulatedBackend("2xT4-16GB", node="n1"),
-               api, identity=lambda user: daemon_identity())
+    conf = settings(tmp_path, kill_grace_s=0.3, simulate_gpus="2xT4-16GB")
+    d = Daemon(conf, open_backend(conf), api, identity=lambda user: daemon_identity())
     yield d
+    for key in d.manager.runs():
+        d.manager.kill(*key)
     api.close()
+
+
+def faults_file(daemon: Daemon) -> Path:
+    return daemon.settings.effective_worker_state_dir / FAULTS_FILE
+
+
+def job_state(daemon: Daemon, name: str, wait_for: Any, state: str) -> dict[str, Any]:
+    d = daemon.manager.jobs_dir / name
+    return wait_for(lambda: (s := jd.read_json(d / jd.STATE)) and s["state"] == state and s,
+                    what=f"{name} {state}")
 
 
 def test_heartbeat_reports_jobs_and_samples_and_obeys(
@@ -79,16 +94,88 @@ def test_heartbeat_reports_jobs_and_samples_and_obeys(
     server.specs[1] = make_spec(command=["sleep", "30"], gpu_indices=[1])
     server.reply = {"launch": [1], "kill": []}
     daemon.heartbeat()
-    assert daemon.manager.job_ids() == [1]
+    assert list(daemon.manager.runs()) == [(1, 1)]
+    job_state(daemon, "1.1", wait_for, "RUNNING")
     daemon.heartbeat()
     hb = server.heartbeats[-1]
-    assert hb["jobs"] == [{"job_id": 1, "state": "RUNNING"}]
+    [job] = hb["jobs"]
+    assert (job["job_id"], job["attempt"], job["state"]) == (1, 1, "RUNNING")
+    gpu = hb["gpus"][1]
+    assert job["sample"]["utilization_pct"] == gpu["utilization_pct"] > 0
+    assert job["sample"]["memory_used_mib"] == gpu["memory_used_mib"] > 0
+    assert job["sample"]["power_w"] == gpu["power_w"] > 0
     assert [s["index"] for s in hb["gpus"]] == [0, 1]
     assert hb["gpus"][1]["utilization_pct"] > 0 == hb["gpus"][0]["utilization_pct"]
-    server.reply = {"launch": [], "kill": [1]}
+    assert all(g["foreign_processes"] == [] and g["healthy"] for g in hb["gpus"])
+    first_energy = job["sample"]["energy_j"]
+    wait_for(lambda: (daemon.heartbeat() or True)
+             and server.heartbeats[-1]["jobs"][0]["sample"]["energy_j"] > first_energy + 10,
+             what="the job's energy to grow")
+    server.reply = {"launch": [], "kill": [{"job_id": 1, "attempt": 2}]}
     daemon.heartbeat()
-    d = daemon.manager.jobs_dir / "1"
-    wait_for(lambda: (s := jd.read_json(d / jd.STATE)) and s["state"] == "CANCELLED")
+    assert daemon.manager.live_attempts(1) == [1], "another attempt's kill spares this run"
+    server.reply = {"launch": [], "kill": [{"job_id": 1, "attempt": 1}]}
+    daemon.heartbeat()
+    job_state(daemon, "1.1", wait_for, "CANCELLED")
+
+
+def test_a_foreign_process_is_reported_until_it_ends(
+        server: Any, daemon: Daemon, make_spec: Any, wait_for: Any) -> None:
+    """Someone runs a program on GPU 0 by hand (injected into the simulation from another
+    process through its faults file): the heartbeat shows it until it exits."""
+    daemon.register()
+    hand_run = subprocess.Popen(["sleep", "29"])
+    try:
+        wait_for(lambda: proc_command(hand_run.pid) == "sleep 29", what="exec")
+        write_faults(faults_file(daemon), foreign={0: [hand_run.pid]})
+        daemon.heartbeat()
+        gpus = server.heartbeats[-1]["gpus"]
+        [proc] = gpus[0]["foreign_processes"]
+        assert (proc["pid"], proc["user"], proc["command"]) == (
+            hand_run.pid, pwd.getpwuid(os.getuid()).pw_name, "sleep 29")
+        assert proc["used_memory_mib"] > 0 and gpus[0]["utilization_pct"] > 0
+        assert gpus[1]["foreign_processes"] == []
+    finally:
+        hand_run.kill()
+        hand_run.wait()
+    daemon.heartbeat()
+    gpus = server.heartbeats[-1]["gpus"]
+    assert gpus[0]["foreign_processes"] == [] and gpus[0]["utilization_pct"] == 0
+
+
+def test_the_jobs_own_processes_are_not_foreign(
+        server: Any, daemon: Daemon, make_spec: Any, wait_for: Any, tmp_path: Path) -> None:
+    daemon.register()
+    work = tmp_path / "work"
+    work.mkdir()
+    server.specs[1] = make_spec(command=["/bin/sh", "-c", "sleep 30 & echo $! > child; wait"],
+                                workdir=str(work), gpu_indices=[1])
+    server.reply = {"launch": [1], "kill": []}
+    daemon.heartbeat()
+    state = job_state(daemon, "1.1", wait_for, "RUNNING")
+    child = int(wait_for(lambda: (work / "child").exists() and (work / "child").read_text()))
+    # The job's child on its GPU, and on another GPU too (a job may touch any GPU it sees).
+    write_faults(faults_file(daemon), foreign={0: [child], 1: [child]})
+    daemon.heartbeat()
+    gpus = server.heartbeats[-1]["gpus"]
+    assert gpus[0]["foreign_processes"] == gpus[1]["foreign_processes"] == []
+    assert gpus[1]["utilization_pct"] > 0
+    # ... though the GPUs do list them: the daemon told them apart.
+    assert {p.pid for p in daemon.backend.samples()[0].processes} == {child}
+    assert {p.pid for p in daemon.backend.samples()[1].processes} == {state["pid"], child}
+
+
+def test_an_unhealthy_gpu_is_reported_with_its_reason(server: Any, daemon: Daemon) -> None:
+    daemon.register()
+    write_faults(faults_file(daemon), unhealthy={1: "XID 79: GPU has fallen off the bus"})
+    daemon.heartbeat()
+    gpus = server.heartbeats[-1]["gpus"]
+    assert (gpus[0]["healthy"], gpus[0]["health_reason"]) == (True, None)
+    assert (gpus[1]["healthy"], gpus[1]["health_reason"]) == (
+        False, "XID 79: GPU has fallen off the bus")
+    write_faults(faults_file(daemon))
+    daemon.heartbeat()
+    assert all(g["healthy"] for g in server.heartbeats[-1]["gpus"])
 
 
 def test_heartbeat_registers_again_when_forgotten(server: Any, daemon: Daemon) -> None:
@@ -114,8 +201,8 @@ def test_run_for_real(tmp_path: Path, http_server: str, server: Any, token: str,
                GPUQ_SIMULATE_GPUS="2xA100-80GB", GPUQ_KILL_GRACE_S="0.5",
                GPUQ_JOB_POLL_INTERVAL_S="0.05")
     # A root daemon runs jobs as the user's local account: use one that exists.
-    server.specs[1] = make_spec(job_id=1, user="nobody", command=["echo", "via celery"])
-    server.specs[2] = make_spec(job_id=2, user="nobody", command=["sleep", "30"])
+    server.specs[1] = make_spec(job_id=1, unix_user="nobody", command=["echo", "via celery"])
+    server.specs[2] = make_spec(job_id=2, unix_user="nobody", command=["sleep", "30"])
     proc = subprocess.Popen(
         [sys.executable, "-c", "from scheduler.config import Settings\n"
                                "from worker.daemon import run\nrun(Settings())"],
@@ -125,7 +212,7 @@ def test_run_for_real(tmp_path: Path, http_server: str, server: Any, token: str,
         send_launch(make_celery(Settings(data_dir=tmp_path / "data")), "n1", 1)
         server.reply = {"launch": [2], "kill": []}
         wait_for(lambda: server.states(1) == ["RUNNING", "COMPLETED"], what="job 1")
-        assert bytes(server.logs[1]) == b"via celery\n"
+        assert server.log(1) == b"via celery\n"
         wait_for(lambda: server.states(2) == ["RUNNING"], what="job 2")
         assert len(server.heartbeats[-1]["gpus"]) == 2
         proc.send_signal(signal.SIGTERM)
@@ -137,7 +224,7 @@ def test_run_for_real(tmp_path: Path, http_server: str, server: Any, token: str,
         logging.getLogger(__name__).info("daemon output:\n%s", out)
     assert "registered node n1 with 2 GPU(s)" in out and "worker stopped" in out
     assert token not in out
-    job2 = tmp_path / "data" / "worker" / "n1" / "jobs" / "2"
+    job2 = tmp_path / "data" / "worker" / "n1" / "jobs" / "2.1"
     assert jd.supervisor_alive(job2), "a stopping daemon must leave its jobs running"
     state = jd.read_json(job2 / jd.STATE)
     assert state is not None

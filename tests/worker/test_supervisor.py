@@ -24,8 +24,8 @@ ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "0,1",
 def make_jobdir(tmp_path: Path, *, command: list[str] | None = None, script: str | None = None,
                 workdir: str | None = None, env: dict[str, str] | None = None,
                 time_limit_s: int = 30, kill_grace_s: float = 0.5,
-                refused: str | None = None) -> Path:
-    d = tmp_path / "jobs" / "7"
+                refused: str | None = None, attempt: int = 1) -> Path:
+    d = tmp_path / "jobs" / f"7.{attempt}"
     d.mkdir(parents=True)
     if script is not None:
         (d / jd.SCRIPT).write_text(script)
@@ -33,7 +33,7 @@ def make_jobdir(tmp_path: Path, *, command: list[str] | None = None, script: str
     launch = {"job_id": 7, "command": command, "script": script,
               "workdir": workdir or str(tmp_path), "time_limit_s": time_limit_s,
               "gpu_indices": [0, 1]}
-    jd.write_json_atomic(d / jd.SPEC, {"job_id": 7, "launch": launch,
+    jd.write_json_atomic(d / jd.SPEC, {"job_id": 7, "attempt": attempt, "launch": launch,
                                        "env": ENV if env is None else env,
                                        "kill_grace_s": kill_grace_s, "run_as": None,
                                        "refused": refused})
@@ -85,6 +85,11 @@ def test_completed_with_output_in_workdir(tmp_path: Path) -> None:
     assert (s["state"], s["exit_code"], s["reason"]) == ("COMPLETED", 0, "exit code 0")
     assert s["started_at"] and s["ended_at"] and s["pid"] == s["pgid"]
     assert output(d).splitlines() == ["out", "err", str(work)]
+
+
+def test_state_names_the_run(tmp_path: Path) -> None:
+    s = run(make_jobdir(tmp_path, command=["true"], attempt=3))
+    assert (s["job_id"], s["attempt"], s["state"]) == (7, 3, "COMPLETED")
 
 
 def test_nonzero_exit_fails(tmp_path: Path) -> None:

@@ -23,16 +23,24 @@ def handlers(tmp_path: Path, transport: httpx.MockTransport, token: str) -> Iter
     m = JobManager(state_dir=tmp_path / "s", node="n1", api=api, kill_grace_s=0.3,
                    identity=lambda user: daemon_identity())
     yield Handlers(api, m)
+    for key in m.runs():
+        m.kill(*key)
     api.close()
+
+
+def run_state(handlers: Handlers, job_id: int, attempt: int, wait_for: Any,
+              state: str) -> None:
+    d = handlers.manager.jobs_dir / f"{job_id}.{attempt}"
+    wait_for(lambda: (s := jd.read_json(d / jd.STATE)) and s["state"] == state,
+             what=f"{job_id}.{attempt} {state}")
 
 
 def test_launches_a_dispatched_job_once(server: Any, handlers: Handlers,
                                         make_spec: Any) -> None:
     server.specs[1] = make_spec(command=["sleep", "5"])
-    assert handlers.launch(1) == "launched"
-    assert handlers.launch(1) == "ignored: already here"
-    assert handlers.manager.job_ids() == [1]
-    handlers.manager.kill(1)
+    assert handlers.launch(1) == "launched attempt 1"
+    assert handlers.launch(1) == "ignored: attempt 1 is already here"
+    assert list(handlers.manager.runs()) == [(1, 1)]
 
 
 @pytest.mark.parametrize("fields, outcome", [
@@ -53,18 +61,43 @@ def test_launch_of_a_job_not_assigned_here(handlers: Handlers) -> None:
     assert handlers.launch(9) == "ignored: not assigned to this node"
 
 
+def test_launch_of_a_newer_attempt_kills_the_older_one(
+        server: Any, handlers: Handlers, make_spec: Any, wait_for: Any) -> None:
+    server.specs[1] = make_spec(command=["sleep", "30"])
+    handlers.launch(1)
+    run_state(handlers, 1, 1, wait_for, "RUNNING")
+    server.specs[1] = make_spec(attempt=2, command=["sleep", "30"])
+    assert handlers.launch(1) == "launched attempt 2"
+    old = jd.read_json(handlers.manager.jobs_dir / "1.1" / jd.STATE)
+    assert old is not None and old["state"] == "CANCELLED"
+    assert handlers.manager.live_attempts(1) == [2]
+
+
 def test_kill_only_when_the_scheduler_no_longer_wants_the_job(
         server: Any, handlers: Handlers, make_spec: Any, wait_for: Any) -> None:
     server.specs[1] = make_spec(command=["sleep", "30"])
     handlers.launch(1)
-    d = handlers.manager.jobs_dir / "1"
-    wait_for(lambda: (s := jd.read_json(d / jd.STATE)) and s["state"] == "RUNNING")
+    run_state(handlers, 1, 1, wait_for, "RUNNING")
     server.specs[1] = make_spec(command=["sleep", "30"], state="RUNNING")
     assert handlers.kill(1) == "ignored: the job is RUNNING and not cancelled"
     server.specs[1] = make_spec(command=["sleep", "30"], state="RUNNING", cancel_requested=True)
-    assert handlers.kill(1) == "killing"
-    wait_for(lambda: (s := jd.read_json(d / jd.STATE)) and s["state"] == "CANCELLED")
+    assert handlers.kill(1) == "killing attempt 1"
+    run_state(handlers, 1, 1, wait_for, "CANCELLED")
     assert handlers.kill(1) == "ignored: not running here"
+
+
+@pytest.mark.parametrize("fields", [
+    {"state": "COMPLETED"}, {"state": "NODE_FAIL"},
+    {"state": "PENDING"},  # requeued: it will run again as its next attempt, not this one
+])
+def test_kill_the_current_attempt_when_the_job_is_no_longer_active(
+        server: Any, handlers: Handlers, make_spec: Any, wait_for: Any,
+        fields: dict[str, Any]) -> None:
+    server.specs[1] = make_spec(command=["sleep", "30"])
+    handlers.launch(1)
+    server.specs[1] = make_spec(command=["sleep", "30"], **fields)
+    assert handlers.kill(1) == "killing attempt 1"
+    run_state(handlers, 1, 1, wait_for, "CANCELLED")
 
 
 def test_kill_of_a_job_the_scheduler_does_not_know(
@@ -72,9 +105,31 @@ def test_kill_of_a_job_the_scheduler_does_not_know(
     server.specs[1] = make_spec(command=["sleep", "30"])
     handlers.launch(1)
     del server.specs[1]
-    assert handlers.kill(1) == "killing"
-    d = handlers.manager.jobs_dir / "1"
-    wait_for(lambda: (s := jd.read_json(d / jd.STATE)) and s["state"] == "CANCELLED")
+    assert handlers.kill(1) == "killing attempt 1"
+    run_state(handlers, 1, 1, wait_for, "CANCELLED")
+
+
+def test_kill_spares_the_current_attempt_and_kills_the_others(
+        server: Any, handlers: Handlers, make_spec: Any, wait_for: Any,
+        tmp_path: Path) -> None:
+    """Two attempts here at once (say a daemon restarted between them): the kill task
+    keeps the one the scheduler runs now."""
+    m = handlers.manager
+    server.specs[1] = make_spec(command=["sleep", "30"])
+    handlers.launch(1)
+    # Attempt 2 as another daemon instance would have started it, without killing 1.
+    other = JobManager(state_dir=tmp_path / "s", node="n1", api=handlers.api,
+                       kill_grace_s=0.3, identity=lambda user: daemon_identity())
+    other.live_attempts = lambda job_id: []  # type: ignore[method-assign]
+    server.specs[1] = make_spec(attempt=2, command=["sleep", "30"], state="RUNNING")
+    assert other.launch(server.specs[1])
+    run_state(handlers, 1, 1, wait_for, "RUNNING")
+    run_state(handlers, 1, 2, wait_for, "RUNNING")
+    assert m.live_attempts(1) == [1, 2]
+    assert handlers.kill(1) == "killing attempt 1"
+    run_state(handlers, 1, 1, wait_for, "CANCELLED")
+    assert m.live_attempts(1) == [2]
+    assert handlers.kill(1) == "ignored: the job is RUNNING and not cancelled"
 
 
 def test_tasks_are_registered_by_name(handlers: Handlers, server: Any, make_spec: Any) -> None:

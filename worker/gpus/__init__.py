@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 from scheduler.config import Settings
-from worker.gpus.base import GpuBackend, GpuBackendUnavailable, GpuInfo, GpuSample
+from worker.gpus.base import GpuBackend, GpuBackendUnavailable, GpuInfo, GpuProcess, GpuSample
 from worker.gpus.models import normalise_model
 
-__all__ = ["GpuBackend", "GpuBackendUnavailable", "GpuInfo", "GpuSample", "normalise_model",
-           "open_backend"]
+__all__ = ["GpuBackend", "GpuBackendUnavailable", "GpuInfo", "GpuProcess", "GpuSample",
+           "normalise_model", "open_backend"]
 
 
 def open_backend(settings: Settings) -> GpuBackend:
     """The simulated backend when ``settings.simulate_gpus`` is set, else NVML.
 
+    The simulation reads injected faults and foreign processes from
+    ``<worker state dir>/sim-gpus.json`` (see ``worker.gpus.sim``).
+
     Raises ``GpuBackendUnavailable`` (saying to pass ``--simulate-gpus``) when NVML cannot
     start, and ``ValueError`` for a bad simulation spec.
     """
     if settings.simulate_gpus:
-        from worker.gpus.sim import SimulatedBackend
+        from worker.gpus.sim import FAULTS_FILE, SimulatedBackend
 
-        return SimulatedBackend(settings.simulate_gpus, node=settings.node_name)
+        return SimulatedBackend(settings.simulate_gpus, node=settings.node_name,
+                                faults_file=settings.effective_worker_state_dir / FAULTS_FILE)
     from worker.gpus.nvml import NvmlBackend
 
     return NvmlBackend()

@@ -3,7 +3,7 @@ and a name. Fields a card cannot report are ``None``; units are in the field nam
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +18,16 @@ class GpuInfo:
     healthy: bool = True
     #: What the driver calls the card, e.g. ``NVIDIA A100-SXM4-80GB``.
     raw_name: str = ""
+    #: Why the GPU is unhealthy, for people (``None`` when healthy).
+    health_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process the driver says is using a GPU (pid as the driver sees it)."""
+
+    pid: int
+    used_memory_mib: float | None = None
 
 
 @dataclass(frozen=True)
@@ -26,9 +36,14 @@ class GpuSample:
     utilization_pct: float | None = None
     memory_used_mib: float | None = None
     power_w: float | None = None
+    #: Cumulative energy counter of the card, joules (``None`` when it has none).
     energy_j: float | None = None
     temperature_c: float | None = None
     healthy: bool = True
+    #: Why the GPU is unhealthy (XID error, ECC errors, GPU lost ...), for people.
+    health_reason: str | None = None
+    #: Every process on the GPU, gpuq's jobs included: the daemon tells them apart.
+    processes: tuple[GpuProcess, ...] = ()
 
 
 class GpuBackend(Protocol):
@@ -39,8 +54,9 @@ class GpuBackend(Protocol):
 
     def samples(self) -> list[GpuSample]: ...
 
-    def set_busy(self, indices: Iterable[int]) -> None:
-        """The GPUs jobs hold now (the simulated backend's load follows it)."""
+    def set_busy(self, processes: Mapping[int, Iterable[int]]) -> None:
+        """The GPUs jobs hold now, each with the pids of the jobs on it (the simulated
+        backend's load and process lists follow it; real cards show their own)."""
         ...
 
     def close(self) -> None: ...

@@ -1,29 +1,68 @@
 """A simulated GPU backend for machines without GPUs (development, tests, demos).
 
 Specs look like ``4xA100-80GB`` or ``2xA100-80GB,1xT4-16GB``: a count, ``x``, and a model
-ending in its memory (``-80GB`` = 81920 MiB). Busy GPUs (``set_busy``) draw power, heat up
-and show utilisation; ``fail(index)`` marks a GPU unhealthy, as a failing card would.
+ending in its memory (``-80GB`` = 81920 MiB).
+
+A simulated GPU behaves like a real one seen through NVML: while processes are on it, it
+shows utilisation, memory in use, more power and heat, and its cumulative energy counter
+grows with the power it draws (the integral of the reported power over time). The
+processes on a GPU are
+
+* the jobs' processes, which the daemon tells the backend about (``set_busy``), and
+* *injected* processes, as if someone had started ``python train.py`` by hand.
+
+Faults and foreign processes are injected from any process (end-to-end tests, demos)
+through a JSON file, read again at every sample: by default
+``<worker state dir>/sim-gpus.json`` (``FAULTS_FILE``)::
+
+    {
+      "foreign":   {"0": [12345, 12346]},
+      "unhealthy": {"3": "XID 79: GPU has fallen off the bus"}
+    }
+
+``foreign`` maps a GPU index to pids that are on that GPU without gpuq having started
+them; a pid that no longer exists (or is a zombie) is left out, so the GPU is free again
+as soon as the hand-run process ends. ``unhealthy`` maps a GPU index to the reason it is
+unhealthy; remove the entry to heal the GPU. Both keys are optional; a missing file means
+no faults, and a file that cannot be parsed is reported once in the log and ignored.
+``write_faults`` writes the file atomically. ``fail``/``recover`` inject a fault from the
+daemon's own process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import logging
 import math
+import os
 import re
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from worker.gpus.base import GpuInfo, GpuSample
+from worker.gpus.base import GpuInfo, GpuProcess, GpuSample
 
+log = logging.getLogger(__name__)
 _PART = re.compile(r"^(?P<count>\d+)[xX](?P<model>[A-Za-z0-9][A-Za-z0-9.]*(?:-[A-Za-z0-9.]+)*"
                    r"-(?P<gb>\d+)GB)$")
 MAX_GPUS = 1024
 IDLE_POWER_W = 60.0
 BUSY_POWER_W = 300.0
+#: A busy GPU's power swings by this much around ``BUSY_POWER_W``.
+POWER_SWING_W = 25.0
+#: Seconds per radian of the slow wobble that makes a busy GPU's numbers move.
+WOBBLE_S = 7.0
 IDLE_TEMPERATURE_C = 35.0
 BUSY_TEMPERATURE_C = 72.0
+#: The file of injected faults and foreign processes, in the worker's state directory.
+FAULTS_FILE = "sim-gpus.json"
+MAX_REASON = 256
 
 
 @dataclass(frozen=True)
@@ -62,12 +101,85 @@ def sim_uuid(node: str, index: int) -> str:
     return f"GPU-sim-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
+# --- injected faults ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Faults:
+    """The content of the faults file."""
+
+    foreign: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    unhealthy: dict[int, str] = field(default_factory=dict)
+
+
+def parse_faults(data: Any) -> Faults:
+    """Read the faults file's JSON; ``ValueError`` says what is wrong with it."""
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object with 'foreign' and/or 'unhealthy'")
+    foreign_raw, unhealthy_raw = data.get("foreign") or {}, data.get("unhealthy") or {}
+    if not isinstance(foreign_raw, dict) or not isinstance(unhealthy_raw, dict):
+        raise ValueError("'foreign' and 'unhealthy' must map GPU indices to values")
+    foreign: dict[int, tuple[int, ...]] = {}
+    for key, pids in foreign_raw.items():
+        if not isinstance(pids, list) or not all(
+                isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in pids):
+            raise ValueError(f"foreign[{key!r}] must be a list of pids")
+        foreign[_gpu_index(key)] = tuple(pids)
+    unhealthy = {_gpu_index(k): (v if isinstance(v, str) and v else "injected fault")[:MAX_REASON]
+                 for k, v in unhealthy_raw.items() if v}
+    return Faults(foreign=foreign, unhealthy=unhealthy)
+
+
+def _gpu_index(key: Any) -> int:
+    try:
+        index = int(key)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key!r} is not a GPU index") from None
+    if index < 0:
+        raise ValueError(f"{key!r} is not a GPU index")
+    return index
+
+
+def write_faults(path: Path | str, *, foreign: Mapping[int, Iterable[int]] | None = None,
+                 unhealthy: Mapping[int, str] | None = None) -> None:
+    """Write the faults file atomically (for tests and demos; any process may)."""
+    path = Path(path)
+    body = {"foreign": {str(i): [int(p) for p in pids] for i, pids in (foreign or {}).items()},
+            "unhealthy": {str(i): str(r) for i, r in (unhealthy or {}).items()}}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(body, f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is not)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    except OSError:
+        return True
+
+
+# --- the backend -------------------------------------------------------------------------
+
+
 class SimulatedBackend:
     name = "simulated"
 
     def __init__(self, spec: str, *, node: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 faults_file: Path | str | None = None) -> None:
         self._clock = clock
+        self._faults_file = Path(faults_file) if faults_file is not None else None
         self._gpus: list[GpuInfo] = []
         for t in parse_spec(spec):
             for _ in range(t.count):
@@ -75,68 +187,126 @@ class SimulatedBackend:
                 self._gpus.append(GpuInfo(index=i, uuid=sim_uuid(node, i), model=t.model,
                                           memory_mib=t.memory_mib,
                                           raw_name=f"Simulated {t.model}"))
-        self._busy: set[int] = set()
-        self._failed: set[int] = set()
+        #: GPU index -> pids of the jobs on it (from ``set_busy``).
+        self._jobs: dict[int, tuple[int, ...]] = {}
+        self._faults = Faults()
+        self._bad_file: str | None = None
+        #: Faults injected in-process (``fail``), index -> reason.
+        self._failed: dict[int, str] = {}
         self._energy_j = [0.0] * len(self._gpus)
         self._last_s = clock()
         self._lock = threading.Lock()
 
+    # --- the interface ---------------------------------------------------------------
     def inventory(self) -> list[GpuInfo]:
         with self._lock:
-            return [GpuInfo(index=g.index, uuid=g.uuid, model=g.model, memory_mib=g.memory_mib,
-                            healthy=g.index not in self._failed, raw_name=g.raw_name)
-                    for g in self._gpus]
+            self._load_faults()
+            out = []
+            for g in self._gpus:
+                reason = self._health_reason(g.index)
+                out.append(GpuInfo(index=g.index, uuid=g.uuid, model=g.model,
+                                   memory_mib=g.memory_mib, healthy=reason is None,
+                                   raw_name=g.raw_name, health_reason=reason))
+            return out
 
-    def set_busy(self, indices: Iterable[int]) -> None:
+    def set_busy(self, processes: Mapping[int, Iterable[int]]) -> None:
         with self._lock:
             self._accumulate()
-            self._busy = {i for i in indices if 0 <= i < len(self._gpus)}
-
-    def fail(self, index: int) -> None:
-        """Mark GPU ``index`` unhealthy (an injected fault)."""
-        with self._lock:
-            self._check(index)
-            self._failed.add(index)
-
-    def recover(self, index: int) -> None:
-        with self._lock:
-            self._check(index)
-            self._failed.discard(index)
+            self._jobs = {int(i): tuple(int(p) for p in pids) for i, pids in processes.items()
+                          if 0 <= int(i) < len(self._gpus)}
 
     def samples(self) -> list[GpuSample]:
         with self._lock:
-            self._accumulate()
+            self._accumulate()  # up to now, with what was on the GPUs until now
+            self._load_faults()
             now = self._clock()
             return [self._sample(g, now) for g in self._gpus]
 
     def close(self) -> None:
         pass
 
+    # --- in-process fault injection -------------------------------------------------
+    def fail(self, index: int, reason: str = "injected fault") -> None:
+        """Mark GPU ``index`` unhealthy (an injected fault)."""
+        with self._lock:
+            self._check(index)
+            self._failed[index] = reason[:MAX_REASON]
+
+    def recover(self, index: int) -> None:
+        with self._lock:
+            self._check(index)
+            self._failed.pop(index, None)
+
     # --- internals -------------------------------------------------------------------
     def _check(self, index: int) -> None:
         if not 0 <= index < len(self._gpus):
             raise IndexError(f"no simulated GPU {index} (there are {len(self._gpus)})")
 
-    def _power_w(self, index: int) -> float:
-        return BUSY_POWER_W if index in self._busy else IDLE_POWER_W
+    def _load_faults(self) -> None:
+        """Read the faults file (a missing one means no faults; a bad one is ignored)."""
+        if self._faults_file is None:
+            return
+        try:
+            text = self._faults_file.read_text()
+        except FileNotFoundError:
+            self._faults = Faults()
+            return
+        except OSError as e:
+            problem = f"cannot read {self._faults_file}: {e}"
+        else:
+            try:
+                self._faults = parse_faults(json.loads(text) if text.strip() else {})
+                self._bad_file = None
+                return
+            except ValueError as e:
+                problem = f"{self._faults_file}: {e}; ignoring it"
+        if problem != self._bad_file:
+            log.warning("simulated GPUs: %s", problem)
+            self._bad_file = problem
+        self._faults = Faults()
+
+    def _health_reason(self, index: int) -> str | None:
+        return self._faults.unhealthy.get(index) or self._failed.get(index)
+
+    def _foreign(self, index: int) -> tuple[int, ...]:
+        return tuple(p for p in self._faults.foreign.get(index, ()) if pid_alive(p))
+
+    def _busy(self, index: int) -> bool:
+        return index in self._jobs or bool(self._foreign(index))
 
     def _accumulate(self) -> None:
+        """Add the energy drawn since the last call: the integral of the power curve that
+        ``_sample`` reports (busy: a slow sine around ``BUSY_POWER_W``; idle: flat)."""
         now = self._clock()
-        dt = max(0.0, now - self._last_s)
-        for g in self._gpus:
-            self._energy_j[g.index] += self._power_w(g.index) * dt
+        t0, dt = self._last_s, max(0.0, now - self._last_s)
+        if dt > 0:
+            for g in self._gpus:
+                if self._busy(g.index):
+                    phase = float(g.index)
+                    swing = WOBBLE_S * (math.cos(t0 / WOBBLE_S + phase)
+                                        - math.cos(now / WOBBLE_S + phase))
+                    self._energy_j[g.index] += BUSY_POWER_W * dt + POWER_SWING_W * swing
+                else:
+                    self._energy_j[g.index] += IDLE_POWER_W * dt
         self._last_s = now
 
     def _sample(self, g: GpuInfo, now: float) -> GpuSample:
-        busy = g.index in self._busy
+        pids = self._jobs.get(g.index, ()) + self._foreign(g.index)
+        busy = self._busy(g.index)
         # A slow wobble, different per GPU, so a busy GPU's numbers move between samples.
-        wobble = math.sin(now / 7.0 + g.index)
+        wobble = math.sin(now / WOBBLE_S + g.index)
         if busy:
             util, mem = 90.0 + 8.0 * wobble, g.memory_mib * (0.6 + 0.1 * wobble)
-            power, temp = BUSY_POWER_W + 25.0 * wobble, BUSY_TEMPERATURE_C + 3.0 * wobble
+            power, temp = BUSY_POWER_W + POWER_SWING_W * wobble, BUSY_TEMPERATURE_C + 3.0 * wobble
         else:
             util, mem, power, temp = 0.0, 0.0, IDLE_POWER_W, IDLE_TEMPERATURE_C
+        unique = tuple(dict.fromkeys(pids))
+        share = round(mem / len(unique), 1) if unique else None
+        reason = self._health_reason(g.index)
         return GpuSample(index=g.index, utilization_pct=round(util, 1),
                          memory_used_mib=round(mem, 1), power_w=round(power, 1),
                          energy_j=round(self._energy_j[g.index], 1),
-                         temperature_c=round(temp, 1), healthy=g.index not in self._failed)
+                         temperature_c=round(temp, 1), healthy=reason is None,
+                         health_reason=reason,
+                         processes=tuple(GpuProcess(pid=p, used_memory_mib=share)
+                                         for p in unique))

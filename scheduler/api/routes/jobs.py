@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from scheduler.api.deps import Ctx, UserOrAdmin
-from scheduler.api.schemas import JobCreate, JobRead
+from scheduler.api.schemas import JobCreate, JobRead, WhyRead
 from scheduler.services import jobs as svc
 from scheduler.states import ACTIVE, JobState
 
@@ -58,6 +58,14 @@ def show_job(job_id: int, ctx: Ctx, principal: UserOrAdmin) -> JobRead:
     with ctx.transaction() as session:
         job = svc.get_job(session, job_id)
         return svc.to_read(job, principal, events=svc.job_events(session, job_id))
+
+
+@router.get("/{job_id}/why", response_model=WhyRead)
+def why_pending(job_id: int, ctx: Ctx, principal: UserOrAdmin) -> WhyRead:
+    """Why the job waits: position, reason, priority factors beside the job ahead, and
+    the estimated start, as the last scheduling cycle recorded them."""
+    with ctx.transaction() as session:
+        return svc.why(session, svc.get_job(session, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)

@@ -1,0 +1,224 @@
+"""Best-fit placement over the free resources of one cycle.
+
+A job goes to the node with the fewest free usable GPUs (of its model) that fits it, ties
+broken by node name; its GPUs are that node's lowest free indices. Packing keeps whole
+nodes free for big jobs. The filters are the ones of ``filters.py``.
+
+``Cluster`` is the mutable state of one cycle. It keeps every UP node in a bucket per free
+usable GPU count (per wanted model), so a best fit is a walk up from the bucket of the
+job's GPU count, and it evaluates the static filters once per node *class* (nodes alike in
+state, GPUs, CPUs and memory), not once per node.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from scheduler.policy.filters import CAPACITY, STATIC, first_failure
+from scheduler.policy.snapshot import JobView, NodeView
+
+#: What the placement of a job depends on: (gpus, gpu model, cpus, memory MiB).
+Shape = tuple[int, str | None, int, int]
+
+
+def shape_of(job: JobView) -> Shape:
+    return (job.gpus, job.gpu_model, job.cpus, job.memory_mib)
+
+
+@dataclass(slots=True)
+class StaticFit:
+    """The static filters' answer for one shape, per node class."""
+
+    ok: list[bool]
+    #: First static failure (None when ok).
+    reason: list[str | None]
+    #: Whether a node of the class could run it were it UP (for NodeDown).
+    capable: list[bool]
+
+
+@dataclass(slots=True)
+class Survey:
+    """Why a job fits nowhere now: counts per reason, and the nodes it could run on."""
+
+    misses: Counter[str]
+    #: Nodes passing the static filters (UP, big enough): it could run there later.
+    eligible: list[int]
+    #: State -> count of nodes that could run it but are not UP.
+    down: Counter[str]
+    #: It fits now on some node, but that node is held or reserved for another job.
+    blocked: bool
+
+
+class Cluster:
+    def __init__(self, nodes: Iterable[NodeView]) -> None:
+        self.views = sorted(nodes, key=lambda n: n.name)
+        self.names = [v.name for v in self.views]
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.up = [v.schedulable for v in self.views]
+        self.cpus = [v.cpus for v in self.views]
+        self.mem = [v.memory_mib for v in self.views]
+        self.free_cpus = [v.free_cpus for v in self.views]
+        self.free_mem = [v.free_memory_mib for v in self.views]
+        self.model_of: list[dict[int, str]] = []
+        #: Node -> model (None: any) -> free usable GPU indices, ascending.
+        self.usable: list[dict[str | None, list[int]]] = []
+        classes: dict[tuple[object, ...], int] = {}
+        self.cls: list[int] = []
+        self.reps: list[NodeView] = []
+        for v in self.views:
+            self.model_of.append({g.index: g.model for g in v.gpus})
+            free = v.free_gpus
+            usable = sorted((g.index, g.model) for g in v.gpus
+                            if g.healthy and not g.occupied and g.index in free)
+            by_model: dict[str | None, list[int]] = {None: [i for i, _ in usable]}
+            for i, m in usable:
+                by_model.setdefault(m, []).append(i)
+            self.usable.append(by_model)
+            # The static filters read only these: nodes alike in them share the answers.
+            key = (v.state, v.gpus, v.cpus, v.memory_mib)
+            c = classes.get(key)
+            if c is None:
+                c = classes[key] = len(self.reps)
+                self.reps.append(v)
+            self.cls.append(c)
+        self._excluded = [False] * len(self.views)
+        self._buckets: dict[str | None, list[list[int]]] = {}
+        self._static: dict[Shape, StaticFit] = {}
+
+    # --- what a node is ---------------------------------------------------------------------
+
+    def static_fit(self, job: JobView) -> StaticFit:
+        shape = shape_of(job)
+        fit = self._static.get(shape)
+        if fit is None:
+            reason = [first_failure(STATIC, rep, job) for rep in self.reps]
+            fit = StaticFit(ok=[r is None for r in reason], reason=reason,
+                            capable=[first_failure(CAPACITY, rep, job) is None
+                                     for rep in self.reps])
+            self._static[shape] = fit
+        return fit
+
+    # --- what is free now -------------------------------------------------------------------
+
+    def free_count(self, i: int, model: str | None) -> int:
+        return len(self.usable[i].get(model, ()))
+
+    def dynamic_failure(self, i: int, job: JobView) -> str | None:
+        """``filters.DYNAMIC`` on this cycle's free resources."""
+        if len(self.usable[i].get(job.gpu_model, ())) < job.gpus:
+            return "too few free GPUs"
+        if self.cpus[i] and self.free_cpus[i] < job.cpus:
+            return "too few free CPUs"
+        if self.mem[i] and self.free_mem[i] < job.memory_mib:
+            return "too little free memory"
+        return None
+
+    def _bucket_list(self, model: str | None) -> list[list[int]]:
+        buckets = self._buckets.get(model)
+        if buckets is None:
+            counts = [(self.free_count(i, model), i) for i in range(len(self.views))
+                      if self.up[i] and not self._excluded[i]]
+            buckets = [[] for _ in range(max((c for c, _ in counts), default=0) + 1)]
+            for c, i in counts:  # ascending i: each bucket is in name order
+                buckets[c].append(i)
+            self._buckets[model] = buckets
+        return buckets
+
+    def best_fit(self, job: JobView, fit: StaticFit,
+                 allow: Callable[[int], bool] | None = None) -> int | None:
+        """The UP node with the fewest free GPUs of the job's model that fits it now (and that
+        ``allow`` accepts), by name among equals; None when there is none."""
+        buckets = self._bucket_list(job.gpu_model)
+        ok, cls = fit.ok, self.cls
+        cpus, mem, free_cpus, free_mem = self.cpus, self.mem, self.free_cpus, self.free_mem
+        want_cpus, want_mem = job.cpus, job.memory_mib
+        for c in range(max(job.gpus, 0), len(buckets)):
+            for i in buckets[c]:
+                if not ok[cls[i]]:
+                    continue
+                if cpus[i] and free_cpus[i] < want_cpus:
+                    continue
+                if mem[i] and free_mem[i] < want_mem:
+                    continue
+                if allow is not None and not allow(i):
+                    continue
+                return i
+        return None
+
+    def choose_gpus(self, i: int, job: JobView, avoid_model: str | None = None) -> tuple[int, ...]:
+        """The job's GPUs on node ``i``: the lowest free indices of its model; with
+        ``avoid_model``, GPUs of other models first (a job of any model on a mixed node)."""
+        free = self.usable[i].get(job.gpu_model, [])
+        if avoid_model is None or job.gpu_model is not None:
+            return tuple(free[: job.gpus])
+        model = self.model_of[i]
+        others = [g for g in free if model[g] != avoid_model]
+        return tuple(sorted((others + [g for g in free if model[g] == avoid_model])[: job.gpus]))
+
+    def allocate(self, i: int, job: JobView, gpus: tuple[int, ...]) -> None:
+        self.free_cpus[i] -= job.cpus
+        self.free_mem[i] -= job.memory_mib
+        if not gpus:
+            return
+        usable = self.usable[i]
+        model = self.model_of[i]
+        before = {m: len(lst) for m, lst in usable.items()}
+        taken = set(gpus)
+        for m in {None, *(model[g] for g in gpus)}:
+            usable[m] = [g for g in usable[m] if g not in taken]
+        if self._excluded[i] or not self.up[i]:
+            return
+        for m, buckets in self._buckets.items():
+            old = before.get(m, 0)
+            new = len(usable.get(m, ()))
+            if new != old:
+                buckets[old].remove(i)
+                insort(buckets[new], i)
+
+    def exclude(self, i: int) -> None:
+        """Take node ``i`` out of every later best fit (held for a blocked job)."""
+        if self._excluded[i]:
+            return
+        self._excluded[i] = True
+        if not self.up[i]:
+            return
+        for m, buckets in self._buckets.items():
+            buckets[self.free_count(i, m)].remove(i)
+
+    # --- why not ----------------------------------------------------------------------------
+
+    def survey(self, job: JobView, fit: StaticFit,
+               held_by: list[int | None] | None = None,
+               allow: Callable[[int], bool] | None = None,
+               blocked_why: str = "") -> Survey:
+        """Every node's reason not to take the job now: held nodes (``held_by``) count as
+        ``held for job N``; a node it fits that ``allow`` refuses counts as ``blocked_why``."""
+        misses: Counter[str] = Counter()
+        down: Counter[str] = Counter()
+        eligible: list[int] = []
+        blocked = False
+        reason, capable = fit.reason, fit.capable
+        model, gpus, cpus, mem = job.gpu_model, job.gpus, job.cpus, job.memory_mib
+        for i, c in enumerate(self.cls):
+            why = reason[c]
+            if why is not None:
+                misses[why] += 1
+                if not self.up[i] and capable[c]:
+                    down[why] += 1
+                continue
+            eligible.append(i)
+            if held_by is not None and held_by[i] is not None:
+                misses[f"held for job {held_by[i]}"] += 1
+            elif len(self.usable[i].get(model, ())) < gpus:  # filters.DYNAMIC, inline
+                misses["too few free GPUs"] += 1
+            elif self.cpus[i] and self.free_cpus[i] < cpus:
+                misses["too few free CPUs"] += 1
+            elif self.mem[i] and self.free_mem[i] < mem:
+                misses["too little free memory"] += 1
+            elif allow is not None and not allow(i):
+                misses[blocked_why] += 1
+                blocked = True
+        return Survey(misses, eligible, down, blocked)

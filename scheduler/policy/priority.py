@@ -1,0 +1,132 @@
+"""Multifactor priority (fairshare.md A3): ``total = site + Σ weight x factor - nice``.
+
+Factors, each in [0, 1]: fair share (Fair Tree or classic, computed once per cycle per
+association); age ``min(1, waited / max_age)``; job size (GPUs over the cluster's GPUs,
+or its complement when small jobs are favoured); QOS (its priority over the largest QOS
+priority). ``site`` is the job's own ``JobView.priority`` (an admin's offset, Slurm's site
+factor). Totals stay floats (Slurm truncates them to integers; that only adds ties).
+Order: total descending, then submit time, then id.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+
+from scheduler.policy.classic import classic_fairshare
+from scheduler.policy.decisions import Priority
+from scheduler.policy.fairtree import fair_tree
+from scheduler.policy.snapshot import JobView, Snapshot
+from scheduler.policy.tree import FairShareTable
+
+#: (fair share, job size, qos, total without the age term): what jobs of a kind share.
+_Kind = tuple[float, float, float, float]
+
+
+def fairshare_table(snapshot: Snapshot) -> FairShareTable:
+    """The fair-share table of the snapshot's tree, by the configured algorithm."""
+    c = snapshot.config
+    if c.fairshare_algorithm == "classic":
+        return classic_fairshare(snapshot.accounts, snapshot.assocs, snapshot.usage,
+                                 c.classic_dampening)
+    return fair_tree(snapshot.accounts, snapshot.assocs, snapshot.usage)
+
+
+def qos_factors(qos_priority: Iterable[tuple[str, int]] | Mapping[str, int]) -> dict[str, float]:
+    """QOS name -> its priority over the largest one, in [0, 1] (all 0 when none is > 0)."""
+    prio = dict(qos_priority)
+    top = max(prio.values(), default=0)
+    return {q: min(max(p / top, 0.0), 1.0) if top > 0 else 0.0 for q, p in prio.items()}
+
+
+def jobsize_factor(gpus: int, total_gpus: int, favor_small: bool = False) -> float:
+    if total_gpus <= 0:
+        return 0.0
+    large = min(max(gpus / total_gpus, 0.0), 1.0)
+    return 1.0 - large if favor_small else large
+
+
+class Priorities(Mapping[int, Priority]):
+    """Every pending job's priority, by job id (read-only).
+
+    The totals are computed at once, since they order the queue; each ``Priority`` is made
+    when it is read, so a caller that reads a few (the simulator, ``gpuq why``) does not pay
+    for a hundred thousand objects. ``dict(priorities)`` gives a plain dict.
+    """
+
+    __slots__ = ("_jobs", "_keys", "_kinds", "_ages", "_index")
+
+    def __init__(self, jobs: tuple[JobView, ...], keys: list[tuple[float, float, int]],
+                 kinds: list[_Kind], ages: list[float]) -> None:
+        self._jobs = jobs
+        self._keys = keys  # (-total, submitted_at, id), as the order sorts them
+        self._kinds = kinds
+        self._ages = ages
+        self._index: dict[int, int] | None = None
+
+    def _position(self, job_id: int) -> int:
+        if self._index is None:
+            self._index = {j.id: i for i, j in enumerate(self._jobs)}
+        return self._index[job_id]
+
+    def __getitem__(self, job_id: int) -> Priority:
+        i = self._position(job_id)
+        job, k = self._jobs[i], self._kinds[i]
+        return Priority(total=-self._keys[i][0], fairshare=k[0], age=self._ages[i],
+                        jobsize=k[1], qos=k[2], nice=job.nice, site=job.priority)
+
+    def __contains__(self, job_id: object) -> bool:
+        if self._index is None:
+            self._index = {j.id: i for i, j in enumerate(self._jobs)}
+        return job_id in self._index
+
+    def __iter__(self) -> Iterator[int]:
+        return (j.id for j in self._jobs)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __repr__(self) -> str:
+        return f"Priorities({dict(self)!r})"
+
+    def order(self) -> list[JobView]:
+        """The jobs by total descending, then submit time, then id."""
+        keys, jobs = self._keys, self._jobs
+        return [jobs[i] for i in sorted(range(len(jobs)), key=keys.__getitem__)]
+
+
+def priorities(snapshot: Snapshot,
+               fairshare_by_assoc: Mapping[tuple[str, str], float]) -> Priorities:
+    """Every pending job's priority. A job whose association is unknown has fair share 0;
+    one whose QOS is unknown has QOS factor 0 (the fair-share policies keep it waiting)."""
+    c = snapshot.config
+    now = snapshot.now
+    total_gpus = sum(len(n.gpus) for n in snapshot.nodes)
+    inv_age = 1.0 / c.max_age_s if c.max_age_s > 0 else math.inf
+    qos = qos_factors(c.qos_priority)
+    wf, wa, ws, wq = c.weight_fairshare, c.weight_age, c.weight_jobsize, c.weight_qos
+    fs_of = fairshare_by_assoc.get
+    # Jobs of one kind differ only in age: their other factors are computed once.
+    seen: dict[tuple[str, str, int, str, int, int], _Kind] = {}
+    keys: list[tuple[float, float, int]] = []
+    kinds: list[_Kind] = []
+    ages: list[float] = []
+    for j in snapshot.pending:
+        kind = (j.user, j.account, j.gpus, j.qos, j.nice, j.priority)
+        k = seen.get(kind)
+        if k is None:
+            fs = fs_of((j.user, j.account), 0.0)
+            size = jobsize_factor(j.gpus, total_gpus, c.jobsize_favor_small)
+            q = qos.get(j.qos, 0.0)
+            k = seen[kind] = (fs, size, q, j.priority + wf * fs + ws * size + wq * q - j.nice)
+        waited = now - j.submitted_at
+        age = 0.0 if waited <= 0 else 1.0 if waited * inv_age >= 1.0 else waited * inv_age
+        keys.append((-(k[3] + wa * age), j.submitted_at, j.id))
+        kinds.append(k)
+        ages.append(age)
+    return Priorities(snapshot.pending, keys, kinds, ages)
+
+
+def priority_order(jobs: Iterable[JobView], prios: Mapping[int, Priority]) -> list[JobView]:
+    """Jobs by total priority descending, then submit time, then id."""
+    return sorted(jobs, key=lambda j: (-prios[j.id].total, j.submitted_at, j.id))
