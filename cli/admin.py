@@ -8,8 +8,10 @@ from typing import Any
 import click
 from rich.table import Table
 
+from cli.client import CliError
 from cli.context import Env, echo_json, pass_env
 from cli.render import echo_table, parse_time, plain_table
+from cli.usage import FORMATS, import_error_text, read_usage_file
 
 ADMIN = "/v1/admin"
 
@@ -25,8 +27,8 @@ def _call(env: Env, method: str, path: str, **kw: Any) -> Any:
 
 @click.group("admin")
 def admin() -> None:
-    """Manage accounts, users, tokens and nodes (uses the admin token: GPUQ_ADMIN_TOKEN,
-    or admin_token in the config file)."""
+    """Manage accounts, users, tokens, nodes and usage history (uses the admin token:
+    GPUQ_ADMIN_TOKEN, or admin_token in the config file)."""
 
 
 # --- accounts --------------------------------------------------------------------------
@@ -261,3 +263,47 @@ def token_revoke(env: Env, token_id: int) -> None:
     """Revoke a token: it stops working at once."""
     _call(env, "DELETE", f"/tokens/{token_id}", not_found=f"no token {token_id}")
     click.echo(f"Revoked token {token_id}")
+
+
+# --- usage -----------------------------------------------------------------------------
+
+
+@admin.group("usage")
+def usage() -> None:
+    """Usage history: what the fair share remembers."""
+
+
+@usage.command("import")
+@click.argument("file", type=click.File("rb"), metavar="FILE")
+@click.option("--format", "fmt", type=click.Choice(FORMATS, case_sensitive=False),
+              help="json or csv [from the file's extension; for - (stdin), from its content].")
+@pass_env
+def usage_import(env: Env, file: Any, fmt: str | None) -> None:
+    """Import usage history (a lab moving from another scheduler keeps its fair share).
+
+    FILE is CSV with the header user,account,billed_seconds[,end_time], or a JSON list of
+    {"user", "account", "billed_seconds", "end_time"} records; - reads stdin:
+
+    \b
+      user,account,billed_seconds,end_time
+      alice,lab1,36000,2026-10-01T00:00:00Z
+
+    billed_seconds are billed GPU-seconds; each record decays from its end_time (a time
+    with a zone; default now). The users and their accounts must exist. All records are
+    imported, or none.
+    """
+    name = file.name if isinstance(getattr(file, "name", None), str) else "-"
+    name = "stdin" if name in ("-", "<stdin>") else name
+    data = read_usage_file(name, file.read(), fmt.lower() if fmt else None)
+    try:
+        result = _call(env, "POST", "/usage/import", content=data.body,
+                       headers={"Content-Type": data.content_type}, what="usage")
+    except CliError as e:
+        if e.status == 422:
+            raise CliError(import_error_text(e.detail, data.lines), e.exit_code,
+                           status=e.status, detail=e.detail) from None
+        raise
+    n = int(result.get("imported") or 0)
+    added = float(result.get("decayed_billed_seconds") or 0)
+    click.echo(f"Imported {n} record{'s' if n != 1 else ''} (adding {added:.0f} billed "
+               "GPU-seconds after decay)")

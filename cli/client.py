@@ -38,11 +38,13 @@ class CliError(click.ClickException):
     """An error shown as ``gpuq: <message>`` (one line per line) with its exit code."""
 
     def __init__(self, message: str, exit_code: int = EXIT_ERROR, *,
-                 status: int | None = None) -> None:
+                 status: int | None = None, detail: Any = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         #: The HTTP status when the server refused the request.
         self.status = status
+        #: The answer's ``detail`` (FastAPI's), for commands that render it their own way.
+        self.detail = detail
 
     def show(self, file: IO[Any] | None = None) -> None:
         for line in self.format_message().splitlines() or [""]:
@@ -85,16 +87,17 @@ def error_for(resp: httpx.Response, *, what: str, not_found: str | None,
     status = resp.status_code
     detail = _detail(resp)
     if status == 401:
-        return CliError(auth_hint, EXIT_AUTH, status=status)
+        return CliError(auth_hint, EXIT_AUTH, status=status, detail=detail)
     if status == 403:
-        return CliError(f"permission denied: {detail}", EXIT_AUTH, status=status)
+        return CliError(f"permission denied: {detail}", EXIT_AUTH, status=status,
+                        detail=detail)
     if status == 404:
         message = not_found or str(detail)
     elif status >= 500:
         message = f"server error {status}: {render_validation(detail, what)}"
     else:
         message = render_validation(detail, what)
-    return CliError(message, EXIT_ERROR, status=status)
+    return CliError(message, EXIT_ERROR, status=status, detail=detail)
 
 
 class ApiClient:
@@ -142,6 +145,8 @@ class ApiClient:
         *,
         json: Any = None,
         params: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
         what: str = "request",
         not_found: str | None = None,
         idempotent: bool | None = None,
@@ -151,14 +156,16 @@ class ApiClient:
         A connection that could not be made is always retried (nothing was sent). Other
         transport errors (timeouts, dropped connections) are retried only for
         ``idempotent`` requests: GETs, and POSTs the caller marks as safe to repeat (a
-        submit with an idempotency key, a cancel).
+        submit with an idempotency key, a cancel). ``content`` (with its ``headers``) sends
+        a body that is not JSON.
         """
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "DELETE")
         attempt = 0
         while True:
             try:
-                resp = self._http.request(method, path, json=json, params=params)
+                resp = self._http.request(method, path, json=json, params=params,
+                                          content=content, headers=headers)
                 break
             except httpx.UnsupportedProtocol as e:
                 raise CliError(f"bad server URL {self.server!r}: {e}", EXIT_USAGE) from e

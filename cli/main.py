@@ -11,10 +11,12 @@ from cli import services
 from cli.admin import admin
 from cli.client import DEFAULT_TIMEOUT_S, EXIT_INTERRUPTED
 from cli.context import Env
+from cli.fairshare import share
 from cli.jobs import cancel, queue, show
 from cli.logs import logs
 from cli.nodes import nodes, whoami
 from cli.submit import submit
+from cli.why import why
 
 
 class GpuqGroup(click.Group):
@@ -46,7 +48,7 @@ def cli(ctx: click.Context, server: str | None, token: str | None, timeout_s: fl
     ctx.obj = Env(server=server, token=token, timeout_s=timeout_s)
 
 
-for _command in (submit, show, cancel, logs, nodes, whoami, admin):
+for _command in (submit, show, why, cancel, logs, nodes, share, whoami, admin):
     cli.add_command(_command)
 cli.add_command(queue, "q")
 cli.add_command(queue, "queue")

@@ -44,6 +44,34 @@ def elapsed_s(job: Job, now: datetime) -> float | None:
     return (ended - started).total_seconds()
 
 
+def local_time(value: str | None, fmt: str = "%Y-%m-%d %H:%M:%S %Z") -> str:
+    """An API timestamp in the local zone; "" for none."""
+    t = parse_time(value)
+    return t.astimezone().strftime(fmt) if t else ""
+
+
+def factors_text(factors: Mapping[str, Any]) -> str:
+    """A ``PriorityFactors`` dict: ``5123.4 (fair share 0.5000, age 0.1234, job size
+    0.0500, QOS 0.0000, nice 0)``. The weights are the server's; each factor is in [0, 1]."""
+    parts = [f"{label} {float(factors.get(key) or 0):.4f}" for label, key in
+             (("fair share", "fairshare"), ("age", "age"), ("job size", "jobsize"),
+              ("QOS", "qos"))]
+    parts.append(f"nice {int(factors.get('nice') or 0)}")
+    if factors.get("site"):
+        parts.append(f"site {int(factors['site'])}")
+    return f"{float(factors.get('total') or 0):.1f} ({', '.join(parts)})"
+
+
+def estimate_text(value: str | None, now: datetime) -> str:
+    """An estimated start: ``2026-11-26 14:00 CET (in 2:13:00)``; "no estimate yet"."""
+    t = parse_time(value)
+    if t is None:
+        return "no estimate yet"
+    wait = (t - now).total_seconds()
+    when = f"in {format_duration(wait)}" if wait >= 0 else f"{format_duration(-wait)} ago"
+    return f"{t.astimezone().strftime('%Y-%m-%d %H:%M %Z').rstrip()} ({when})"
+
+
 def state_label(job: Job) -> str:
     if job.get("cancel_requested") and job["state"] in ACTIVE_STATES:
         return "CANCELLING"
@@ -111,12 +139,19 @@ def job_detail(job: Job, now: datetime) -> str:
         rows.append(("GPU energy", format_energy(job["gpu_energy_j"])))
     if job.get("max_gpu_memory_mib") is not None:
         rows.append(("GPU memory", f"{format_mib(job['max_gpu_memory_mib'])} peak"))
-    rows.append(("Priority", str(job.get("priority"))))
+    if job.get("priority_factors"):
+        rows.append(("Priority", factors_text(job["priority_factors"])))
+    else:
+        nice = int(job.get("nice") or 0)
+        rows.append(("Priority", str(job.get("priority")) + (f" (nice {nice})" if nice else "")))
+    if job.get("qos") and job["qos"] != "normal":
+        rows.append(("QOS", str(job["qos"])))
+    if job.get("estimated_start"):
+        rows.append(("Est. start", estimate_text(job["estimated_start"], now)))
     for label, key in (("Submitted", "submitted_at"), ("Dispatched", "dispatched_at"),
                        ("Started", "started_at"), ("Ended", "ended_at")):
-        t = parse_time(job.get(key))
-        if t is not None:
-            rows.append((label, t.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")))
+        if job.get(key):
+            rows.append((label, local_time(job[key])))
     if job.get("workdir"):
         rows.append(("Workdir", job["workdir"]))
     if job.get("environment") is not None:

@@ -20,7 +20,7 @@ from cli.units import MemoryType, TimeType
 _COMMAND_FORM = "gpuq.submit.command_form"
 #: Options that go into the request body as they are (None: not given, server default).
 _SPEC_KEYS = ("name", "gpus", "gpu_model", "cpus", "memory_mib", "time_limit_s", "account",
-              "requeue")
+              "requeue", "nice")
 
 
 class SubmitCommand(click.Command):
@@ -122,6 +122,9 @@ def build_job(params: dict[str, Any], *, command: list[str] | None, script: str 
               help="Set a variable in the job's environment (repeatable).")
 @click.option("--requeue/--no-requeue", default=None,
               help="Run the job again (from the start) if its node fails [--requeue].")
+@click.option("--nice", type=click.IntRange(-10_000, 10_000), metavar="N",
+              help="Lower the job's priority by N, to let others go first [0]; only admins "
+                   "may give a negative N.")
 @click.option("--idempotency-key", metavar="KEY",
               help="Submitting twice with one key makes one job [a fresh one per call].")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")

@@ -16,15 +16,21 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from scheduler.api.routes.admin import parse_usage
 from scheduler.api.schemas import (
+    FairShareRow,
     GpuRead,
+    JobAhead,
     JobCreate,
     JobRead,
     NodeDrain,
     NodeRead,
+    PriorityFactors,
+    UsageImportResult,
     UserCreate,
     UserRead,
     UserUpdate,
+    WhyRead,
 )
 
 USER_TOKEN = "gpuq_user_secret"
@@ -71,6 +77,48 @@ def make_user(name: str = "bob", account: str = "lab1", **kw: Any) -> dict[str, 
     return UserRead(**base).model_dump(mode="json")
 
 
+def make_factors(total: float = 5123.4, **kw: Any) -> dict[str, Any]:
+    """A ``PriorityFactors`` as the server sends it."""
+    base: dict[str, Any] = dict(total=total, fairshare=0.5, age=0.1234, jobsize=0.05, qos=0.0,
+                                nice=0)
+    base.update(kw)
+    return PriorityFactors(**base).model_dump(mode="json")
+
+
+def make_share_row(name: str, account: str | None = None, user: str | None = None,
+                   parent: str | None = "root", **kw: Any) -> dict[str, Any]:
+    """A ``FairShareRow``: an account (``user`` None) or ``user`` in ``account``."""
+    base: dict[str, Any] = dict(
+        name=name, account=account or name, user=user, parent=parent, raw_shares=1,
+        norm_shares=0.5, raw_usage=0.0, norm_usage=0.0, effective_usage=0.0, level_fs="inf",
+        fairshare=0.5 if user else None)
+    base.update(kw)
+    return FairShareRow(**base).model_dump(mode="json")
+
+
+def share_tree() -> list[dict[str, Any]]:
+    """root -> lab1 (alice, bob), lab2 (parent shares) -> lab2a (alice), in tree order."""
+    return [
+        make_share_row("root", parent=None, raw_shares=1, norm_shares=None, raw_usage=72000.0,
+                       norm_usage=1.0, effective_usage=1.0, level_fs=None),
+        make_share_row("lab1", raw_shares=3, norm_shares=0.75, raw_usage=54000.0,
+                       norm_usage=0.75, effective_usage=0.75, level_fs=1.0),
+        make_share_row("alice", "lab1", "alice", parent="lab1", raw_shares=1, norm_shares=0.5,
+                       raw_usage=54000.0, norm_usage=0.75, effective_usage=1.0, level_fs=0.5,
+                       fairshare=0.333333),
+        make_share_row("bob", "lab1", "bob", parent="lab1", raw_shares=1, norm_shares=0.5,
+                       raw_usage=0.0, norm_usage=0.0, effective_usage=0.0, level_fs="inf",
+                       fairshare=1.0),
+        make_share_row("lab2", raw_shares="parent", norm_shares=None, raw_usage=18000.0,
+                       norm_usage=0.25, effective_usage=None, level_fs=None),
+        make_share_row("lab2a", parent="lab2", raw_shares=1, norm_shares=0.25,
+                       raw_usage=18000.0, norm_usage=0.25, effective_usage=0.25, level_fs=1.0),
+        make_share_row("alice", "lab2a", "alice", parent="lab2a", raw_shares=1, norm_shares=1.0,
+                       raw_usage=18000.0, norm_usage=0.25, effective_usage=1.0, level_fs=1.0,
+                       fairshare=0.666667),
+    ]
+
+
 @dataclass
 class FakeApi:
     """What the fake server holds and saw; tests set it up and read it."""
@@ -98,6 +146,16 @@ class FakeApi:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Bodies of PATCH /v1/admin/users/{name}: (name, body).
     admin_patches: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: What GET /v1/fairshare answers.
+    fairshare: list[dict[str, Any]] = field(default_factory=share_tree)
+    #: What GET /v1/jobs/{id}/why answers for a job; without one, it is worked out from
+    #: the jobs (pending ones ranked by their priority total, as the server does).
+    whys: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: POST /v1/admin/usage/import: (content type, the records the real parser read).
+    usage_imports: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    #: (user, account) pairs that usage may be imported for.
+    members: set[tuple[str, str]] = field(
+        default_factory=lambda: {("alice", "lab1"), ("alice", "lab2a"), ("bob", "lab1")})
 
     def reset(self) -> None:
         url = self.url
@@ -140,9 +198,13 @@ def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract
         seen = state.keys.get(body.idempotency_key or "")
         if seen is not None:
             return JSONResponse(state.jobs[seen], status_code=200)
+        if body.nice < 0 and _role(authorization) != "admin":
+            return JSONResponse({"detail": [{"loc": ["body", "nice"], "type": "value_error",
+                                             "msg": "only admins may give a negative nice "
+                                                    "(it raises priority)"}]}, status_code=422)
         jid = len(state.jobs) + 1
         state.jobs[jid] = make_job(jid, name=body.name or "job", gpus=body.gpus,
-                                   requeue=body.requeue)
+                                   requeue=body.requeue, nice=body.nice)
         if body.idempotency_key:
             state.keys[body.idempotency_key] = jid
         if state.post_delays:
@@ -164,6 +226,35 @@ def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract
     def show(job_id: int, authorization: Auth = None) -> dict[str, Any]:
         _role(authorization)
         return get(job_id)
+
+    @app.get("/v1/jobs/{job_id}/why")
+    def why(job_id: int, authorization: Auth = None) -> dict[str, Any]:
+        _role(authorization)
+        job = get(job_id)
+        if job_id in state.whys:
+            return WhyRead(**state.whys[job_id]).model_dump(mode="json")
+
+        def rank(j: dict[str, Any]) -> tuple[float, str, int]:
+            total = (j.get("priority_factors") or {}).get("total", float(j["priority"]))
+            return (-total, j["submitted_at"], j["id"])
+
+        pending = sorted((j for j in state.jobs.values() if j["state"] == "PENDING"), key=rank)
+        position = ahead = None
+        if job["state"] == "PENDING":
+            index = next(i for i, j in enumerate(pending) if j["id"] == job_id)
+            position = index + 1
+            if index:
+                a = pending[index - 1]
+                ahead = JobAhead(id=a["id"], user=a["user"], account=a["account"],
+                                 factors=a.get("priority_factors"))
+        return WhyRead(id=job_id, state=job["state"], reason=job["reason"], position=position,
+                       pending=len(pending), factors=job.get("priority_factors"), ahead=ahead,
+                       estimated_start=job.get("estimated_start")).model_dump(mode="json")
+
+    @app.get("/v1/fairshare")
+    def fairshare(authorization: Auth = None) -> list[dict[str, Any]]:
+        _role(authorization)
+        return [FairShareRow(**r).model_dump(mode="json") for r in state.fairshare]
 
     @app.post("/v1/jobs/{job_id}/cancel")
     def cancel(job_id: int, authorization: Auth = None) -> dict[str, Any]:
@@ -264,6 +355,28 @@ def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract
         if body.admin is not None:
             user["admin"] = body.admin
         return user
+
+    @app.post("/v1/admin/usage/import")
+    async def admin_usage_import(request: Request,
+                                 authorization: Auth = None) -> dict[str, Any]:
+        """The real parser and record schema; the membership check is the service's."""
+        need_admin(authorization)
+        content_type = request.headers.get("content-type", "")
+        records = parse_usage(await request.body(), content_type)
+        for i, rec in enumerate(records):
+            if (rec.user, rec.account) not in state.members:
+                return JSONResponse({"detail": [{
+                    "loc": ["body", f"{i}"], "type": "value_error",
+                    "msg": f"record {i + 1}: user {rec.user!r} is not a member of account "
+                           f"{rec.account!r}; create the user and membership first"}]},
+                    status_code=422)
+        state.usage_imports.append(
+            (content_type, [r.model_dump(mode="json") for r in records]))
+        # Decay: half per 7 days before T0 (the fake's "now").
+        total = sum(r.billed_seconds * 0.5 ** (max(
+            0.0, (T0 - (r.end_time or T0)).total_seconds()) / (7 * 86400)) for r in records)
+        return UsageImportResult(imported=len(records),
+                                 decayed_billed_seconds=total).model_dump(mode="json")
 
     @app.get("/v1/admin/{what}")
     def admin_list(what: str, authorization: Auth = None) -> list[dict[str, Any]]:
