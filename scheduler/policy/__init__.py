@@ -12,7 +12,7 @@ from scheduler.policy.classic import classic_fairshare
 from scheduler.policy.cycle import schedule_fairshare
 from scheduler.policy.decisions import Decisions, Priority, Reservation, Start
 from scheduler.policy.fairtree import fair_tree
-from scheduler.policy.priority import priorities, priority_order
+from scheduler.policy.priority import Priorities, priorities, priority_order
 from scheduler.policy.snapshot import (
     AccountView,
     AssocView,
@@ -43,6 +43,7 @@ __all__ = [
     "JobView",
     "NodeView",
     "PolicyConfig",
+    "Priorities",
     "Priority",
     "Reservation",
     "Snapshot",

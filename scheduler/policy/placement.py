@@ -68,6 +68,7 @@ class Cluster:
         classes: dict[tuple[object, ...], int] = {}
         self.cls: list[int] = []
         self.reps: list[NodeView] = []
+        self._sizes: list[int] = []
         for v in self.views:
             self.model_of.append({g.index: g.model for g in v.gpus})
             free = v.free_gpus
@@ -83,7 +84,19 @@ class Cluster:
             if c is None:
                 c = classes[key] = len(self.reps)
                 self.reps.append(v)
+                self._sizes.append(0)
+            self._sizes[c] += 1
             self.cls.append(c)
+        #: Per class: (UP, CPUs, memory, GPUs installed per model, healthy GPUs per model);
+        #: model None counts every GPU.
+        self._caps: list[tuple[bool, int, int, dict[str | None, int], dict[str | None, int]]] = []
+        for v in self.reps:
+            installed: dict[str | None, int] = {None: len(v.gpus)}
+            healthy: dict[str | None, int] = {None: sum(1 for g in v.gpus if g.healthy)}
+            for g in v.gpus:
+                installed[g.model] = installed.get(g.model, 0) + 1
+                healthy[g.model] = healthy.get(g.model, 0) + (1 if g.healthy else 0)
+            self._caps.append((v.schedulable, v.cpus, v.memory_mib, installed, healthy))
         self._excluded = [False] * len(self.views)
         self._buckets: dict[str | None, list[list[int]]] = {}
         self._static: dict[Shape, StaticFit] = {}
@@ -101,10 +114,39 @@ class Cluster:
             self._static[shape] = fit
         return fit
 
+    def eligible_classes(self, job: JobView) -> list[int]:
+        """The classes whose nodes pass the static filters for the job: ``filters.STATIC``
+        by plain comparisons, for the many shapes that only need a yes or no."""
+        g, model, cpus, mem = job.gpus, job.gpu_model, job.cpus, job.memory_mib
+        return [c for c, (up, c_cpus, c_mem, installed, healthy) in enumerate(self._caps)
+                if up and (model is None or installed.get(model, 0) > 0)
+                and healthy.get(model, 0) >= g and (c_cpus == 0 or c_cpus >= cpus)
+                and (c_mem == 0 or c_mem >= mem)]
+
+    def static_survey(self, job: JobView) -> Survey:
+        """``survey`` for a job that no UP node can take: the static reasons only, counted
+        per class (no node-by-node walk)."""
+        fit = self.static_fit(job)
+        misses: Counter[str] = Counter()
+        down: Counter[str] = Counter()
+        for c, why in enumerate(fit.reason):
+            if why is None:
+                continue
+            misses[why] += self._sizes[c]
+            if not self._caps[c][0] and fit.capable[c]:
+                down[why] += self._sizes[c]
+        return Survey(misses, [], down, False)
+
     # --- what is free now -------------------------------------------------------------------
 
     def free_count(self, i: int, model: str | None) -> int:
         return len(self.usable[i].get(model, ()))
+
+    def fits_now(self, i: int, job: JobView) -> bool:
+        """Whether node ``i`` has the job's GPUs, CPUs and memory free (not its static fit)."""
+        return (len(self.usable[i].get(job.gpu_model, ())) >= job.gpus
+                and (not self.cpus[i] or self.free_cpus[i] >= job.cpus)
+                and (not self.mem[i] or self.free_mem[i] >= job.memory_mib))
 
     def dynamic_failure(self, i: int, job: JobView) -> str | None:
         """``filters.DYNAMIC`` on this cycle's free resources."""
@@ -199,26 +241,31 @@ class Cluster:
         misses: Counter[str] = Counter()
         down: Counter[str] = Counter()
         eligible: list[int] = []
-        blocked = False
-        reason, capable = fit.reason, fit.capable
+        reason, capable, up = fit.reason, fit.capable, self.up
         model, gpus, cpus, mem = job.gpu_model, job.gpus, job.cpus, job.memory_mib
-        for i, c in enumerate(self.cls):
+        few_gpus = few_cpus = few_mem = refused = 0
+        for i, (c, usable, n_cpus, n_free_cpus, n_mem, n_free_mem) in enumerate(zip(
+                self.cls, self.usable, self.cpus, self.free_cpus, self.mem, self.free_mem,
+                strict=True)):
             why = reason[c]
             if why is not None:
                 misses[why] += 1
-                if not self.up[i] and capable[c]:
+                if capable[c] and not up[i]:
                     down[why] += 1
                 continue
             eligible.append(i)
             if held_by is not None and held_by[i] is not None:
                 misses[f"held for job {held_by[i]}"] += 1
-            elif len(self.usable[i].get(model, ())) < gpus:  # filters.DYNAMIC, inline
-                misses["too few free GPUs"] += 1
-            elif self.cpus[i] and self.free_cpus[i] < cpus:
-                misses["too few free CPUs"] += 1
-            elif self.mem[i] and self.free_mem[i] < mem:
-                misses["too little free memory"] += 1
+            elif len(usable.get(model, ())) < gpus:  # filters.DYNAMIC, inline
+                few_gpus += 1
+            elif n_cpus and n_free_cpus < cpus:
+                few_cpus += 1
+            elif n_mem and n_free_mem < mem:
+                few_mem += 1
             elif allow is not None and not allow(i):
-                misses[blocked_why] += 1
-                blocked = True
-        return Survey(misses, eligible, down, blocked)
+                refused += 1
+        for why, n in (("too few free GPUs", few_gpus), ("too few free CPUs", few_cpus),
+                       ("too little free memory", few_mem), (blocked_why, refused)):
+            if n:
+                misses[why] += n
+        return Survey(misses, eligible, down, refused > 0)

@@ -25,7 +25,9 @@ from scheduler.policy import (
     schedule,
 )
 from scheduler.policy.backfill import reserve
+from scheduler.policy.cycle import _Cycle
 from scheduler.policy.filters import STATIC, first_failure
+from scheduler.policy.priority import fairshare_table, priorities
 from tests.policy.builders import A100, H100, make_job, make_node, make_running
 
 MODELS = [A100, H100]
@@ -40,7 +42,9 @@ ASSOCS = [AssocView(u, a) for u, a in HOMES.items()]
 REASONS = ("Resources", "Priority: waiting behind job ", "Reservation: would delay job ",
            "NodeDown: every node that could run it is down", "QOS: unknown QOS ")
 
-fast = settings(max_examples=150, deadline=None)
+fast = settings(max_examples=100, deadline=None)
+#: The backfill property and the shortcuts' check get more examples.
+thorough = settings(max_examples=150, deadline=None)
 
 
 @st.composite
@@ -82,9 +86,10 @@ def node_and_running(draw: st.DrawFn, name: str, first_id: int,
 
 @st.composite
 def snapshots(draw: st.DrawFn, policies: tuple[str, ...] = ("fairshare", "fairshare+backfill"),
-              busy: bool = False) -> Snapshot:
+              busy: bool = False, queue: int = 14) -> Snapshot:
     """``busy``: every node UP and busy, its busy GPUs all named by running jobs (so that
-    backfill has reservations to protect)."""
+    backfill has reservations to protect). ``queue``: at most this many pending jobs; a long
+    queue draws from fewer shapes, so that shapes repeat and dominate one another."""
     names = draw(st.lists(st.sampled_from([f"gpu{i:02d}" for i in range(8)]), unique=True,
                           min_size=1, max_size=5))
     nodes, running = [], []
@@ -92,16 +97,18 @@ def snapshots(draw: st.DrawFn, policies: tuple[str, ...] = ("fairshare", "fairsh
         node, jobs = draw(node_and_running(name, 10_000 + 100 * k, busy))
         nodes.append(node)
         running.extend(jobs)
-    ids = draw(st.lists(st.integers(1, 500), unique=True, min_size=1, max_size=14))
+    ids = draw(st.lists(st.integers(1, 500), unique=True, min_size=1, max_size=queue))
+    few = queue > 14
     pending = []
     for i in ids:
         user = draw(st.sampled_from(USERS))
         pending.append(make_job(
-            i, gpus=draw(st.sampled_from([0, 1, 1, 1, 2, 2, 3, 4, 8, 9])),
+            i, gpus=draw(st.sampled_from([1, 2, 4] if few else [0, 1, 1, 1, 2, 2, 3, 4, 8, 9])),
             submitted_at=NOW - draw(st.sampled_from([0, 10, 3600, 86400])),
             priority=draw(st.sampled_from([0, 0, 0, 500])),
             gpu_model=draw(st.none() | st.sampled_from(MODELS)),
-            cpus=draw(st.integers(1, 12)), memory_mib=draw(st.sampled_from([0, 8_000, 20_000])),
+            cpus=draw(st.sampled_from([1, 2, 4]) if few else st.integers(1, 12)),
+            memory_mib=draw(st.sampled_from([0, 8_000, 20_000])),
             user=user, account=HOMES[user], time_limit_s=draw(st.sampled_from(LIMITS)),
             nice=draw(st.sampled_from([0, 0, 100])),
             qos=draw(st.sampled_from(["normal"] * 8 + ["high", "gold"]))))
@@ -242,7 +249,7 @@ def test_safety_invariants(snap: Snapshot) -> None:
         check(snap, d)
 
 
-@fast
+@thorough
 @given(snapshots(policies=("fairshare+backfill",), busy=True))
 def test_backfill_never_delays_the_reserved_job(snap: Snapshot) -> None:
     d = schedule(snap)
@@ -289,3 +296,38 @@ def test_same_decisions_whatever_the_input_order(snap: Snapshot, rnd: random.Ran
     assert got == expected
     assert list(got.pending_reasons) == list(expected.pending_reasons)
     assert got.estimated_starts == expected.estimated_starts
+
+
+class _NoShortcuts(_Cycle):
+    """The cycle without its caches: every job is searched for and surveyed."""
+
+    class _Never(dict):  # type: ignore[type-arg]
+        def get(self, key, default=None):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+            return default
+
+    def __init__(self, snapshot: Snapshot, backfill: bool) -> None:
+        super().__init__(snapshot, backfill)
+        self.failed = self._Never()
+
+    def _dominated(self, job: JobView) -> bool:
+        return False
+
+
+def kind(reason: str) -> str:
+    return reason.split(" (")[0] if reason.startswith("Resources") else reason
+
+
+@thorough
+@given(st.one_of(snapshots(), snapshots(busy=True, queue=40)))
+def test_the_shortcuts_decide_as_a_full_search_would(snap: Snapshot) -> None:
+    """Shapes that failed, and requests dominated by them, are not searched again: the starts,
+    the reservation, the estimates and every reason but the per-node counts of a Resources
+    reason are what searching every job gives."""
+    expected, got = [], []
+    for cls, out in ((_NoShortcuts, expected), (_Cycle, got)):
+        cycle = cls(snap, snap.config.policy == "fairshare+backfill")
+        cycle.run(priorities(snap, fairshare_table(snap).factors).order())
+        cycle.estimate_waiting()
+        out.extend([cycle.starts, cycle.reservation, cycle.estimates,
+                    {j: kind(r) for j, r in cycle.reasons.items()}])
+    assert got == expected

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from scheduler.policy import AccountView, AssocView, PolicyConfig, Snapshot, fifo, schedule
-from tests.policy.builders import make_job, make_node, make_snapshot
+from tests.policy.builders import A100, H100, make_job, make_node, make_running, make_snapshot
 
 NOW = 1_000_000.0
 BOTH = ["fairshare", "fairshare+backfill"]
@@ -109,3 +109,59 @@ class TestReasons:
             d = schedule(make_snapshot(nodes, jobs, policy=policy))
             assert {s.job_id for s in d.starts} | set(d.pending_reasons) == set(range(1, 40))
             assert not {s.job_id for s in d.starts} & set(d.pending_reasons)
+
+
+class TestDominatedRequests:
+    """A job asking for no less than one that did not fit is not searched for; its reason
+    still says what stops it."""
+
+    def _busy(self) -> tuple[list, list]:  # type: ignore[type-arg]
+        node = make_node("n1", gpus=8, free={6, 7}, cpus=64)
+        running = [make_running(100, "n1", range(6), started_at=NOW, time_limit_s=1000)]
+        return [node], running
+
+    def test_a_bigger_job_blocked_only_by_the_reservation_says_so(self) -> None:
+        nodes, running = self._busy()
+        jobs = [make_job(1, gpus=8, priority=9),
+                make_job(2, cpus=1, time_limit_s=5000, priority=5),
+                make_job(3, cpus=2, time_limit_s=5000, priority=1)]
+        d = schedule(make_snapshot(nodes, jobs, running=running, now=NOW))
+        assert d.pending_reasons[2] == d.pending_reasons[3] == \
+            "Reservation: would delay job 1 (reserved on n1 in 1000 s)"
+
+    def test_a_shorter_job_of_a_blocked_shape_is_still_tried(self) -> None:
+        nodes, running = self._busy()
+        jobs = [make_job(1, gpus=8, priority=9),
+                make_job(2, cpus=1, time_limit_s=5000, priority=5),
+                make_job(3, cpus=2, time_limit_s=900, priority=1)]
+        d = schedule(make_snapshot(nodes, jobs, running=running, now=NOW))
+        assert [s.job_id for s in d.starts] == [3]
+
+    def test_a_bigger_job_waits_behind_the_most_urgent_holder(self) -> None:
+        nodes = [make_node("a", gpus=8, model=A100, free={0}),
+                 make_node("b", gpus=8, model=H100, free={0})]
+        jobs = [make_job(1, gpus=8, gpu_model=H100, priority=9),
+                make_job(2, gpus=8, gpu_model=A100, priority=8),
+                make_job(3, gpus=8, priority=5), make_job(4, gpus=8, cpus=4, priority=1)]
+        d = schedule(make_snapshot(nodes, jobs, policy="fairshare"))
+        assert d.pending_reasons[3] == d.pending_reasons[4] == "Priority: waiting behind job 1"
+
+    def test_a_bigger_job_that_no_node_could_run(self) -> None:
+        nodes = [make_node("a", gpus=8, cpus=16, free=()), make_node("b", gpus=8, cpus=32,
+                                                                     state="DOWN")]
+        jobs = [make_job(1, cpus=20, priority=9), make_job(2, cpus=40, priority=5)]
+        for policy in BOTH:
+            d = schedule(make_snapshot(nodes, jobs, policy=policy))
+            assert d.pending_reasons[1] == \
+                "NodeDown: every node that could run it is down (1 node: node DOWN)"
+            assert d.pending_reasons[2] == ("Resources: no node has 1 free GPU now "
+                                            "(1 node: node DOWN, 1 node: too few CPUs)")
+
+    def test_many_distinct_requests_still_get_the_right_kind_of_reason(self) -> None:
+        nodes, running = self._busy()
+        jobs = [make_job(1, gpus=8, priority=10**6)]
+        jobs += [make_job(10 + k, gpus=2, cpus=1 + k, memory_mib=1000 * k, priority=1000 - k)
+                 for k in range(50)]
+        d = schedule(make_snapshot(nodes, jobs, running=running, now=NOW))
+        assert {r.split(":")[0] for j, r in d.pending_reasons.items() if j != 1} == \
+            {"Reservation"}
