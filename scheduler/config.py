@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     worker_allow_root_jobs: bool = False
     #: Seconds between SIGTERM and SIGKILL when a job is cancelled or hits its time limit.
     kill_grace_s: float = 10.0
+    #: A cgroup2 directory under which each job run gets ``gpuq/<node>/job-<id>.<attempt>``
+    #: (so every process of a job is killed with it). ``auto``: ``/sys/fs/cgroup`` when it is
+    #: cgroup2, else ``/sys/fs/cgroup/unified`` (hybrid hosts); empty: no cgroups. Without
+    #: one (not root, read-only, no cgroup2) jobs are killed by process group and descendants.
+    worker_cgroup_root: str = "auto"
 
     @field_validator("data_dir", mode="before")
     @classmethod

@@ -46,7 +46,7 @@ class Daemon:
         self.manager = JobManager(state_dir=settings.effective_worker_state_dir,
                                   node=settings.node_name, api=api,
                                   kill_grace_s=settings.kill_grace_s, identity=identity,
-                                  gpus=backend)
+                                  gpus=backend, cgroup_root=settings.worker_cgroup_root)
         self.handlers = Handlers(api, self.manager)
         self.heartbeat_interval_s = settings.heartbeat_interval_s
         self._threads: list[threading.Thread] = []

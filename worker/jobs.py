@@ -29,6 +29,7 @@ import worker
 from scheduler.api.schemas import JobSample, LaunchSpec, WorkerJob
 from worker import jobdir as jd
 from worker import usage
+from worker.cgroups import CgroupUnavailable, JobCgroup, looks_like_job_cgroup, prepare_node
 from worker.client import NodeClient
 from worker.gpus.base import GpuBackend, GpuSample
 from worker.jobdir import RunKey
@@ -71,16 +72,31 @@ class JobManager:
                  identity: Callable[[str], Identity] = identity_for,
                  gpus: GpuBackend | None = None,
                  python: str = sys.executable, wall: Callable[[], float] = time.time,
-                 chunk_bytes: int = 256 * 1024) -> None:
+                 chunk_bytes: int = 256 * 1024, cgroup_root: str = "") -> None:
         self.jobs_dir, self.done_dir = state_dir / "jobs", state_dir / "done"
         for d in (state_dir, self.jobs_dir, self.done_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.node, self.kill_grace_s = node, kill_grace_s
+        self.cgroup_root = self._cgroup_root(cgroup_root)
         self._identity, self._gpus = identity, gpus
         self._python, self._wall = python, wall
         self._lock = threading.Lock()
         self._children: dict[RunKey, subprocess.Popen[bytes]] = {}
         self.reporter = Reporter(api, chunk_bytes=chunk_bytes)
+
+    def _cgroup_root(self, setting: str) -> str:
+        """The cgroup2 directory job runs get their cgroups under ("" for none), from
+        the setting ``worker_cgroup_root``; says once which it is."""
+        if not setting.strip():
+            return ""
+        try:
+            root = prepare_node(setting, self.node)
+        except CgroupUnavailable as e:
+            log.info("job cgroups: none (%s); jobs are killed by process group and "
+                     "descendants", e)
+            return ""
+        log.info("job cgroups: under %s/gpuq/", root)
+        return str(root)
 
     # --- launch and kill ---------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> bool:
@@ -118,7 +134,7 @@ class JobManager:
         jd.write_json_atomic(d / jd.SPEC, {
             "job_id": key.job_id, "attempt": key.attempt, "launch": spec.model_dump(mode="json"),
             "env": env, "kill_grace_s": self.kill_grace_s, "run_as": run_as,
-            "refused": refused})
+            "refused": refused, "node": self.node, "cgroup_root": self.cgroup_root})
         self._spawn(key, d)
         if run_as is None:
             log.warning("job %s: not started: %s", key, refused)
@@ -316,6 +332,12 @@ class JobManager:
         else:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(state["pgid"]), signal.SIGKILL)
+            cgroup = _job_cgroup(state)
+            if cgroup is not None:  # processes that left the job's process group too
+                cgroup.kill()
+                give_up_at = time.monotonic() + 1.0
+                while not cgroup.remove() and time.monotonic() < give_up_at:
+                    time.sleep(0.02)
             reason = "the job's supervisor died; the job was killed"
         state.update(state="CANCELLED" if cancelled else "FAILED", exit_code=None,
                      reason=reason, ended_at=jd.iso_utc(self._wall()))
@@ -328,6 +350,10 @@ class JobManager:
 
     # --- housekeeping ------------------------------------------------------------------
     def _retire(self, obs: Observed) -> None:
+        cgroup = _job_cgroup(jd.read_json(obs.dir / jd.STATE))
+        if cgroup is not None and not cgroup.remove():  # its supervisor removes it, or tried
+            log.warning("job %s: its cgroup %s is not empty: pids %s", obs.key, cgroup.path,
+                        cgroup.pids())
         dest = self.done_dir / obs.dir.name
         with self._lock:
             if dest.exists():
@@ -347,3 +373,11 @@ class JobManager:
                 d = jd.find_run(self.jobs_dir, key)
                 if proc.poll() is not None and (d is None or (d / jd.STATE).exists()):
                     del self._children[key]
+
+
+def _job_cgroup(state: dict[str, Any] | None) -> JobCgroup | None:
+    """The cgroup a run's ``state.json`` names, if it is still there (and is one)."""
+    path = (state or {}).get("cgroup")
+    if not path or not looks_like_job_cgroup(Path(path)):
+        return None
+    return JobCgroup(Path(path))

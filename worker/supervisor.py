@@ -3,9 +3,19 @@
 Started detached by the daemon (its own session, stdin from /dev/null), so it outlives a
 daemon restart. It starts the job in its own session (process group) in ``workdir`` with
 the environment from ``spec.json``, sends stdout and stderr to ``output.log``, enforces the
-time limit, and treats SIGTERM/SIGINT to itself as a cancel: SIGTERM to the job's whole
-process group, SIGKILL after the grace period. It is the only writer of ``state.json``
-(which records the job's pid = pgid = sid, and the supervisor's own pid).
+time limit, and treats SIGTERM/SIGINT to itself as a cancel. It is the only writer of
+``state.json`` (which records the job's pid = pgid = sid, its cgroup, and the supervisor's
+own pid).
+
+Every process of the job goes when the job ends, including those that left its process
+group (``setsid``, double forks): the supervisor is a child subreaper, so the job's orphans
+become its children, and where it can it puts the job in a cgroup of its own (see
+``worker.cgroups``; the leader joins it before it execs, so nothing forks out of it). A
+cancel or the time limit sends SIGTERM to the job's process group, to every process in its
+cgroup and to every live descendant of the supervisor (found in ``/proc``), and SIGKILL
+(``cgroup.kill``) to what is left after the grace period; when the job's leader exits by
+itself, what it left behind is killed at once. The end is recorded only once none of them
+is left (or ``KILL_WAIT_S`` after the SIGKILL, for a process that does not die).
 
 When the job runs as another account (a root daemon), the job gets what it needs as that
 account: its script is copied to a directory the account owns, its output goes to a file
@@ -13,8 +23,7 @@ descriptor the supervisor opened (the state directory stays private), and it ent
 ``workdir`` as that account (a job cannot start in a directory its user cannot reach,
 the whole path included: it fails with exit code 126 or 127, saying so).
 
-It is also a child subreaper, so the job's orphaned grandchildren are reaped here and
-"is anything of the job left?" has an exact answer. Standard library only.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -37,11 +46,19 @@ from pathlib import Path
 from typing import Any
 
 from worker import jobdir as jd
+from worker.cgroups import CgroupUnavailable, JobCgroup
 
 log = logging.getLogger("gpuq.supervisor")
 PR_SET_CHILD_SUBREAPER = 36
 #: Upper bound on a wait, in seconds: how often the ``cancel`` file is looked at.
 MAX_WAIT_S = 0.5
+#: How often, in seconds, the job's processes are looked for while they are being killed
+#: (descendants that are not the supervisor's children send it no SIGCHLD): at first, then
+#: less and less often (up to ``MAX_WAIT_S``), as each look reads all of ``/proc``.
+KILL_POLL_S = 0.05
+#: After SIGKILL, how long the job's processes (other than its leader, always waited for)
+#: may take to go before the end is recorded anyway, with a warning.
+KILL_WAIT_S = 5.0
 LOCK_TRIES = 40
 
 
@@ -58,10 +75,79 @@ def _signal_name(n: int) -> str:
         return f"signal {n}"
 
 
-def _become_subreaper() -> None:
-    with contextlib.suppress(OSError, AttributeError):
+def _become_subreaper() -> bool:
+    """Make orphaned descendants reparent to this process (Linux); whether it worked."""
+    try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _poll_s(elapsed_s: float) -> float:
+    """How long to wait before looking for the job's processes again, ``elapsed_s``
+    after the kill began."""
+    return min(MAX_WAIT_S, KILL_POLL_S + 0.1 * max(0.0, elapsed_s))
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, pgid) of every live process visible in ``/proc`` (zombies left out)."""
+    table: dict[int, tuple[int, int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return table
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[0] not in (b"Z", b"X"):
+            table[int(name)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def _descendants(table: dict[int, tuple[int, int]], root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out: set[int] = set()
+    todo = list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo.extend(children.get(pid, ()))
+    return out
+
+
+def _child_setup(report_fd: int, cgroup: JobCgroup | None, run_as: dict[str, Any] | None,
+                 workdir: str) -> None:
+    """Runs in the job's process between fork and exec (the supervisor has a single
+    thread): joins the job's cgroup while still the supervisor's account, then becomes the
+    job's account and enters ``workdir`` as it. What fails is written to ``report_fd``."""
+    if cgroup is not None:
+        try:
+            cgroup.join()
+        except OSError as e:  # the job runs without it; the supervisor says so
+            os.write(report_fd, f"cgroup\t{e.strerror or e}\n".encode())
+    if run_as is None:
+        return
+    try:
+        os.setgroups(list(run_as.get("groups") or []))
+        os.setregid(run_as["gid"], run_as["gid"])
+        os.setreuid(run_as["uid"], run_as["uid"])
+        # Enter the workdir as the job's user, after the switch (Popen's cwd would be
+        # entered as root: a way into directories the user cannot reach, and no way
+        # into root-squashed NFS homes).
+        os.chdir(workdir)
+    except OSError as e:
+        os.write(report_fd, "error\t{}\t{}\t{}\n".format(
+            e.errno or 0, e.filename or "", e.strerror or e).encode())
+        raise
 
 
 class Supervisor:
@@ -75,6 +161,7 @@ class Supervisor:
         self._leader = 0
         self._leader_code: int | None = None
         self._tmpdir: str | None = None
+        self._cgroup: JobCgroup | None = None
 
     # --- entry -----------------------------------------------------------------------
     def run(self) -> int:
@@ -92,16 +179,20 @@ class Supervisor:
                 return 2
             self.spec = spec
             self._install_signals()
-            _become_subreaper()
+            if not _become_subreaper():
+                log.warning("job %s: cannot become a child subreaper; processes that leave "
+                            "the job's process group may outlive it", self.label)
             try:
                 self._supervise()
             except BaseException:
                 log.exception("job %s: supervisor failed", self.label)
                 if self._leader:  # never leave a job running unsupervised
-                    self._signal_group(signal.SIGKILL)
+                    self._signal_job(signal.SIGKILL)
                 raise
             return 0
         finally:
+            if self._cgroup is not None:
+                self._remove_cgroup()
             if self._tmpdir:
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
             os.close(lock_fd)
@@ -154,7 +245,7 @@ class Supervisor:
     def _supervise(self) -> None:
         spec, launch = self.spec, self.spec["launch"]
         self.state = {"job_id": spec["job_id"], "attempt": spec.get("attempt", 1),
-                      "state": None, "pid": None, "pgid": None,
+                      "state": None, "pid": None, "pgid": None, "cgroup": None,
                       "exit_code": None, "started_at": None, "ended_at": None, "reason": "",
                       "supervisor_pid": os.getpid(), "boot_id": jd.boot_id()}
         if spec.get("refused"):
@@ -174,6 +265,7 @@ class Supervisor:
         self._leader = proc.pid
         start_s = self.clock()
         self._write(state=jd.RUNNING, pid=proc.pid, pgid=proc.pid,
+                    cgroup=str(self._cgroup.path) if self._cgroup else None,
                     started_at=jd.iso_utc(self.wall()))
         ending, code = self._wait(start_s + float(launch["time_limit_s"]))
         proc.returncode = code  # reaped here, not by Popen
@@ -207,20 +299,69 @@ class Supervisor:
         return [str(path)] if shebang else ["/bin/bash", str(path)]
 
     def _start(self, argv: list[str], workdir: str) -> subprocess.Popen[bytes]:
-        kwargs: dict[str, Any] = {"cwd": workdir}
         run_as = self.spec.get("run_as")
-        if run_as and run_as["uid"] != os.geteuid():
+        if not (run_as and run_as["uid"] != os.geteuid()):
+            run_as = None
+        if run_as is not None:
             _check_workdir_as(run_as, workdir)  # to fail saying why
-            # Enter the workdir as the job's user, after the switch (Popen's cwd would be
-            # entered as root: a way into directories the user cannot reach, and no way
-            # into root-squashed NFS homes). The supervisor has a single thread.
-            kwargs = {"user": run_as["uid"], "group": run_as["gid"],
-                      "extra_groups": list(run_as.get("groups") or []),
-                      "preexec_fn": functools.partial(os.chdir, workdir)}
-        with open(self.dir / jd.LOG, "ab") as out:
-            return subprocess.Popen(argv, env=self.spec["env"], stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True, **kwargs)
+        self._cgroup = self._make_cgroup()
+        kwargs: dict[str, Any] = {"cwd": None if run_as else workdir}
+        report_r, report_w = os.pipe()
+        if run_as is not None or self._cgroup is not None:
+            kwargs["preexec_fn"] = functools.partial(_child_setup, report_w, self._cgroup,
+                                                     run_as, workdir)
+        try:
+            with open(self.dir / jd.LOG, "ab") as out:
+                proc = subprocess.Popen(argv, env=self.spec["env"], stdin=subprocess.DEVNULL,
+                                        stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True, close_fds=True, **kwargs)
+        except BaseException:
+            self._child_report(report_r, report_w)  # raises its OSError, if it said one
+            raise
+        self._child_report(report_r, report_w)
+        return proc
+
+    def _child_report(self, report_r: int, report_w: int) -> None:
+        """Read what ``_child_setup`` said; raise the ``OSError`` it failed with, if any."""
+        os.close(report_w)
+        with os.fdopen(report_r, "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+        for line in lines:
+            what, _, rest = line.partition("\t")
+            if what == "cgroup" and self._cgroup is not None:
+                log.info("job %s: could not join %s (%s); killing by process group and "
+                         "descendants only", self.label, self._cgroup.path, rest)
+                self._remove_cgroup()
+                self._cgroup = None
+            elif what == "error":
+                errno_, filename, strerror = (rest.split("\t", 2) + ["", ""])[:3]
+                raise OSError(int(errno_ or 0), strerror, filename or None)
+
+    def _make_cgroup(self) -> JobCgroup | None:
+        """The job's cgroup, or ``None`` (with one log line) where there can be none."""
+        setting = str(self.spec.get("cgroup_root") or "")
+        if not setting:
+            return None
+        try:
+            cgroup = JobCgroup.create(setting, str(self.spec.get("node") or "node"),
+                                      int(self.spec["job_id"]), int(self.spec.get("attempt", 1)))
+        except CgroupUnavailable as e:
+            log.info("job %s: no cgroup (%s); killing by process group and descendants only",
+                     self.label, e)
+            return None
+        log.info("job %s: in cgroup %s", self.label, cgroup.path)
+        return cgroup
+
+    def _remove_cgroup(self, wait_s: float = 1.0) -> None:
+        """Remove the job's cgroup once it is empty (waiting up to ``wait_s``)."""
+        assert self._cgroup is not None
+        give_up_at = time.monotonic() + wait_s
+        while not self._cgroup.remove():
+            if time.monotonic() >= give_up_at:
+                log.warning("job %s: cgroup %s is not empty (pids %s); leaving it",
+                            self.label, self._cgroup.path, self._cgroup.pids())
+                return
+            time.sleep(0.02)
 
     @staticmethod
     def _start_error(e: Exception, launch: dict[str, Any]) -> tuple[int, str]:
@@ -240,8 +381,7 @@ class Supervisor:
         """Wait for the job; returns (``TIMEOUT``/``CANCELLED``/``None``, exit code)."""
         grace_s = float(self.spec.get("kill_grace_s", 10.0))
         ending: str | None = None
-        kill_at: float | None = None
-        killed = False
+        kill_at = 0.0
         while True:
             self._reap()
             now = self.clock()
@@ -251,25 +391,50 @@ class Supervisor:
                 elif now >= deadline_s:
                     ending = "TIMEOUT"
                 if ending is not None:
-                    log.info("job %s: %s: SIGTERM to the process group", self.label, ending)
-                    self._signal_group(signal.SIGTERM)
+                    log.info("job %s: %s: SIGTERM to all of the job's processes",
+                             self.label, ending)
+                    self._signal_job(signal.SIGTERM)
                     kill_at = now + grace_s
-            if kill_at is not None and not killed and now >= kill_at:
-                log.info("job %s: still there after %.1f s: SIGKILL", self.label, grace_s)
-                self._signal_group(signal.SIGKILL)
-                killed = True
-            done = ending is None or killed or not self._group_alive()
-            if self._leader_code is not None and done:
+            if self._leader_code is not None and (ending is None or not self._job_alive()):
                 break
-            wake_at = min(t for t in (deadline_s if ending is None else None,
-                                      None if killed else kill_at, now + MAX_WAIT_S)
-                          if t is not None)
+            if ending is not None and now >= kill_at:
+                log.info("job %s: still there after %.1f s: SIGKILL", self.label, grace_s)
+                break
+            if ending is None:
+                wake_at = min(deadline_s, now + MAX_WAIT_S)
+            else:
+                wake_at = min(kill_at, now + _poll_s(now - (kill_at - grace_s)))
             self._sleep(max(0.0, wake_at - now))
-        # Whatever the job left behind in its group goes with it.
-        self._signal_group(signal.SIGKILL)
-        self._reap()
+        # Whatever the job left behind goes with it.
+        self._kill_rest()
         assert self._leader_code is not None
         return ending, self._leader_code
+
+    def _kill_rest(self) -> None:
+        """SIGKILL what is left of the job and wait until it is gone: its leader always
+        (its exit status is the job's), the other processes up to ``KILL_WAIT_S``."""
+        since = self.clock()
+        give_up_at = since + KILL_WAIT_S
+        warned = False
+        while True:
+            self._reap()
+            left = self._job_pids()
+            if (self._leader_code is not None and not left
+                    and not (self._cgroup is not None and self._cgroup.populated())):
+                return
+            self._signal_job(signal.SIGKILL, left)
+            if self.clock() >= give_up_at:
+                if self._leader_code is not None:
+                    log.warning("job %s: pid(s) %s still there %.0f s after SIGKILL; "
+                                "recording the end anyway", self.label,
+                                ", ".join(map(str, sorted(left))) or "?", KILL_WAIT_S)
+                    return
+                if not warned:
+                    warned = True
+                    log.warning("job %s: its leader (pid %d) is still there %.0f s after "
+                                "SIGKILL; waiting for it", self.label, self._leader,
+                                KILL_WAIT_S)
+            self._sleep(_poll_s(self.clock() - since))
 
     def _sleep(self, timeout_s: float) -> None:
         """Sleep until a signal arrives (SIGCHLD included) or ``timeout_s`` passes."""
@@ -289,19 +454,38 @@ class Supervisor:
             if pid == self._leader:
                 self._leader_code = exit_code_of(status)
 
-    def _signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._leader, sig)
+    def _job_pids(self) -> set[int]:
+        """The job's live processes: its process group, its cgroup, and every descendant
+        of the supervisor (orphans reparent to it: it is a subreaper)."""
+        table = _process_table()
+        me = os.getpid()
+        pids = _descendants(table, me)
+        if self._leader:
+            pids.update(pid for pid, (_, pgid) in table.items() if pgid == self._leader)
+        if self._cgroup is not None:
+            pids.update(pid for pid in self._cgroup.pids() if pid in table)
+        pids.discard(me)
+        return pids
 
-    def _group_alive(self) -> bool:
+    def _job_alive(self) -> bool:
         self._reap()
-        try:
-            os.killpg(self._leader, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return bool(self._job_pids()) or (self._cgroup is not None
+                                          and self._cgroup.populated())
+
+    def _signal_job(self, sig: int, pids: set[int] | None = None) -> None:
+        """Send ``sig`` to the job's process group, cgroup and descendants (``pids``,
+        when just looked up)."""
+        if self._cgroup is not None:
+            if sig == signal.SIGKILL:
+                self._cgroup.kill()
+            else:
+                self._cgroup.signal(sig)
+        if self._leader:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._leader, sig)
+        for pid in self._job_pids() if pids is None else pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
 
 def _check_workdir_as(run_as: dict[str, Any], workdir: str) -> None:

@@ -174,7 +174,7 @@ def http_server(server: FakeServer) -> Iterator[str]:
     httpd.server_close()
 
 
-def _wait_for(pred: Callable[[], Any], timeout_s: float = 4.0, step_s: float = 0.02,
+def _wait_for(pred: Callable[[], Any], timeout_s: float = 15.0, step_s: float = 0.02,
               what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout_s
     while True:

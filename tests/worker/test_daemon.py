@@ -29,7 +29,11 @@ from worker.procs import proc_command
 
 
 def settings(tmp_path: Path, **kw: Any) -> Settings:
-    return Settings(data_dir=tmp_path / "data", node_name="n1", **kw)
+    # No job cgroups: tests on one host would share gpuq/n1/job-<id>.<attempt> (the job
+    # cgroups have tests of their own, in test_kill_tree.py).
+    kw.setdefault("node_name", "n1")
+    kw.setdefault("worker_cgroup_root", "")
+    return Settings(data_dir=tmp_path / "data", **kw)
 
 
 def test_token_from_settings_or_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -199,7 +203,7 @@ def test_run_for_real(tmp_path: Path, http_server: str, server: Any, token: str,
     env.update(GPUQ_CONFIG=str(tmp_path / "none.toml"), GPUQ_DATA_DIR=str(tmp_path / "data"),
                GPUQ_NODE_NAME="n1", GPUQ_SERVER_URL=http_server, GPUQ_NODE_TOKEN=token,
                GPUQ_SIMULATE_GPUS="2xA100-80GB", GPUQ_KILL_GRACE_S="0.5",
-               GPUQ_JOB_POLL_INTERVAL_S="0.05")
+               GPUQ_JOB_POLL_INTERVAL_S="0.05", GPUQ_WORKER_CGROUP_ROOT="")
     # A root daemon runs jobs as the user's local account: use one that exists.
     server.specs[1] = make_spec(job_id=1, unix_user="nobody", command=["echo", "via celery"])
     server.specs[2] = make_spec(job_id=2, unix_user="nobody", command=["sleep", "30"])
@@ -216,7 +220,7 @@ def test_run_for_real(tmp_path: Path, http_server: str, server: Any, token: str,
         wait_for(lambda: server.states(2) == ["RUNNING"], what="job 2")
         assert len(server.heartbeats[-1]["gpus"]) == 2
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(5) == 0
+        assert proc.wait(15) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

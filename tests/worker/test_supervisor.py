@@ -24,7 +24,8 @@ ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "0,1",
 def make_jobdir(tmp_path: Path, *, command: list[str] | None = None, script: str | None = None,
                 workdir: str | None = None, env: dict[str, str] | None = None,
                 time_limit_s: int = 30, kill_grace_s: float = 0.5,
-                refused: str | None = None, attempt: int = 1) -> Path:
+                refused: str | None = None, attempt: int = 1,
+                extra: dict[str, Any] | None = None) -> Path:
     d = tmp_path / "jobs" / f"7.{attempt}"
     d.mkdir(parents=True)
     if script is not None:
@@ -36,7 +37,7 @@ def make_jobdir(tmp_path: Path, *, command: list[str] | None = None, script: str
     jd.write_json_atomic(d / jd.SPEC, {"job_id": 7, "attempt": attempt, "launch": launch,
                                        "env": ENV if env is None else env,
                                        "kill_grace_s": kill_grace_s, "run_as": None,
-                                       "refused": refused})
+                                       "refused": refused, **(extra or {})})
     return d
 
 
