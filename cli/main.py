@@ -15,6 +15,7 @@ from cli.fairshare import share
 from cli.jobs import cancel, queue, show
 from cli.logs import logs
 from cli.nodes import nodes, whoami
+from cli.sim import sim
 from cli.submit import submit
 from cli.why import why
 
@@ -48,7 +49,7 @@ def cli(ctx: click.Context, server: str | None, token: str | None, timeout_s: fl
     ctx.obj = Env(server=server, token=token, timeout_s=timeout_s)
 
 
-for _command in (submit, show, why, cancel, logs, nodes, share, whoami, admin):
+for _command in (submit, show, why, cancel, logs, nodes, share, whoami, admin, sim):
     cli.add_command(_command)
 cli.add_command(queue, "q")
 cli.add_command(queue, "queue")

@@ -1,0 +1,15 @@
+"""The trace simulator: replays a workload through the real policy code with a virtual
+clock (``gpuq sim``). See ``replay.replay`` for the whole run, ``engine`` for the loop."""
+
+from scheduler.sim.cluster import build_nodes, load_cluster_file, parse_nodes
+from scheduler.sim.engine import JobRecord, SimResult, Simulation, SimulationError
+from scheduler.sim.errors import SimInputError
+from scheduler.sim.replay import Replay, replay, write_jobs_csv, write_outputs
+from scheduler.sim.shares import Tree, complete, load_shares
+from scheduler.sim.trace import TraceJob, load_trace
+
+__all__ = [
+    "JobRecord", "Replay", "SimInputError", "SimResult", "Simulation", "SimulationError",
+    "TraceJob", "Tree", "build_nodes", "complete", "load_cluster_file", "load_shares",
+    "load_trace", "parse_nodes", "replay", "write_jobs_csv", "write_outputs",
+]
