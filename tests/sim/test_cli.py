@@ -86,8 +86,12 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert code == 1 and "expected NODESxGPUS[:MODEL]" in out
     code, out = run(trace, "--nodes", "1x4", "--policy", "lottery")
     assert code == 2
-    code, out = run(trace, "--nodes", "1x4", "--jobs-out", tmp_path / "no" / "j.csv")
+    (tmp_path / "a-file").write_text("")
+    code, out = run(trace, "--nodes", "1x4", "--jobs-out", tmp_path / "a-file" / "j.csv")
     assert code == 1 and "cannot write the output" in out
+    # A missing folder is made.
+    code, out = run(trace, "--nodes", "1x4", "--jobs-out", tmp_path / "new" / "j.csv")
+    assert code == 0 and (tmp_path / "new" / "j.csv").exists()
 
 
 def test_no_decay(tmp_path: Path) -> None:
