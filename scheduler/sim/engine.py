@@ -23,8 +23,6 @@ from scheduler.config import DEFAULT_GPU_BILLING_WEIGHTS
 from scheduler.policy import schedule as policy_schedule
 from scheduler.policy.decisions import Decisions, Start
 from scheduler.policy.snapshot import (
-    AccountView,
-    AssocView,
     JobView,
     NodeView,
     PolicyConfig,
@@ -86,10 +84,8 @@ class Simulation:
         self.config = PolicyConfig(policy=policy)
         self.ledger = UsageLedger(half_life_s)
         self.records = {j.id: JobRecord(j) for j in self.jobs}
-        self._accounts = tuple(AccountView(a.name, a.parent, a.shares, a.shares_parent)
-                               for a in tree.accounts)
-        self._assocs = tuple(AssocView(s.user, s.account, s.shares, s.shares_parent)
-                             for s in tree.assocs)
+        self._accounts = tree.accounts  # already the policy's AccountView / AssocView
+        self._assocs = tree.assocs
         self._node_index = {n.name: i for i, n in enumerate(nodes)}
         self._rate = {n.name: billing.get(n.model, 1.0) for n in nodes}
         self._free = [set(range(n.gpus)) for n in nodes]

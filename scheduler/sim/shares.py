@@ -22,26 +22,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from scheduler.policy.snapshot import AccountView, AssocView
 from scheduler.sim.errors import SimInputError, at
 
 ROOT = "root"
 HEADER = ("type", "name", "parent", "shares")
 
 
-@dataclass(frozen=True, slots=True)
-class Account:
-    name: str
-    parent: str | None
-    shares: int = 1
-    shares_parent: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Assoc:
-    user: str
-    account: str
-    shares: int = 1
-    shares_parent: bool = False
+#: The policy's own views: the tree the simulator reads is what it hands to the policy.
+Account = AccountView
+Assoc = AssocView
 
 
 @dataclass(frozen=True, slots=True)
