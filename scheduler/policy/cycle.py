@@ -29,7 +29,7 @@ from scheduler.policy import reasons
 from scheduler.policy.backfill import Guard, Outlook, Releases, plan_reservation
 from scheduler.policy.decisions import Decisions, Reservation, Start
 from scheduler.policy.placement import Cluster, Shape, Survey
-from scheduler.policy.priority import fairshare_table, priorities
+from scheduler.policy.priority import fairshare_factors, priorities
 from scheduler.policy.snapshot import JobView, Snapshot
 
 #: (GPUs, model, CPUs rounded up to a power of two, memory rounded up to a power-of-two GiB)
@@ -258,8 +258,7 @@ class _Cycle:
 
 
 def schedule_fairshare(snapshot: Snapshot, *, backfill: bool) -> Decisions:
-    table = fairshare_table(snapshot)
-    prios = priorities(snapshot, table.factors)
+    prios = priorities(snapshot, fairshare_factors(snapshot))
     order = prios.order()
     cycle = _Cycle(snapshot, backfill)
     cycle.run(order)

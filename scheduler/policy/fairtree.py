@@ -13,10 +13,19 @@ parent's level); such a user gets LevelFS +inf and is left out of the share sum.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from scheduler.policy.snapshot import AccountView, AssocView
-from scheduler.policy.tree import FairShareTable, Node, Tree, build_tree, level_shares
+from scheduler.policy.tree import (
+    FairShareTable,
+    Node,
+    Tree,
+    account_usage,
+    assoc_usage,
+    build_tree,
+    level_shares,
+    tree_shape,
+)
 
 
 def fair_tree(accounts: Iterable[AccountView], assocs: Iterable[AssocView],
@@ -88,3 +97,90 @@ def _rank(tree: Tree) -> None:
             i = j
 
     visit(tree.root.level, False)
+
+
+def fair_tree_factors(accounts: Iterable[AccountView], assocs: Iterable[AssocView],
+                      usage: Mapping[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    """``fair_tree(...).factors`` without the display rows, on the cached tree shape: what
+    scheduling needs. Equal to ``fair_tree``'s factors, bit for bit (tests/policy)."""
+    shape = tree_shape(accounts, assocs)
+    raw = assoc_usage(shape, usage)
+    acc_raw = account_usage(shape, raw)
+    inf = math.inf
+    levels = shape.levels
+    level_of = shape.level_of
+
+    def entries(li: int) -> Sequence[tuple[float, int, bool, int]]:
+        """Level ``li``'s members as sort entries (-LevelFS, static rank, is_user, index),
+        sorted; the static rank orders as _sort_key's tail does (users first, then account,
+        then name)."""
+        level = levels[li]
+        total = acc_raw[level.head]
+        if total == 0:  # every U is 0: LevelFS depends on the shares only
+            return level.zero_usage
+        out = []
+        for is_user, idx, S, _shares, rank in level.members:
+            # level_fs(S, U), inlined.
+            if S is None:
+                neg = -inf
+            elif S == 0:
+                neg = -0.0
+            else:
+                U = (raw[idx] if is_user else acc_raw[idx]) / total
+                neg = -inf if U == 0 else -(S / U)
+            out.append((neg, rank, is_user, idx))
+        out.sort()
+        return out
+
+    n = len(raw)
+    fs: list[float | None] = [None] * n
+    rank = nxt = n  # the rank of the last user placed, and the next one's if not tied
+
+    def visit_level(li: int, inherited_tie: bool) -> None:
+        """Rank the members of level ``li``. A level of one member needs no LevelFS: it
+        takes the inherited tie (what visit does with the first member)."""
+        nonlocal rank, nxt
+        members = levels[li].members
+        while len(members) == 1:
+            is_user, idx = members[0][0], members[0][1]
+            if is_user:
+                if not inherited_tie:
+                    rank = nxt
+                fs[idx] = rank / n
+                nxt -= 1
+                return
+            li = level_of[idx]  # type: ignore[assignment]
+            members = levels[li].members
+        visit(entries(li), inherited_tie)
+
+    def visit(ordered: Sequence[tuple[float, int, bool, int]], inherited_tie: bool) -> None:
+        nonlocal rank, nxt
+        i = 0
+        size = len(ordered)
+        while i < size:
+            neg, _, is_user, idx = ordered[i]
+            tied = inherited_tie if i == 0 else neg == ordered[i - 1][0]
+            if is_user:
+                if not tied:
+                    rank = nxt
+                fs[idx] = rank / n
+                nxt -= 1
+                i += 1
+                continue
+            # The account and the following sibling accounts with the same LevelFS, merged.
+            j = i + 1
+            while j < size and not ordered[j][2] and ordered[j][0] == neg:
+                j += 1
+            if j == i + 1:
+                visit_level(level_of[idx], tied)  # type: ignore[arg-type]
+            else:
+                merged: list[tuple[float, int, bool, int]] = []
+                for e in ordered[i:j]:
+                    merged.extend(entries(level_of[e[3]]))  # type: ignore[arg-type]
+                merged.sort()
+                visit(merged, tied)
+            i = j
+
+    if levels:
+        visit_level(0, False)
+    return dict(zip(shape.assoc_keys, fs, strict=True))  # type: ignore[arg-type]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping
 
-from scheduler.policy.classic import classic_fairshare
+from scheduler.policy.classic import classic_factors, classic_fairshare
 from scheduler.policy.decisions import Priority
-from scheduler.policy.fairtree import fair_tree
+from scheduler.policy.fairtree import fair_tree, fair_tree_factors
 from scheduler.policy.snapshot import JobView, Snapshot
 from scheduler.policy.tree import FairShareTable
 
@@ -30,6 +30,16 @@ def fairshare_table(snapshot: Snapshot) -> FairShareTable:
         return classic_fairshare(snapshot.accounts, snapshot.assocs, snapshot.usage,
                                  c.classic_dampening)
     return fair_tree(snapshot.accounts, snapshot.assocs, snapshot.usage)
+
+
+def fairshare_factors(snapshot: Snapshot) -> dict[tuple[str, str], float]:
+    """``fairshare_table(snapshot).factors``, without building the display rows and on the
+    cached tree shape: what a scheduling cycle needs."""
+    c = snapshot.config
+    if c.fairshare_algorithm == "classic":
+        return classic_factors(snapshot.accounts, snapshot.assocs, snapshot.usage,
+                               c.classic_dampening)
+    return fair_tree_factors(snapshot.accounts, snapshot.assocs, snapshot.usage)
 
 
 def qos_factors(qos_priority: Iterable[tuple[str, int]] | Mapping[str, int]) -> dict[str, float]:

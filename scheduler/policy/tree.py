@@ -221,3 +221,123 @@ def level_shares(members: list[Node]) -> list[float | None]:
     total = sum(m.shares for m in members if not (m.is_user and m.shares_parent))
     return [None if m.is_user and m.shares_parent else (m.shares / total if total else 0.0)
             for m in members]
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One level of the tree, as plain indices: the members of a non-transparent account."""
+
+    #: The account heading the level (an index into ``TreeShape.accounts``).
+    head: int
+    #: Per member: (is_user, index into the associations or the accounts, level-local share
+    #: (None: a FairShare=parent user), share count, static sort rank).
+    members: tuple[tuple[bool, int, float | None, int, int], ...]
+    #: Fair Tree's sort entries (-LevelFS, static rank, is_user, index) of the members, in
+    #: order, for when the head's raw usage is 0 (every U is 0: they depend on shares only).
+    zero_usage: tuple[tuple[float, int, bool, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeShape:
+    """Everything about the tree that does not depend on usage, as indices (read-only).
+
+    Accounts and associations are in the depth-first order of ``build_tree``; a static rank
+    orders every node as Fair Tree's tie-break does (users before accounts, then account,
+    then name), so a sort key is (-LevelFS, rank).
+    """
+
+    #: (user, account) per association.
+    assoc_keys: tuple[tuple[str, str], ...]
+    #: Per account: the indices of every association below it (for its raw usage).
+    below: tuple[tuple[int, ...], ...]
+    #: Per account: True where FairShare=parent (not a level of its own).
+    transparent: tuple[bool, ...]
+    #: Per account: the index of the level it heads (None when transparent).
+    level_of: tuple[int | None, ...]
+    #: Levels in the depth-first order of their heads (the root's first).
+    levels: tuple[Level, ...]
+    #: Per association: the account heading its level.
+    assoc_level_head: tuple[int, ...]
+    #: Per association: FairShare=parent.
+    assoc_shares_parent: tuple[bool, ...]
+
+
+def _shape_of(accounts: tuple[AccountView, ...], assocs: tuple[AssocView, ...]) -> TreeShape:
+    tree = build_tree(accounts, assocs, {})
+    acc_index = {id(a): i for i, a in enumerate(tree.accounts)}
+    assoc_index = {id(u): i for i, u in enumerate(tree.assocs)}
+    rank_of = {id(n): r for r, n in enumerate(sorted(
+        [*tree.accounts, *tree.assocs], key=lambda n: (not n.is_user, n.account, n.name)))}
+    below_lists: dict[int, list[int]] = {}
+    for a in reversed(tree.accounts):
+        mine = [assoc_index[id(u)] for u in a.users]
+        for c in a.children:
+            mine.extend(below_lists[acc_index[id(c)]])
+        below_lists[acc_index[id(a)]] = mine
+    levels: list[Level] = []
+    level_of: list[int | None] = []
+    for i, head in enumerate(tree.accounts):
+        if head.transparent:
+            level_of.append(None)
+            continue
+        level_of.append(len(levels))
+        members = head.level
+        level = tuple(
+            (m.is_user, assoc_index[id(m)] if m.is_user else acc_index[id(m)], s, m.shares,
+             rank_of[id(m)])
+            for m, s in zip(members, level_shares(members), strict=True))
+        # LevelFS with U = 0 (fairtree.level_fs): 0 where S is 0, else +inf.
+        zero = tuple(sorted((-(0.0 if s == 0 else math.inf), rank, is_user, idx)
+                            for is_user, idx, s, _, rank in level))
+        levels.append(Level(i, level, zero))
+    return TreeShape(
+        assoc_keys=tuple((u.user, u.account) for u in tree.assocs),  # type: ignore[misc]
+        below=tuple(tuple(below_lists[i]) for i in range(len(tree.accounts))),
+        transparent=tuple(a.transparent for a in tree.accounts),
+        level_of=tuple(level_of),
+        levels=tuple(levels),
+        assoc_level_head=tuple(acc_index[id(tree.level_parent(u))] for u in tree.assocs),
+        assoc_shares_parent=tuple(u.shares_parent for u in tree.assocs))
+
+
+#: The last few shapes built, newest last: (accounts, assocs, shape). The simulator and the
+#: scheduler loop hand every cycle the same (immutable) accounts and assocs tuples, so the
+#: shape is built once, not once per cycle. The policy stays pure and deterministic: this
+#: caches a pure function of immutable inputs (frozen dataclasses in tuples), and a hit is
+#: checked by identity, else by equality, so it can never return another input's shape.
+_SHAPES: list[tuple[tuple[AccountView, ...], tuple[AssocView, ...], TreeShape]] = []
+_SHAPES_MAX = 4
+
+
+def tree_shape(accounts: Iterable[AccountView], assocs: Iterable[AssocView]) -> TreeShape:
+    """The (cached) shape of the tree of ``accounts`` and ``assocs``."""
+    accs = accounts if isinstance(accounts, tuple) else tuple(accounts)
+    sas = assocs if isinstance(assocs, tuple) else tuple(assocs)
+    entries = list(_SHAPES)
+    for i in range(len(entries) - 1, -1, -1):
+        e = entries[i]
+        if e[0] is accs and e[1] is sas:
+            return e[2]
+    for i in range(len(entries) - 1, -1, -1):
+        e = entries[i]
+        if e[0] == accs and e[1] == sas:
+            return e[2]
+    shape = _shape_of(accs, sas)
+    _SHAPES[:] = [*entries[-(_SHAPES_MAX - 1):], (accs, sas, shape)]
+    return shape
+
+
+def assoc_usage(shape: TreeShape, usage: Mapping[tuple[str, str], float]) -> list[float]:
+    """Each association's raw usage (as ``build_tree`` reads it)."""
+    get = usage.get
+    inf = math.inf  # _usage, inlined: 0 unless finite and > 0 (NaN fails both tests)
+    return [v if 0.0 < (v := float(get(k, 0.0))) < inf else 0.0 for k in shape.assoc_keys]
+
+
+def account_usage(shape: TreeShape, raw: list[float]) -> list[float]:
+    """Each account's raw usage: the exactly rounded sum of its associations' (as
+    ``build_tree``; ``math.fsum`` does not depend on the order)."""
+    fsum = math.fsum
+    at = raw.__getitem__
+    # fsum of one finite value is that value.
+    return [raw[b[0]] if len(b) == 1 else fsum(map(at, b)) for b in shape.below]
