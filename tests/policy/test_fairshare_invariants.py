@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections import Counter
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,6 +28,13 @@ from scheduler.policy.cycle import _Cycle
 from scheduler.policy.filters import STATIC, first_failure
 from scheduler.policy.priority import fairshare_table, priorities
 from tests.policy.builders import A100, H100, make_job, make_node, make_running
+from tests.policy.test_invariants import (
+    cpus_and_memory_are_not_overcommitted,
+    each_start_has_all_its_gpus_on_one_node_of_its_model,
+    no_gpu_is_given_twice,
+    only_free_healthy_gpus_of_up_nodes_are_given,
+    starts_once_or_has_a_reason,
+)
 
 MODELS = [A100, H100]
 STATES = ["UP"] * 6 + ["DOWN", "DRAIN", "UNKNOWN"]
@@ -125,49 +131,14 @@ def snapshots(draw: st.DrawFn, policies: tuple[str, ...] = ("fairshare", "fairsh
 # --- checks -------------------------------------------------------------------------------
 
 
-def no_gpu_is_given_twice(snap: Snapshot, d: Decisions) -> None:
-    given_out = Counter((s.node, i) for s in d.starts for i in s.gpu_indices)
-    assert not [g for g, n in given_out.items() if n > 1], "a GPU given to two jobs"
-
-
-def only_free_usable_gpus_of_up_nodes_are_given(snap: Snapshot, d: Decisions) -> None:
-    by_name = {n.name: n for n in snap.nodes}
-    for s in d.starts:
-        node = by_name[s.node]
-        assert node.state == "UP", f"job {s.job_id} started on a {node.state} node"
-        usable = {g.index for g in node.gpus if g.healthy and not g.occupied}
-        bad = set(s.gpu_indices) - (node.free_gpus & usable)
-        assert not bad, f"job {s.job_id} given busy or unhealthy GPUs {bad}"
-
-
-def a_jobs_gpus_are_on_one_node_and_of_its_model(snap: Snapshot, d: Decisions) -> None:
-    by_name = {n.name: n for n in snap.nodes}
-    jobs = {j.id: j for j in snap.pending}
-    for s in d.starts:
-        job = jobs[s.job_id]
-        assert len(set(s.gpu_indices)) == len(s.gpu_indices) == job.gpus
-        if job.gpu_model is not None:
-            model = {g.index: g.model for g in by_name[s.node].gpus}
-            assert {model[i] for i in s.gpu_indices} <= {job.gpu_model}
-
-
-def cpus_and_memory_are_not_overcommitted(snap: Snapshot, d: Decisions) -> None:
-    jobs = {j.id: j for j in snap.pending}
-    for node in snap.nodes:
-        mine = [jobs[s.job_id] for s in d.starts if s.node == node.name]
-        if node.cpus:
-            assert sum(j.cpus for j in mine) <= node.free_cpus, f"CPUs of {node.name}"
-        if node.memory_mib:
-            assert sum(j.memory_mib for j in mine) <= node.free_memory_mib
+# The safety checks shared with the FIFO policy's invariants.
+only_free_usable_gpus_of_up_nodes_are_given = only_free_healthy_gpus_of_up_nodes_are_given
+a_jobs_gpus_are_on_one_node_and_of_its_model = \
+    each_start_has_all_its_gpus_on_one_node_of_its_model
 
 
 def every_pending_job_starts_once_or_has_a_reason(snap: Snapshot, d: Decisions) -> None:
-    started = [s.job_id for s in d.starts]
-    assert len(started) == len(set(started))
-    assert set(started).isdisjoint(d.pending_reasons)
-    assert set(started) | set(d.pending_reasons) == {j.id for j in snap.pending}
-    for job_id, reason in d.pending_reasons.items():
-        assert reason.startswith(REASONS), f"job {job_id}: {reason!r}"
+    starts_once_or_has_a_reason(snap, d, REASONS)
 
 
 def the_order_is_by_priority(snap: Snapshot, d: Decisions) -> None:

@@ -79,9 +79,9 @@ def only_free_healthy_gpus_of_up_nodes_are_given(snap: Snapshot, d: Decisions) -
     for s in d.starts:
         node = by_name[s.node]
         assert node.state == "UP", f"job {s.job_id} started on {node.state} node {node.name}"
-        healthy = {g.index for g in node.gpus if g.healthy}
-        bad = set(s.gpu_indices) - (node.free_gpus & healthy)
-        assert not bad, f"job {s.job_id} given busy or unhealthy GPUs {bad} on {node.name}"
+        usable = {g.index for g in node.gpus if g.healthy and not g.occupied}
+        bad = set(s.gpu_indices) - (node.free_gpus & usable)
+        assert not bad, f"job {s.job_id} given busy or unusable GPUs {bad} on {node.name}"
 
 
 def each_start_has_all_its_gpus_on_one_node_of_its_model(snap: Snapshot, d: Decisions) -> None:
@@ -108,14 +108,20 @@ def cpus_and_memory_are_not_overcommitted(snap: Snapshot, d: Decisions) -> None:
                 f"memory of {node.name}"
 
 
-def every_pending_job_starts_once_or_has_a_reason(snap: Snapshot, d: Decisions) -> None:
+def starts_once_or_has_a_reason(snap: Snapshot, d: Decisions,
+                                reasons: tuple[str, ...]) -> None:
+    """Every pending job either starts, once, or waits with a reason starting with one of
+    ``reasons``."""
     started = [s.job_id for s in d.starts]
     assert len(started) == len(set(started)), f"a job started twice: {started}"
     assert set(started).isdisjoint(d.pending_reasons), "a started job also has a reason"
     assert set(started) | set(d.pending_reasons) == {j.id for j in snap.pending}
     for job_id, reason in d.pending_reasons.items():
-        assert reason.startswith(("Resources", "Priority: waiting behind job ")), \
-            f"job {job_id}: {reason!r}"
+        assert reason.startswith(reasons), f"job {job_id}: {reason!r}"
+
+
+def every_pending_job_starts_once_or_has_a_reason(snap: Snapshot, d: Decisions) -> None:
+    starts_once_or_has_a_reason(snap, d, ("Resources", "Priority: waiting behind job "))
 
 
 def no_lower_job_starts_where_a_blocked_higher_job_could_run(
