@@ -88,8 +88,12 @@ class Settings(BaseSettings):
     priority_weight_fairshare: float = 10_000
     priority_weight_age: float = 1_000
     priority_weight_jobsize: float = 0
-    priority_weight_qos: float = 0
+    #: QOS priority (high 100, normal and preemptible 0) scaled to [0, 1]: high jobs go
+    #: before every normal one.
+    priority_weight_qos: float = 20_000
     priority_max_age_s: float = 7 * 86400
+    #: A preempted job gets SIGTERM, then SIGKILL after this many seconds (to checkpoint).
+    preempt_grace_s: float = 60.0
     #: A job's GPU samples are stored at most this often, in seconds (totals: every beat).
     job_sample_interval_s: float = 60.0
     #: Default and maximum job time limit, in seconds.

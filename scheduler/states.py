@@ -1,12 +1,16 @@
 """The job state machine. This module is the only writer of ``Job.state``.
 
-    PENDING ──▶ DISPATCHED ──▶ RUNNING ──▶ COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL
-       │             │
-       └─────────────┴──────▶ CANCELLED | FAILED | NODE_FAIL
+    PENDING ──▶ DISPATCHED ──▶ RUNNING ──▶ COMPLETED | FAILED | CANCELLED | TIMEOUT
+       │             │            │         NODE_FAIL | PREEMPTED
+       └─────────────┴────────────┴──▶ CANCELLED | FAILED | NODE_FAIL | PREEMPTED (not PENDING)
+
+    NODE_FAIL | PREEMPTED ──▶ REQUEUED ──▶ PENDING     (a job that allows it: ``requeue``)
 
 Every transition writes a ``JobEvent`` with its time and reason, and frees the job's GPUs
-when the job leaves the active states. A job that allows it is requeued after NODE_FAIL
-(``requeue``: NODE_FAIL -> PENDING), and runs again as its next attempt.
+when the job leaves the active states. A job that allows it is requeued after NODE_FAIL or
+PREEMPTED: REQUEUED is passed through at once, in the same transaction (it is the event
+that says so); the job keeps its id and submit time (its age) and runs again as its next
+attempt. A job that asked not to be requeued stays NODE_FAIL or PREEMPTED.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ class JobState(StrEnum):
     CANCELLED = "CANCELLED"
     TIMEOUT = "TIMEOUT"
     NODE_FAIL = "NODE_FAIL"
+    #: Stopped to give its GPUs to another job (a grant reclaiming them, or a higher QOS).
+    PREEMPTED = "PREEMPTED"
+    #: On its way back to the queue after NODE_FAIL or PREEMPTED (never stays here).
+    REQUEUED = "REQUEUED"
 
 
 class NodeState(StrEnum):
@@ -46,8 +54,11 @@ TERMINAL = frozenset(
         JobState.CANCELLED,
         JobState.TIMEOUT,
         JobState.NODE_FAIL,
+        JobState.PREEMPTED,
     }
 )
+#: Ends after which a job that allows it goes back to the queue.
+REQUEUEABLE = frozenset({JobState.NODE_FAIL, JobState.PREEMPTED})
 
 #: A DISPATCHED job may end without a RUNNING report (a job that exits at once, a lost
 #: message); the node's report of how it ended is taken as it is.
@@ -56,6 +67,8 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.DISPATCHED: frozenset({JobState.RUNNING}) | TERMINAL,
     JobState.RUNNING: TERMINAL,
 }
+# The way back to the queue (NODE_FAIL | PREEMPTED -> REQUEUED -> PENDING) is ``requeue``'s
+# own: it resets the run's fields as it goes, which ``transition`` does not.
 
 
 class InvalidTransition(Exception):
@@ -103,10 +116,14 @@ def transition(
 
 
 def requeue(session: Session, job: Job, *, now: datetime, reason: str) -> None:
-    """Put a job whose node failed back in the queue (NODE_FAIL -> PENDING): it keeps
-    its id and submit time, and its next dispatch is a new attempt."""
-    if job.state != JobState.NODE_FAIL.value:
-        raise InvalidTransition(job.id, job.state, JobState.PENDING.value)
+    """Put a job whose node failed, or that was preempted, back in the queue
+    (NODE_FAIL | PREEMPTED -> REQUEUED -> PENDING): it keeps its id and submit time, and
+    its next dispatch is a new attempt."""
+    old = JobState(job.state)
+    if old not in REQUEUEABLE:
+        raise InvalidTransition(job.id, job.state, JobState.REQUEUED.value)
+    session.add(JobEvent(job_id=job.id, time=now, old_state=old.value,
+                         new_state=JobState.REQUEUED.value, reason=reason))
     job.state = JobState.PENDING.value
     job.reason = reason
     job.node_id = None
@@ -115,9 +132,14 @@ def requeue(session: Session, job: Job, *, now: datetime, reason: str) -> None:
     job.charged_until = None
     job.ended_at = None
     job.exit_code = None
+    job.borrowed_grant_id = None
+    job.borrowed_gpus = 0
+    job.preempt_requested_at = None
+    job.preempt_reason = ""
     job.gpu_energy_earlier_j = job.gpu_energy_j or 0.0
-    session.add(JobEvent(job_id=job.id, time=now, old_state=JobState.NODE_FAIL.value,
-                         new_state=JobState.PENDING.value, reason=reason))
+    session.add(JobEvent(job_id=job.id, time=now, old_state=JobState.REQUEUED.value,
+                         new_state=JobState.PENDING.value,
+                         reason="back in the queue; keeps its submit time"))
 
 
 def record_submit(session: Session, job: Job, *, now: datetime, reason: str) -> None:

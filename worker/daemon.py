@@ -96,7 +96,7 @@ class Daemon:
             self.handlers.launch(job_id)
 
     def _kill(self, ref: JobRef) -> None:
-        if self.manager.kill(ref.job_id, ref.attempt):
+        if self.manager.kill(ref.job_id, ref.attempt, ref.grace_s):
             log.info("heartbeat: the scheduler wants job %s.%s dead", ref.job_id, ref.attempt)
 
     def _wire_sample(self, s: GpuSample, procs: JobProcesses) -> WireGpuSample:

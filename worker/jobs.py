@@ -182,9 +182,10 @@ class JobManager:
         with self._lock:
             self._children[key] = proc
 
-    def kill(self, job_id: int, attempt: int) -> bool:
+    def kill(self, job_id: int, attempt: int, grace_s: float | None = None) -> bool:
         """Cancel one run: its supervisor sends SIGTERM, then SIGKILL after the grace
-        period, and records CANCELLED. ``False`` if the run is not here (or has ended)."""
+        period (``grace_s``, e.g. a preemption's; default the worker's ``kill_grace_s``),
+        and records CANCELLED. ``False`` if the run is not here (or has ended)."""
         key = RunKey(int(job_id), int(attempt))
         d = jd.find_run(self.jobs_dir, key)
         if d is None:
@@ -193,7 +194,12 @@ class JobManager:
         if state is not None and state.get("state") in jd.FINAL:
             return False
         try:
-            (d / jd.CANCEL).touch()  # seen by a supervisor that has not started the job yet
+            # Seen by a supervisor that has not started the job yet, and read for the
+            # grace period (written whole, then renamed: never read half-written); the
+            # signal below wakes one that has.
+            tmp = d / f".{jd.CANCEL}.tmp"
+            tmp.write_text("" if grace_s is None else f"{float(grace_s)}\n")
+            tmp.replace(d / jd.CANCEL)
         except FileNotFoundError:
             return False  # retired meanwhile
         if state is not None and jd.supervisor_alive(d):

@@ -242,6 +242,15 @@ class Supervisor:
     def _cancel_asked(self) -> bool:
         return self._stop_signal or (self.dir / jd.CANCEL).exists()
 
+    def _cancel_grace_s(self, default_s: float) -> float:
+        """The grace period the cancel asked for (a preemption gives the job time to
+        checkpoint), written in the cancel file; else the worker's."""
+        try:
+            text = (self.dir / jd.CANCEL).read_text().strip()
+            return max(0.0, float(text)) if text else default_s
+        except (OSError, ValueError):
+            return default_s
+
     def _supervise(self) -> None:
         spec, launch = self.spec, self.spec["launch"]
         self.state = {"job_id": spec["job_id"], "attempt": spec.get("attempt", 1),
@@ -379,7 +388,7 @@ class Supervisor:
     # --- waiting -----------------------------------------------------------------------
     def _wait(self, deadline_s: float) -> tuple[str | None, int]:
         """Wait for the job; returns (``TIMEOUT``/``CANCELLED``/``None``, exit code)."""
-        grace_s = float(self.spec.get("kill_grace_s", 10.0))
+        grace_s = default_grace_s = float(self.spec.get("kill_grace_s", 10.0))
         ending: str | None = None
         kill_at = 0.0
         while True:
@@ -388,6 +397,7 @@ class Supervisor:
             if ending is None:
                 if self._cancel_asked():
                     ending = "CANCELLED"
+                    grace_s = self._cancel_grace_s(default_grace_s)
                 elif now >= deadline_s:
                     ending = "TIMEOUT"
                 if ending is not None:

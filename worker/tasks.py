@@ -52,12 +52,17 @@ class Handlers:
         active (ended, or back in the queue) or is not this node's (404)."""
         spec = self.api.launch_spec(job_id)
         here = self.manager.live_attempts(job_id)
-        if spec is None or spec.cancel_requested or spec.state not in ACTIVE:
+        if (spec is None or spec.cancel_requested or spec.preempt_requested
+                or spec.state not in ACTIVE):
             victims = here
         else:
             victims = [a for a in here if a != spec.attempt]
+        # A preemption's grace period applies to the current run (time to checkpoint).
+        grace = spec.kill_grace_s if spec is not None and spec.preempt_requested else None
         if victims:
-            killed = [a for a in victims if self.manager.kill(job_id, a)]
+            killed = [a for a in victims
+                      if self.manager.kill(job_id, a, grace if spec is not None
+                                           and a == spec.attempt else None)]
             outcome = f"killing {_attempts(killed)}" if killed else "ignored: not running here"
         elif not here:
             outcome = "ignored: not running here"

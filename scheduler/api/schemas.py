@@ -13,6 +13,11 @@ NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_RE, description="letters, digits, '.', '_', '-'")]
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+#: normal; preemptible (runs on any idle GPU, reserved or not, and is preempted first);
+#: high (higher priority; only users an admin allowed, see ``UserUpdate.allowed_qos``).
+Qos = Literal["normal", "preemptible", "high"]
+QOS_NAMES: tuple[str, ...] = ("normal", "preemptible", "high")
+
 MAX_SCRIPT_BYTES = 1024 * 1024
 MAX_ARGV = 4096
 MAX_ENV = 4096
@@ -44,6 +49,9 @@ class JobCreate(Strict):
     requeue: bool = True
     #: Lowers the job's own priority (Slurm's --nice); only admins may give a negative one.
     nice: int = Field(0, ge=-10_000, le=10_000)
+    #: The job's QOS; default: its account's default QOS (inherited down the tree), else
+    #: normal.
+    qos: Qos | None = None
     idempotency_key: str | None = Field(None, min_length=1, max_length=128)
 
     @field_validator("workdir")
@@ -155,6 +163,17 @@ class JobRead(BaseModel):
     #: The last cycle's priority factors (pending jobs).
     priority_factors: PriorityFactors | None = None
     estimated_start: datetime | None = None
+    #: How many times it was preempted (each time requeued, unless it asked not to be).
+    preemptions: int = 0
+    #: Running on idle GPUs reserved for another account's grant: may be preempted.
+    borrowed_grant: int | None = None
+    borrowed_gpus: int = 0
+    #: A preemption was asked for: the node is stopping it (SIGTERM, grace, SIGKILL).
+    preempt_requested: bool = False
+    preempt_reason: str = ""
+    #: A pending job's claim on GPUs being freed for it by preemption:
+    #: {"node": str, "gpus": [int], "victims": [job id], "grant": int | null}.
+    claim: dict[str, object] | None = None
     submitted_at: datetime
     dispatched_at: datetime | None
     started_at: datetime | None
@@ -234,6 +253,9 @@ class WorkerJob(Strict):
 class JobRef(BaseModel):
     job_id: int
     attempt: int
+    #: Seconds between SIGTERM and SIGKILL for this kill (a preemption's grace period);
+    #: None: the worker's own ``kill_grace_s``.
+    grace_s: float | None = None
 
 
 class Heartbeat(Strict):
@@ -286,6 +308,10 @@ class LaunchSpec(BaseModel):
     cpus: int
     memory_mib: int
     time_limit_s: int
+    #: The scheduler is preempting this run: stop it with this grace period (SIGTERM, then
+    #: SIGKILL after ``kill_grace_s``) so that it can checkpoint.
+    preempt_requested: bool = False
+    kill_grace_s: float | None = None
 
 
 class GpuRead(BaseModel):
@@ -327,6 +353,18 @@ class AccountCreate(Strict):
     #: Raw shares, or "parent" (Slurm's FairShare=parent: not a level of its own).
     shares: Annotated[int, Field(ge=0, le=1_000_000)] | Literal["parent"] = 1
     description: str = Field("", max_length=256)
+    #: QOS of jobs submitted to it (and to accounts below) that name none; null: inherit.
+    default_qos: Qos | None = None
+
+
+class AccountUpdate(Strict):
+    """Change an account: only the fields given change (``default_qos: null`` inherits)."""
+
+    #: Move it (and everything below) under another account.
+    parent: Name | None = None
+    shares: Annotated[int, Field(ge=0, le=1_000_000)] | Literal["parent"] | None = None
+    description: str | None = Field(None, max_length=256)
+    default_qos: Qos | None = None
 
 
 class AccountRead(BaseModel):
@@ -334,6 +372,10 @@ class AccountRead(BaseModel):
     parent: str | None
     shares: Shares
     description: str
+    default_qos: str | None = None
+    #: Retired: takes no new jobs and is left out of the fair-share tree.
+    retired: bool = False
+    retired_at: datetime | None = None
 
 
 UnixName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_.-]{0,31}$",
@@ -351,8 +393,20 @@ class UserCreate(Strict):
 
 
 class UserUpdate(Strict):
+    """Only the fields given change (``unix_user: null``: the same name as the user)."""
+
     unix_user: UnixName | None = None
     admin: bool | None = None
+    #: A disabled user's tokens stop working and it cannot submit; its jobs stay.
+    disabled: bool | None = None
+    #: The account its jobs go to when they name none (it must be a member).
+    default_account: Name | None = None
+    #: Restricted QOS the user may choose (only "high" is restricted).
+    allowed_qos: list[Qos] | None = None
+
+
+class MembershipUpdate(Strict):
+    shares: Annotated[int, Field(ge=0, le=1_000_000)] | Literal["parent"]
 
 
 class NodeDrain(Strict):
@@ -376,6 +430,8 @@ class UserRead(BaseModel):
     unix_user: str
     default_account: str | None
     accounts: list[MembershipRead]
+    disabled: bool = False
+    allowed_qos: list[str] = Field(default_factory=list)
 
 
 class TokenCreate(Strict):
@@ -385,6 +441,8 @@ class TokenCreate(Strict):
     #: For node tokens: the node (host) name; the node need not have registered yet.
     node: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     description: str = Field("", max_length=256)
+    #: Seconds until the token stops working (at least 60); null: never expires.
+    expires_in_s: int | None = Field(None, ge=60, le=10 * 366 * 86400)
 
     @model_validator(mode="after")
     def _owner(self) -> TokenCreate:
@@ -407,6 +465,8 @@ class TokenRead(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     revoked: bool
+    expires_at: datetime | None = None
+    expired: bool = False
 
 
 class TokenCreated(TokenRead):
@@ -461,3 +521,145 @@ class WhoAmI(BaseModel):
     admin: bool
     accounts: list[str]
     default_account: str | None
+
+
+# --- grants -----------------------------------------------------------------------------
+
+GrantKind = Literal["share", "reservation"]
+GrantState = Literal["scheduled", "active", "expired", "revoked"]
+
+
+class GrantCreate(Strict):
+    """An allocation award to ``account`` for the window [``start``, ``end``).
+
+    ``share``: ``shares`` raw shares are added to the account's while the grant is active
+    (fair share then works toward the larger target), until the account has used
+    ``gpu_hours`` billed GPU-hours in the window (if a budget is given).
+    ``reservation``: ``gpus`` GPUs (of ``gpu_model``, on ``nodes`` if given) are kept for
+    the account's jobs; other jobs borrow them while idle and are preempted (SIGTERM,
+    grace period, SIGKILL, requeued) when the account's jobs need them back.
+    """
+
+    account: Name
+    kind: GrantKind
+    #: Default: now.
+    start: datetime | None = None
+    end: datetime
+    note: str = Field("", max_length=512)
+    shares: int | None = Field(None, ge=1, le=1_000_000)
+    gpu_hours: float | None = Field(None, gt=0)
+    gpus: int | None = Field(None, ge=1, le=100_000)
+    gpu_model: str | None = Field(None, min_length=1, max_length=64)
+    nodes: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]] = \
+        Field(default_factory=list, max_length=1000)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2027-01-31T00:00:00Z")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> GrantCreate:
+        if self.start is not None and self.end <= self.start:
+            raise ValueError("'end' must be after 'start'")
+        if self.kind == "share":
+            if self.shares is None:
+                raise ValueError("a share grant needs 'shares' (raw shares to add)")
+            extra = [f for f in ("gpus", "gpu_model") if getattr(self, f) is not None]
+            if self.nodes:
+                extra.append("nodes")
+            if extra:
+                raise ValueError(f"a share grant takes no {', '.join(extra)}: those are "
+                                 f"for reservation grants")
+        else:
+            if self.gpus is None:
+                raise ValueError("a reservation grant needs 'gpus' (how many to reserve)")
+            extra = [f for f in ("shares", "gpu_hours") if getattr(self, f) is not None]
+            if extra:
+                raise ValueError(f"a reservation grant takes no {', '.join(extra)}: those "
+                                 f"are for share grants")
+        return self
+
+
+class GrantUpdate(Strict):
+    """Change a grant that has not ended: only the fields given change."""
+
+    end: datetime | None = None
+    note: str | None = Field(None, max_length=512)
+    gpu_hours: float | None = Field(None, gt=0)
+
+    @field_validator("end")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2027-01-31T00:00:00Z")
+        return v
+
+
+class GrantRevoke(Strict):
+    reason: str = Field(..., min_length=1, max_length=256)
+
+
+class GrantUsage(BaseModel):
+    """What the grant's account used in the window so far (up to now or the end)."""
+
+    #: GPU-hours the account's jobs (and those of accounts below it) ran in the window.
+    gpu_hours: float
+    #: The same, billed (GPU-hours x the model's billing weight): what a budget counts.
+    billed_gpu_hours: float
+    #: Share grants: the budget, and what is left of it (null: no budget).
+    budget_gpu_hours: float | None = None
+    budget_left_gpu_hours: float | None = None
+    #: Reservation grants: GPUs x hours of the window so far (what was reserved).
+    reserved_gpu_hours: float | None = None
+    #: Reservation grants: GPU-hours other accounts' jobs borrowed of it.
+    borrowed_gpu_hours: float = 0.0
+    #: Preemptions of borrowers it caused.
+    preemptions: int = 0
+    #: Energy of the account's jobs in the window, kWh (where the GPUs report it).
+    energy_kwh: float | None = None
+
+
+class GrantRead(BaseModel):
+    id: int
+    account: str
+    kind: GrantKind
+    start: datetime
+    end: datetime
+    note: str
+    shares: int | None
+    gpu_hours: float | None
+    gpus: int | None
+    gpu_model: str | None
+    nodes: list[str]
+    state: GrantState
+    #: Why it is in its state: "budget used up", "revoked by bob: ...", "end reached".
+    state_reason: str
+    created_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+    usage: GrantUsage
+
+
+# --- audit log ----------------------------------------------------------------------------
+
+
+class AuditRead(BaseModel):
+    """One admin change: who made it (the user behind the token; "gpuq" for the
+    scheduler's own, such as a grant starting), when, what, before and after."""
+
+    id: int
+    time: datetime
+    actor: str
+    token_id: int | None
+    #: ``<object>.<verb>``: account.create, account.update, account.retire, user.create,
+    #: user.update, membership.create, membership.update, membership.delete, token.create,
+    #: token.revoke, node.drain, node.resume, grant.create, grant.update, grant.revoke,
+    #: grant.activate, grant.expire, usage.import.
+    action: str
+    #: ``<object>:<name or id>``: account:qlab, user:alice, token:12, node:gpu01, grant:3.
+    target: str
+    before: dict[str, object] | None
+    after: dict[str, object] | None

@@ -70,7 +70,11 @@ class Account(Base):
     #: Slurm's FairShare=parent: not a level of its own (its children count as its parent's).
     shares_parent: Mapped[bool] = mapped_column(Boolean, default=False)
     description: Mapped[str] = mapped_column(String(256), default="")
+    #: The QOS of jobs submitted to this account that name none; None: the parent's.
+    default_qos: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Retired accounts take no new jobs and leave the fair-share tree; the row stays.
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     parent: Mapped[Account | None] = relationship(remote_side=[id])
 
@@ -83,7 +87,11 @@ class User(Base):
     #: The Unix account this user's jobs run as on a root worker; None: the same name.
     unix_user: Mapped[str | None] = mapped_column(String(32))
     default_account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
+    #: Restricted QOS (``high``) this user may choose; admins may choose any.
+    allowed_qos: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: A disabled user's tokens stop working and it cannot submit; its jobs are kept.
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     default_account: Mapped[Account | None] = relationship()
     memberships: Mapped[list[Membership]] = relationship(back_populates="user")
@@ -120,6 +128,8 @@ class ApiToken(Base):
     description: Mapped[str] = mapped_column(String(256), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: None: never expires.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     user: Mapped[User | None] = relationship()
@@ -203,6 +213,19 @@ class Job(Base):
     #: Usage has been charged for this job up to here (running jobs charge as they run).
     charged_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+    # --- reservations and preemption (see scheduler/policy/preemption.py) ---------------------
+    #: The reservation grant whose idle GPUs this running job borrows (may be preempted).
+    borrowed_grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id",
+                                                                     ondelete="SET NULL"))
+    borrowed_gpus: Mapped[int] = mapped_column(Integer, default=0)
+    #: A preemption of this (active) job was asked for; the node is stopping it.
+    preempt_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    preempt_reason: Mapped[str] = mapped_column(String(256), default="")
+    #: A pending job's claim on GPUs being freed for it: {"node", "gpus", "victims", "grant"}.
+    claim: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: How many times this job was preempted.
+    preemptions: Mapped[int] = mapped_column(Integer, default=0)
+
     # --- observed and desired state -------------------------------------------------------
     state: Mapped[str] = mapped_column(String(16), default="PENDING")
     reason: Mapped[str] = mapped_column(String(256), default="")
@@ -285,6 +308,63 @@ class JobSample(Base):
     power_w: Mapped[float | None] = mapped_column(Float)
     #: Energy of this attempt's GPUs since it started, joules.
     energy_j: Mapped[float | None] = mapped_column(Float)
+
+
+class Grant(Base):
+    """An allocation award to an account for a time window.
+
+    ``share``: ``shares`` raw shares added to the account's while active, until
+    ``gpu_hours`` (billed GPU-hours used by the account in the window) if a budget is set.
+    ``reservation``: ``gpus`` GPUs (of ``gpu_model``, on ``nodes``) kept for the account;
+    others borrow them while idle and are preempted when the account needs them.
+    ``state`` (scheduled, active, expired, revoked) is kept up to date by the scheduling
+    loop; the policy reads the window itself, so it is exact even between cycles.
+    """
+
+    __tablename__ = "grants"
+    __table_args__ = (Index("ix_grants_window", "start_at", "end_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # share | reservation
+    start_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    end_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    note: Mapped[str] = mapped_column(String(512), default="")
+    shares: Mapped[int | None] = mapped_column(Integer)
+    gpu_hours: Mapped[float | None] = mapped_column(Float)
+    gpus: Mapped[int | None] = mapped_column(Integer)
+    gpu_model: Mapped[str | None] = mapped_column(String(64))
+    nodes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(16), default="scheduled")
+    state_reason: Mapped[str] = mapped_column(String(256), default="")
+    #: Share grants: the budget ran out at this time (the boost stopped).
+    exhausted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Reservation grants: GPU-seconds other accounts' jobs borrowed of it, and how many
+    #: preemptions it caused.
+    borrowed_gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    preemptions: Mapped[int] = mapped_column(Integer, default=0)
+
+    account: Mapped[Account] = relationship()
+
+
+class AuditEntry(Base):
+    """One admin change: who, when, what, the object before and after."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_time", "time"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The user behind the token, or "gpuq" for the scheduler's own changes.
+    actor: Mapped[str] = mapped_column(String(64))
+    token_id: Mapped[int | None] = mapped_column(Integer)
+    #: ``<object>.<verb>``, e.g. ``account.create``, ``grant.revoke``, ``token.create``.
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    #: ``<object>:<name or id>``, e.g. ``account:qlab``, ``grant:3``.
+    target: Mapped[str] = mapped_column(String(160), index=True)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class SchedulerState(Base):

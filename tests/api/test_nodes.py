@@ -150,9 +150,9 @@ def test_a_requeued_job_runs_elsewhere_and_the_duplicate_is_killed(
     api.cycle()  # gpu01 DOWN: the job is requeued and, in the same cycle, dispatched again
     job = api.job(job_id)
     states = [(e["old_state"], e["new_state"]) for e in job["events"]]
-    assert states[-3:] == [("RUNNING", "NODE_FAIL"), ("NODE_FAIL", "PENDING"),
-                           ("PENDING", "DISPATCHED")]
-    assert "requeued" in job["events"][-2]["reason"]
+    assert states[-4:] == [("RUNNING", "NODE_FAIL"), ("NODE_FAIL", "REQUEUED"),
+                           ("REQUEUED", "PENDING"), ("PENDING", "DISPATCHED")]
+    assert "requeued" in job["events"][-3]["reason"]
     # ... to the node still alive, as attempt 2
     assert (job["state"], job["node"], job["attempt"]) == ("DISPATCHED", "gpu02", 2)
     spec = api.ok("GET", f"/v1/nodes/gpu02/jobs/{job_id}", h2)

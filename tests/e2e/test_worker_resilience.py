@@ -108,7 +108,8 @@ def test_a_silent_node_s_jobs_run_elsewhere_and_the_duplicate_is_killed(
                               and j["state"] == "RUNNING" and j, 40, "the requeued run")
             assert second["node"] == f"b-{tag}"
             events = [e["new_state"] for e in second["events"]]
-            assert events[-4:] == ["NODE_FAIL", "PENDING", "DISPATCHED", "RUNNING"]
+            assert events[-5:] == ["NODE_FAIL", "REQUEUED", "PENDING", "DISPATCHED",
+                                   "RUNNING"]
             assert _alive(pid1)  # the duplicate still runs on the silent node
         finally:
             os.kill(a.popen.pid, signal.SIGCONT)

@@ -23,7 +23,7 @@ from scheduler.states import (
 from tests.scheduler.rows import T0, add_job, add_node, allocations, events
 
 S = JobState
-ENDS = {S.COMPLETED, S.FAILED, S.CANCELLED, S.TIMEOUT, S.NODE_FAIL}
+ENDS = {S.COMPLETED, S.FAILED, S.CANCELLED, S.TIMEOUT, S.NODE_FAIL, S.PREEMPTED}
 
 #: The machine, written out by hand (not read from ``ALLOWED``): what each state may become.
 EXPECTED: dict[JobState, set[JobState]] = {
@@ -32,7 +32,9 @@ EXPECTED: dict[JobState, set[JobState]] = {
     S.RUNNING: set(ENDS),
     **{end: set() for end in ENDS},
 }
-PAIRS = [(old, new) for old in JobState for new in JobState]
+#: REQUEUED is only passed through by ``requeue`` (tested on its own), never reached by
+#: ``transition``.
+PAIRS = [(old, new) for old in JobState for new in JobState if old != S.REQUEUED]
 ALLOWED_PAIRS = [(o, n) for o, n in PAIRS if n in EXPECTED[o]]
 FORBIDDEN_PAIRS = [(o, n) for o, n in PAIRS if n not in EXPECTED[o]]
 
@@ -82,7 +84,7 @@ def test_can_transition(old: JobState, new: JobState) -> None:
 def test_active_and_terminal_sets() -> None:
     assert {S.DISPATCHED, S.RUNNING} == ACTIVE
     assert ENDS == TERMINAL
-    assert set(JobState) == {S.PENDING} | ACTIVE | TERMINAL
+    assert set(JobState) == {S.PENDING, S.REQUEUED} | ACTIVE | TERMINAL
 
 
 # --- what a transition writes ------------------------------------------------------------
