@@ -570,3 +570,29 @@ def test_job_processes_name_the_jobs_sessions_and_gpus(
     manager.kill(1, 1)
     final_state(d, wait_for)
     assert manager.job_processes() == JobProcesses()
+
+
+TERM_TRAP = ("trap 'echo checkpointing > term.seen; sleep 30' TERM; "
+             "echo $$ > job.pid; while :; do sleep 0.05; done")
+
+
+@pytest.mark.parametrize("grace_s", [0.2, 3.0])
+def test_a_kill_with_its_own_grace_period_waits_that_long_before_sigkill(
+        server: FakeServer, manager: JobManager, make_spec: Any, wait_for: Any,
+        tmp_path: Path, grace_s: float) -> None:
+    """A preemption gives the job the scheduler's grace period to checkpoint (SIGTERM, then
+    SIGKILL after it), not the worker's own kill grace (0.5 s here)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    d = launch(server, manager, make_spec(command=["/bin/sh", "-c", TERM_TRAP],
+                                          workdir=str(work)))
+    wait_for(lambda: (work / "job.pid").exists() and (work / "job.pid").read_text().strip(),
+             what="the job")
+    t0 = time.monotonic()
+    assert manager.kill(1, 1, grace_s)
+    wait_for(lambda: (work / "term.seen").exists(), what="SIGTERM seen by the job")
+    s = final_state(d, wait_for)
+    took = time.monotonic() - t0
+    assert (s["state"], s["exit_code"]) == ("CANCELLED", 128 + signal.SIGKILL)
+    assert grace_s <= took < grace_s + 2.5, took
+    poll_until_done(manager, 1, wait_for)
