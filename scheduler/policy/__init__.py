@@ -3,20 +3,34 @@
 Nothing here touches a database, the network, the clock or randomness: the same snapshot
 always gives the same decisions (see DESIGN.md). ``schedule`` runs the policy that
 ``snapshot.config.policy`` names: ``fifo`` (fifo.py), ``fairshare`` or
-``fairshare+backfill`` (cycle.py).
+``fairshare+backfill`` (cycle.py), wrapped by reservation grants, borrowing, preemption
+and claims (preemption.py), which leave a cycle without any of them untouched.
 """
 
 from scheduler.policy import fifo
 from scheduler.policy.backfill import reserve
 from scheduler.policy.classic import classic_fairshare
 from scheduler.policy.cycle import schedule_fairshare
-from scheduler.policy.decisions import Decisions, Priority, Reservation, Start
+from scheduler.policy.decisions import (
+    Borrow,
+    Claim,
+    Decisions,
+    Preemption,
+    Priority,
+    Reservation,
+    Start,
+)
 from scheduler.policy.fairtree import fair_tree
+from scheduler.policy.grants import boost_shares
+from scheduler.policy.preemption import schedule_with_preemption
 from scheduler.policy.priority import Priorities, priorities, priority_order
 from scheduler.policy.snapshot import (
+    PREEMPTIBLE_QOS,
     AccountView,
     AssocView,
+    ClaimView,
     GpuView,
+    GrantView,
     JobView,
     NodeView,
     PolicyConfig,
@@ -27,6 +41,11 @@ from scheduler.policy.tree import FairShareRow, FairShareTable
 
 def schedule(snapshot: Snapshot) -> Decisions:
     """One scheduling cycle by the configured policy."""
+    return schedule_with_preemption(snapshot, _inner)
+
+
+def _inner(snapshot: Snapshot) -> Decisions:
+    """The configured placement policy, which knows nothing of grants and preemption."""
     policy = snapshot.config.policy
     if policy == "fifo":
         return fifo.schedule(snapshot)
@@ -34,20 +53,27 @@ def schedule(snapshot: Snapshot) -> Decisions:
 
 
 __all__ = [
+    "PREEMPTIBLE_QOS",
     "AccountView",
     "AssocView",
+    "Borrow",
+    "Claim",
+    "ClaimView",
     "Decisions",
     "FairShareRow",
     "FairShareTable",
     "GpuView",
+    "GrantView",
     "JobView",
     "NodeView",
     "PolicyConfig",
+    "Preemption",
     "Priorities",
     "Priority",
     "Reservation",
     "Snapshot",
     "Start",
+    "boost_shares",
     "classic_fairshare",
     "fair_tree",
     "priorities",
@@ -55,4 +81,5 @@ __all__ = [
     "reserve",
     "schedule",
     "schedule_fairshare",
+    "schedule_with_preemption",
 ]

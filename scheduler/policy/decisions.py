@@ -14,6 +14,42 @@ class Start:
 
 
 @dataclass(frozen=True, slots=True)
+class Preemption:
+    """Stop running job ``victim_id`` (SIGTERM, grace period) so that ``for_job`` gets its
+    GPUs; the loop requeues it or not by its ``requeue``."""
+
+    victim_id: int
+    for_job: int
+    node: str
+    #: The reservation grant whose GPUs are reclaimed; None: a QOS preemption.
+    grant: int | None
+    #: For the victim's record, e.g. "preempted for job 42 (qlab): reservation grant 3 needs
+    #: its GPUs back".
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Pending job ``job_id`` starts on exactly these GPUs once ``victims`` have stopped;
+    until then no other job gets them."""
+
+    job_id: int
+    node: str
+    gpu_indices: tuple[int, ...]
+    victims: tuple[int, ...]
+    grant: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Borrow:
+    """An active job holds ``gpus`` GPUs reserved by grant ``grant`` that its grantees do not
+    use now: it may be preempted when they need them back."""
+
+    grant: int
+    gpus: int
+
+
+@dataclass(frozen=True, slots=True)
 class Priority:
     """A pending job's multifactor priority. Every factor is in [0, 1]; the weights come from
     ``PolicyConfig``: ``total = site + Σ weight·factor − nice``."""
@@ -57,3 +93,11 @@ class Decisions:
     order: tuple[int, ...] = ()
     #: The backfill reservation of this cycle, if one was made.
     reservation: Reservation | None = None
+    #: Preemptions to request this cycle (not those requested by earlier cycles).
+    preemptions: tuple[Preemption, ...] = ()
+    #: Every pending job's claim after this cycle, new and kept, by job id; a job whose
+    #: claim is absent here has lost it.
+    claims: dict[int, Claim] = field(default_factory=dict)
+    #: Every active job (running, or started this cycle) that borrows reserved GPUs now, by
+    #: job id; absent: it borrows nothing.
+    borrowing: dict[int, Borrow] = field(default_factory=dict)

@@ -1,5 +1,5 @@
 """The texts of pending reasons. Each starts with a Slurm-like word: Resources, Priority,
-Reservation, NodeDown, QOS."""
+Reservation, NodeDown, QOS, Preempting."""
 
 from __future__ import annotations
 
@@ -48,3 +48,20 @@ def would_delay(reservation: Reservation, now: float) -> str:
 
 def unknown_qos(qos: str, known: Iterable[str]) -> str:
     return f"QOS: unknown QOS {qos!r} (known: {', '.join(sorted(known))})"
+
+
+def preempting(victims: Iterable[int]) -> str:
+    """A job whose claim waits for its victims to stop."""
+    ids = sorted(victims)
+    jobs = "job" if len(ids) == 1 else "jobs"
+    return f"Preempting: waiting for {jobs} {', '.join(map(str, ids))} to stop (grace period)"
+
+
+def preempted_for_grant(job: JobView, grant: int) -> str:
+    return (f"preempted for job {job.id} ({job.account}): reservation grant {grant} "
+            f"needs its GPUs back")
+
+
+def preempted_for_qos(job: JobView, victim_qos: str) -> str:
+    return (f"preempted for job {job.id} ({job.account}): QOS {job.qos!r} preempts "
+            f"QOS {victim_qos!r}")

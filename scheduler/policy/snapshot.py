@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 POLICIES = ("fifo", "fairshare", "fairshare+backfill")
+#: Jobs of this QOS may be preempted by any job of another (known) QOS, and never preempt.
+PREEMPTIBLE_QOS = "preemptible"
 FAIRSHARE_ALGORITHMS = ("fair_tree", "classic")
 DEFAULT_QOS_PRIORITY: tuple[tuple[str, int], ...] = (("high", 100), ("normal", 0),
                                                      ("preemptible", 0))
@@ -52,6 +54,32 @@ class NodeView:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantView:
+    """A reservation grant in effect now: ``gpus`` GPUs (of ``gpu_model``, on ``nodes``; empty
+    = any node) reserved for jobs of ``account`` and of every account below it in the tree.
+    Others may borrow them while they are idle; the grantee takes them back by preemption."""
+
+    id: int
+    account: str
+    gpus: int
+    gpu_model: str | None = None
+    nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimView:
+    """A pending job's claim, made by an earlier cycle's preemption: it starts on exactly
+    these GPUs once they are free; meanwhile nobody else gets them."""
+
+    node: str
+    gpu_indices: tuple[int, ...]
+    #: Running job ids being preempted for it.
+    victims: tuple[int, ...]
+    #: The reservation grant reclaimed; None: a QOS preemption.
+    grant: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class JobView:
     id: int
     gpus: int
@@ -72,6 +100,15 @@ class JobView:
     node: str | None = None
     gpu_indices: tuple[int, ...] = ()
     started_at: float | None = None
+    #: Whether a preempted job goes back to the queue (the loop's business, not the policy's).
+    requeue: bool = True
+    #: Running jobs only: the reservation grant whose GPUs it borrowed (last cycle's label),
+    #: how many, and whether its preemption was already requested (it is stopping).
+    borrowed_grant: int | None = None
+    borrowed_gpus: int = 0
+    preempting: bool = False
+    #: Pending jobs only: GPUs an earlier preemption claimed for it.
+    claim: ClaimView | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,3 +184,5 @@ class Snapshot:
     #: (user, account) -> decayed billed GPU-seconds, running jobs' charge up to now included.
     usage: Mapping[tuple[str, str], float] = field(default_factory=dict)
     config: PolicyConfig = PolicyConfig()
+    #: Reservation grants in effect now (share grants are already in ``AccountView.shares``).
+    grants: tuple[GrantView, ...] = ()

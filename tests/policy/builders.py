@@ -7,7 +7,9 @@ from collections.abc import Iterable, Sequence
 from scheduler.policy import (
     AccountView,
     AssocView,
+    ClaimView,
     GpuView,
+    GrantView,
     JobView,
     NodeView,
     PolicyConfig,
@@ -66,6 +68,7 @@ def make_job(
     time_limit_s: float = 3600.0,
     nice: int = 0,
     qos: str = "normal",
+    claim: ClaimView | None = None,
 ) -> JobView:
     """A pending job; by default submitted at ``id`` seconds, so ids give submit order."""
     return JobView(
@@ -81,6 +84,7 @@ def make_job(
         time_limit_s=time_limit_s,
         nice=nice,
         qos=qos,
+        claim=claim,
     )
 
 
@@ -95,12 +99,18 @@ def make_running(
     memory_mib: int = 0,
     user: str = "alice",
     account: str = "lab",
+    qos: str = "normal",
+    borrowed_grant: int | None = None,
+    borrowed_gpus: int = 0,
+    preempting: bool = False,
 ) -> JobView:
     """A running job on ``node``: it frees its GPUs at ``started_at + time_limit_s``."""
     gpus = tuple(gpu_indices)
     return JobView(id=id, gpus=len(gpus), submitted_at=0.0, cpus=cpus, memory_mib=memory_mib,
                    user=user, account=account, time_limit_s=time_limit_s, node=node,
-                   gpu_indices=gpus, started_at=started_at)
+                   gpu_indices=gpus, started_at=started_at, qos=qos,
+                   borrowed_grant=borrowed_grant, borrowed_gpus=borrowed_gpus,
+                   preempting=preempting)
 
 
 def make_snapshot(
@@ -114,13 +124,17 @@ def make_snapshot(
     usage: dict[tuple[str, str], float] | None = None,
     config: PolicyConfig | None = None,
     policy: str | None = None,
+    grants: Iterable[GrantView] = (),
 ) -> Snapshot:
-    """A snapshot; ``policy`` is a shortcut for ``config=PolicyConfig(policy=...)``."""
+    """A snapshot; ``policy`` is a shortcut for ``config=PolicyConfig(policy=...)``.
+
+    Nodes' free GPUs are as given: a test says which GPUs its running jobs hold."""
     if config is None:
         config = PolicyConfig() if policy is None else PolicyConfig(policy=policy)
     return Snapshot(now=now, nodes=tuple(nodes), pending=tuple(pending),
                     running=tuple(running), accounts=tuple(accounts), assocs=tuple(assocs),
-                    usage={} if usage is None else usage, config=config)
+                    usage={} if usage is None else usage, config=config,
+                    grants=tuple(grants))
 
 
 def make_tree(spec: dict[str, tuple[str | None, int]],

@@ -1,0 +1,190 @@
+"""The preemption pass: pending jobs that did not start, in priority order, may claim GPUs
+of running jobs they outrank.
+
+Who may preempt whom:
+
+- a job of the preemptible QOS never preempts;
+- any other job (of a known QOS, asking for GPUs) may preempt running preemptible-QOS jobs
+  anywhere;
+- a grantee of a reservation grant g with need_g > 0 may also preempt the jobs labelled
+  as borrowers of g this cycle, reclaiming from non-preemptible borrowers at most need_g
+  GPUs in all (need_g shrinks by every claim of a grantee on g's GPUs).
+
+Jobs already being preempted are never chosen again. The job goes to the node (UP, big
+enough, in name order) where its free unclaimed GPUs plus its victims' GPUs suffice, and
+the victims' CPUs and memory cover what the node lacks, with the fewest victim GPUs, then
+the fewest victims. Victims on a node are taken preemptible QOS first, then the latest
+started, then the higher id, until the job fits. A node where the job fits without any
+victim is skipped: the inner policy kept it off there on purpose (a hold, or the backfill
+reservation), and preemption does not override priority. The claim is exactly ``job.gpus``
+GPUs: the free ones first (lowest indices), then the victims' in victim order.
+
+Failures are cached by (shape, grants it may reclaim): victims and GPUs only get fewer as
+the pass goes, so a request that failed fails again. The pass stops when no candidate
+victim is left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scheduler.policy import reasons
+from scheduler.policy.decisions import Borrow, Claim, Preemption
+from scheduler.policy.filters import STATIC, first_failure
+from scheduler.policy.grants import GrantScope
+from scheduler.policy.ledger import Ledger
+from scheduler.policy.snapshot import PREEMPTIBLE_QOS, JobView
+
+
+@dataclass(slots=True)
+class _Plan:
+    node: str
+    victims: list[int]
+    gpus: tuple[int, ...]
+    #: Grant id -> GPUs taken from non-preemptible borrowers of it.
+    reclaimed: dict[int, int]
+    score: tuple[int, int]
+
+
+@dataclass(slots=True)
+class Pass:
+    ledger: Ledger
+    scopes: list[GrantScope]
+    labels: dict[int, Borrow]
+    #: Grant id -> GPUs its grantees may still reclaim from borrowers (need_g).
+    need: dict[int, int]
+    preemptions: list[Preemption] = field(default_factory=list)
+    #: Pool name (None: preemptible QOS; a grant id: its borrowers) -> node -> job ids.
+    pools: dict[int | None, dict[str, list[int]]] = field(default_factory=dict)
+    #: Pool name -> how many jobs it still holds.
+    _count: dict[int | None, int] = field(default_factory=dict)
+    _failed: set[tuple[object, ...]] = field(default_factory=set)
+    _rights: dict[str, tuple[GrantScope, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        pools: dict[int | None, dict[str, list[int]]] = {None: {}}
+        for job in self.ledger.running.values():  # id order
+            if job.id in self.ledger.victims or job.node not in self.ledger.views:
+                continue
+            if job.qos == PREEMPTIBLE_QOS:
+                pools[None].setdefault(job.node, []).append(job.id)
+            label = self.labels.get(job.id)
+            if label is not None:
+                pools.setdefault(label.grant, {}).setdefault(job.node, []).append(job.id)
+        self.pools = pools
+        self._count = {p: sum(map(len, by_node.values())) for p, by_node in pools.items()}
+
+    def _left(self, pool: int | None) -> bool:
+        return self._count.get(pool, 0) > 0
+
+    def run(self, candidates: list[JobView], known_qos: set[str]) -> dict[int, str]:
+        """Try every candidate in order; the ``Preempting:`` reasons of those that claim."""
+        out: dict[int, str] = {}
+        for job in candidates:
+            if job.qos == PREEMPTIBLE_QOS or job.qos not in known_qos or job.gpus <= 0:
+                continue
+            rights = tuple(s for s in self._grants_of(job) if self.need[s.id] > 0
+                           and self._left(s.id))
+            if not rights and not self._left(None):
+                if not any(self._left(s.id) for s in self.scopes if self.need[s.id] > 0):
+                    break  # no candidate victim is left for anyone
+                continue
+            key = (job.gpus, job.gpu_model, job.cpus, job.memory_mib,
+                   tuple(s.id for s in rights))
+            if key in self._failed:
+                continue
+            plan = self._best(job, rights)
+            if plan is None:
+                self._failed.add(key)
+                continue
+            self._book(job, plan, rights)
+            out[job.id] = reasons.preempting(plan.victims)
+        return out
+
+    def _grants_of(self, job: JobView) -> tuple[GrantScope, ...]:
+        found = self._rights.get(job.account)
+        if found is None:
+            found = self._rights[job.account] = tuple(
+                s for s in self.scopes if s.is_grantee(job))
+        return found
+
+    def _best(self, job: JobView, rights: tuple[GrantScope, ...]) -> _Plan | None:
+        pools = [self.pools[None], *(self.pools[s.id] for s in rights)]
+        nodes = sorted({n for p in pools for n, ids in p.items() if ids})
+        best: _Plan | None = None
+        for node in nodes:
+            on_node = sorted({v for p in pools for v in p.get(node, ())},
+                             key=self._victim_order)
+            plan = self._plan(job, node, on_node, rights)
+            if plan is not None and (best is None or plan.score < best.score):
+                best = plan
+        return best
+
+    def _victim_order(self, v: int) -> tuple[bool, float, int]:
+        job = self.ledger.running[v]
+        started = job.started_at if job.started_at is not None else self.ledger.now
+        return (job.qos != PREEMPTIBLE_QOS, -started, -v)
+
+    def _plan(self, job: JobView, node: str, on_node: list[int],
+              rights: tuple[GrantScope, ...]) -> _Plan | None:
+        ledger = self.ledger
+        view = ledger.views[node]
+        if first_failure(STATIC, view, job) is not None:
+            return None
+        free = ledger.usable_free(node, job.gpu_model)
+        if ledger.fits_now(node, job, len(free)):
+            return None
+        usable = {g.index for g in view.gpus if g.healthy and not g.occupied
+                  and (job.gpu_model is None or g.model == job.gpu_model)}
+        gpus = list(free[: job.gpus])
+        victims: list[int] = []
+        cpus = mem = victim_gpus = 0
+        reclaimed: dict[int, int] = {}
+        right_ids = {s.id for s in rights}
+        for v in on_node:
+            victim = ledger.running[v]
+            victims.append(v)
+            victim_gpus += len(victim.gpu_indices)
+            cpus += victim.cpus
+            mem += victim.memory_mib
+            mine = [g for g in sorted(victim.gpu_indices) if g in usable
+                    and (node, g) not in ledger.claimed][: job.gpus - len(gpus)]
+            gpus.extend(mine)
+            label = self.labels.get(v)
+            if (mine and label is not None and label.grant in right_ids
+                    and victim.qos != PREEMPTIBLE_QOS):
+                reclaimed[label.grant] = reclaimed.get(label.grant, 0) + len(mine)
+            if (len(gpus) >= job.gpus
+                    and (not view.cpus or ledger.free_cpus[node] + cpus >= job.cpus)
+                    and (not view.memory_mib or ledger.free_mem[node] + mem >= job.memory_mib)):
+                break
+        else:
+            return None
+        if any(n > self.need[g] for g, n in reclaimed.items()):
+            return None
+        return _Plan(node, victims, tuple(sorted(gpus)), reclaimed, (victim_gpus, len(victims)))
+
+    def _book(self, job: JobView, plan: _Plan, rights: tuple[GrantScope, ...]) -> None:
+        ledger = self.ledger
+        right_ids = {s.id for s in rights}
+        grants = sorted({lab.grant for v in plan.victims
+                         if (lab := self.labels.get(v)) is not None and lab.grant in right_ids})
+        claim = Claim(job.id, plan.node, plan.gpus, tuple(plan.victims),
+                      grants[0] if grants else None)
+        for v in plan.victims:
+            lab = self.labels.get(v)
+            if lab is not None and lab.grant in right_ids:
+                grant: int | None = lab.grant
+                why = reasons.preempted_for_grant(job, lab.grant)
+            else:
+                grant, why = None, reasons.preempted_for_qos(job, ledger.running[v].qos)
+            self.preemptions.append(Preemption(v, job.id, plan.node, grant, why))
+            for name, pool in self.pools.items():
+                ids = pool.get(plan.node)
+                if ids is not None and v in ids:
+                    ids.remove(v)
+                    self._count[name] -= 1
+        ledger.claim(job, claim)
+        for s in self._grants_of(job):
+            mine = set(s.gpus.get(plan.node, ()))
+            self.need[s.id] = max(0, self.need[s.id] - sum(g in mine for g in plan.gpus))
