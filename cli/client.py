@@ -12,6 +12,7 @@ Exit codes of ``gpuq``:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
@@ -61,8 +62,26 @@ def _detail(resp: httpx.Response) -> Any:
     return body
 
 
+#: The server's 401 details that mean "no usable token": the hint says what to do. Others
+#: ("token expired on ...", "user alice is disabled; ask an admin") are shown as they are.
+GENERIC_401 = frozenset({"missing bearer token", "invalid or revoked token"})
+
+
+def conflict_text(detail: Mapping[str, Any]) -> str:
+    """A 409's ``{"message": ..., "conflicts": [3, 5]}``: the message, and the ids when
+    the message does not name them all."""
+    message = str(detail.get("message") or "conflict")
+    ids = [str(c) for c in detail.get("conflicts") or []]
+    if ids and not all(re.search(rf"\b{re.escape(i)}\b", message) for i in ids):
+        message += f" (conflicts: {', '.join(ids)})"
+    return message
+
+
 def render_validation(detail: Any, what: str) -> str:
-    """FastAPI's 422 detail as lines ``<what>.<field>: <msg>``; a string detail as it is."""
+    """FastAPI's 422 detail as lines ``<what>.<field>: <msg>``; a ``{"message": ...}``
+    detail as its message; a string detail as it is."""
+    if isinstance(detail, Mapping) and "message" in detail:
+        return conflict_text(detail)
     if not isinstance(detail, list):
         return str(detail)
     lines = []
@@ -87,10 +106,12 @@ def error_for(resp: httpx.Response, *, what: str, not_found: str | None,
     status = resp.status_code
     detail = _detail(resp)
     if status == 401:
-        return CliError(auth_hint, EXIT_AUTH, status=status, detail=detail)
-    if status == 403:
-        return CliError(f"permission denied: {detail}", EXIT_AUTH, status=status,
+        specific = isinstance(detail, str) and detail and detail not in GENERIC_401
+        return CliError(detail if specific else auth_hint, EXIT_AUTH, status=status,
                         detail=detail)
+    if status == 403:
+        return CliError(f"permission denied: {render_validation(detail, what)}", EXIT_AUTH,
+                        status=status, detail=detail)
     if status == 404:
         message = not_found or str(detail)
     elif status >= 500:

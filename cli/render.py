@@ -7,6 +7,7 @@ import io
 import shlex
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -19,9 +20,16 @@ from cli.units import format_duration, format_energy, format_mib
 
 ACTIVE_STATES = ("DISPATCHED", "RUNNING")
 PENDING_STATES = ("PENDING",)
-TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED")
 ALL_STATES = (*PENDING_STATES, *ACTIVE_STATES, *TERMINAL_STATES)
+#: Ends after which a job that allows it is requeued (NODE_FAIL | PREEMPTED -> REQUEUED ->
+#: PENDING); REQUEUED shows only in a job's events.
+REQUEUEABLE_STATES = ("NODE_FAIL", "PREEMPTED")
 JOB_COLUMNS = ("JOBID", "NAME", "USER", "ACCOUNT", "STATE", "TIME", "GPUS", "NODE(GPUS)/REASON")
+#: After the node of a job borrowing reserved GPUs in ``gpuq q``; ``BORROW_NOTE`` says why.
+BORROW_MARK = "*"
+BORROW_NOTE = "* borrowing GPUs reserved for another account's grant: may be preempted"
+QOS_TEXT = {"preemptible": "preemptible (may use idle reserved GPUs; preempted first)"}
 SCRIPT_LINES_SHOWN = 20
 
 Job = Mapping[str, Any]
@@ -73,8 +81,11 @@ def estimate_text(value: str | None, now: datetime) -> str:
 
 
 def state_label(job: Job) -> str:
+    """The state, or CANCELLING / PREEMPTING for an active job being stopped."""
     if job.get("cancel_requested") and job["state"] in ACTIVE_STATES:
         return "CANCELLING"
+    if job.get("preempt_requested") and job["state"] in ACTIVE_STATES:
+        return "PREEMPTING"
     return str(job["state"])
 
 
@@ -105,13 +116,69 @@ def sort_jobs(jobs: Iterable[Job]) -> list[Job]:
     return sorted(jobs, key=key)
 
 
+def borrowing(job: Job) -> bool:
+    return bool(job.get("borrowed_grant") is not None and job["state"] in ACTIVE_STATES)
+
+
 def jobs_table(jobs: Iterable[Job], now: datetime) -> Table:
-    table = plain_table(*JOB_COLUMNS)
-    for j in sort_jobs(jobs):
+    """Like squeue; a QOS column when some job's QOS is not normal (blank for normal);
+    ``BORROW_MARK`` after the node of a job borrowing reserved GPUs."""
+    rows = sort_jobs(jobs)
+    show_qos = any((j.get("qos") or "normal") != "normal" for j in rows)
+    columns = list(JOB_COLUMNS)
+    if show_qos:
+        columns.insert(columns.index("STATE"), "QOS")
+    table = plain_table(*columns)
+    for j in rows:
+        qos = [] if not show_qos else [j["qos"] if j.get("qos") not in (None, "normal") else ""]
         table.add_row(str(j["id"]), j.get("name") or "", j.get("user") or "",
-                      j.get("account") or "", state_label(j),
-                      format_duration(elapsed_s(j, now)), gpus_label(j), where(j))
+                      j.get("account") or "", *qos, state_label(j),
+                      format_duration(elapsed_s(j, now)), gpus_label(j),
+                      where(j) + (BORROW_MARK if borrowing(j) else ""))
     return table
+
+
+def _jobs(ids: Iterable[object]) -> str:
+    ids = [str(i) for i in ids]
+    return ("job " if len(ids) == 1 else "jobs ") + ", ".join(ids)
+
+
+def claim_text(claim: Mapping[str, Any]) -> str:
+    """``waiting for jobs 5, 6 to stop (preemption) to free GPUs 0,1 on gpu01 for grant 3``."""
+    text = f"waiting for {_jobs(claim.get('victims') or [])} to stop (preemption)"
+    gpus = ",".join(str(g) for g in claim.get("gpus") or [])
+    if gpus or claim.get("node"):
+        text += f" to free GPUs {gpus or '?'} on {claim.get('node') or '?'}"
+    if claim.get("grant") is not None:
+        text += f" for grant {claim['grant']}"
+    return text
+
+
+def requeue_text(job: Job) -> str:
+    """``2 (requeued after 1 preemption)``: why the job ran again, from its events."""
+    causes = Counter(e.get("old_state") for e in job.get("events") or []
+                     if e.get("new_state") == "REQUEUED")
+    parts = [f"{n} {label}{'' if n == 1 else 's'}" for state, label in
+             (("PREEMPTED", "preemption"), ("NODE_FAIL", "node failure")) if (n := causes[state])]
+    return f"{job['attempt']} (requeued" + (f" after {', '.join(parts)})" if parts else ")")
+
+
+def preemption_rows(job: Job) -> list[tuple[str, str]]:
+    """Borrowing, a preemption under way, a claim, and how often the job was preempted."""
+    rows = []
+    if borrowing(job):
+        n = int(job.get("borrowed_gpus") or 0)
+        rows.append(("Borrowing", f"borrowing {n} reserved GPU{'' if n == 1 else 's'} of grant "
+                                  f"{job['borrowed_grant']}: may be preempted"))
+    if job.get("preempt_requested") and job["state"] in ACTIVE_STATES:
+        then = "requeued" if job.get("requeue", True) else "not requeued (--no-requeue)"
+        rows.append(("Preemption", f"being preempted: {job.get('preempt_reason') or '?'} "
+                                   f"(SIGTERM, SIGKILL after the grace period; then {then})"))
+    if job.get("claim") and job["state"] in PENDING_STATES:
+        rows.append(("Preemption", claim_text(job["claim"])))
+    if int(job.get("preemptions") or 0):
+        rows.append(("Preemptions", str(job["preemptions"])))
+    return rows
 
 
 def job_detail(job: Job, now: datetime) -> str:
@@ -124,7 +191,7 @@ def job_detail(job: Job, now: datetime) -> str:
     if job.get("exit_code") is not None:
         rows.append(("Exit code", str(job["exit_code"])))
     if int(job.get("attempt") or 0) > 1:
-        rows.append(("Attempt", f"{job['attempt']} (requeued)"))
+        rows.append(("Attempt", requeue_text(job)))
     gpus = f"{job['gpus']} x {job['gpu_model']}" if job.get("gpu_model") else str(job["gpus"])
     rows.append(("Resources", f"gpus {gpus}, cpus {job.get('cpus')}, memory "
                               f"{format_mib(job.get('memory_mib')) or 'no limit'}"))
@@ -144,10 +211,11 @@ def job_detail(job: Job, now: datetime) -> str:
     else:
         nice = int(job.get("nice") or 0)
         rows.append(("Priority", str(job.get("priority")) + (f" (nice {nice})" if nice else "")))
-    if job.get("qos") and job["qos"] != "normal":
-        rows.append(("QOS", str(job["qos"])))
     if job.get("estimated_start"):
         rows.append(("Est. start", estimate_text(job["estimated_start"], now)))
+    if job.get("qos") and job["qos"] != "normal":  # normal: no line
+        rows.append(("QOS", QOS_TEXT.get(job["qos"], str(job["qos"]))))
+    rows += preemption_rows(job)
     for label, key in (("Submitted", "submitted_at"), ("Dispatched", "dispatched_at"),
                        ("Started", "started_at"), ("Ended", "ended_at")):
         if job.get(key):

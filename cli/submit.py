@@ -20,7 +20,9 @@ from cli.units import MemoryType, TimeType
 _COMMAND_FORM = "gpuq.submit.command_form"
 #: Options that go into the request body as they are (None: not given, server default).
 _SPEC_KEYS = ("name", "gpus", "gpu_model", "cpus", "memory_mib", "time_limit_s", "account",
-              "requeue", "nice")
+              "requeue", "nice", "qos")
+#: ``JobCreate.qos`` (``scheduler.api.schemas.QOS_NAMES``).
+QOS_NAMES = ("normal", "preemptible", "high")
 
 
 class SubmitCommand(click.Command):
@@ -125,6 +127,10 @@ def build_job(params: dict[str, Any], *, command: list[str] | None, script: str 
 @click.option("--nice", type=click.IntRange(-10_000, 10_000), metavar="N",
               help="Lower the job's priority by N, to let others go first [0]; only admins "
                    "may give a negative N.")
+@click.option("--qos", type=click.Choice(QOS_NAMES, case_sensitive=False),
+              help="normal; preemptible (may run on idle reserved GPUs, is preempted first: "
+                   "checkpoint on SIGTERM); high (if an admin allowed you) [the account's "
+                   "default QOS, else normal].")
 @click.option("--idempotency-key", metavar="KEY",
               help="Submitting twice with one key makes one job [a fresh one per call].")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
@@ -168,4 +174,5 @@ def submit(ctx: click.Context, env: Env, **params: Any) -> None:
     elif params.get("parsable"):
         click.echo(job["id"])
     else:
-        click.echo(f"Submitted job {job['id']}")
+        qos = job.get("qos") or "normal"
+        click.echo(f"Submitted job {job['id']}" + (f" (QOS {qos})" if qos != "normal" else ""))

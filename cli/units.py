@@ -125,3 +125,64 @@ class MemoryType(click.ParamType):
             return parse_memory_mib(str(value))
         except ValueError as e:
             self.fail(str(e), param, ctx)
+
+
+_DURATION_UNIT_S = {**_UNIT_S, "w": 7 * 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])", re.IGNORECASE)
+_GPU_HOURS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:h|gpu-?h|gpu-?hours?)?", re.IGNORECASE)
+
+
+def parse_duration_s(text: str) -> int:
+    """A span of time with units, in seconds: "90d", "12h", "2w", "1d12h", "30m", "45s".
+    A bare number is refused (minutes? days?): the unit is part of the value."""
+    s = text.strip().replace(" ", "")
+    pieces = _DURATION.findall(s)
+    if not pieces or "".join(n + u for n, u in pieces) != s:
+        raise ValueError(f"{text!r} is not a duration (examples: 90d, 12h, 2w, 1d12h, 30m)")
+    seconds = math.ceil(sum(float(n) * _DURATION_UNIT_S[u.lower()] for n, u in pieces))
+    if seconds <= 0:
+        raise ValueError("the duration must be more than 0")
+    return seconds
+
+
+def parse_gpu_hours(text: str) -> float:
+    """GPU-hours: "5000h", "5000", "5000 GPU-hours", "1.5h"."""
+    m = _GPU_HOURS.fullmatch(text.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a number of GPU-hours above 0 (examples: 5000h, "
+                         "5000, 1.5h)")
+    return float(m.group(1))
+
+
+def format_gpu_hours(hours: float | None) -> str:
+    """"0.5", "12.3", "1234" (GPU-hours; one decimal below 100); "" for unknown."""
+    if hours is None:
+        return ""
+    h = float(hours)
+    return f"{h:.1f}" if abs(h) < 100 else f"{h:.0f}"
+
+
+class DurationType(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_duration_s(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class GpuHoursType(click.ParamType):
+    name = "GPU-HOURS"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_gpu_hours(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)

@@ -157,7 +157,7 @@ def test_admin_user_unix_user(api: FakeApi, gpuq) -> None:
                                  ("bob", {"unix_user": "bob", "admin": False})]
     r = admin_ok(gpuq, "user", "list")
     assert r.stdout.splitlines()[0].split() == ["USER", "ADMIN", "UNIX", "USER", "DEFAULT",
-                                                "ACCOUNTS(SHARES)"]
+                                                "ACCOUNTS(SHARES)", "QOS", "STATUS"]
 
 
 @pytest.mark.parametrize(("args", "code", "stderr"), [
