@@ -12,7 +12,9 @@ from cli.context import Env, echo_json, pass_env
 from cli.render import (
     ACTIVE_STATES,
     ALL_STATES,
+    BORROW_NOTE,
     TERMINAL_STATES,
+    borrowing,
     echo_table,
     job_detail,
     jobs_table,
@@ -53,6 +55,8 @@ def queue(env: Env, me: bool, user: str | None, account: str | None, states: tup
         echo_json(jobs)
     else:
         echo_table(jobs_table(jobs, datetime.now(UTC)))
+        if any(borrowing(j) for j in jobs):
+            click.echo(BORROW_NOTE)
 
 
 @click.command("show")

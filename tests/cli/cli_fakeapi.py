@@ -29,7 +29,6 @@ from scheduler.api.schemas import (
     UsageImportResult,
     UserCreate,
     UserRead,
-    UserUpdate,
     WhyRead,
 )
 
@@ -157,6 +156,16 @@ class FakeApi:
     members: set[tuple[str, str]] = field(
         default_factory=lambda: {("alice", "lab1"), ("alice", "lab2a"), ("bob", "lab1")})
 
+    #: Admin v3 (cli_fakeadmin): accounts by name (AccountRead), grants by id (GrantRead),
+    #: the audit log (AuditRead, newest first) ...
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    grants: dict[int, dict[str, Any]] = field(default_factory=dict)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    #: ... the grants a new reservation conflicts with (409), and what the routes were
+    #: sent: (method, path, body or query items).
+    grant_conflicts: list[int] = field(default_factory=list)
+    requests: list[tuple[str, str, Any]] = field(default_factory=list)
+
     def reset(self) -> None:
         url = self.url
         self.__init__()  # type: ignore[misc]
@@ -176,7 +185,10 @@ Auth = Annotated[str | None, Header()]
 
 
 def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract line
+    from cli_fakeadmin import add_admin_v3  # it imports this module
+
     app = FastAPI()
+    add_admin_v3(app, state)
 
     @app.get("/v1/whoami")
     def whoami(authorization: Auth = None) -> dict[str, Any]:
@@ -341,20 +353,6 @@ def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract
             body.name, body.account, admin=body.admin, unix_user=body.unix_user or body.name,
             accounts=[{"account": body.account, "shares": body.shares}])
         return state.users[body.name]
-
-    @app.patch("/v1/admin/users/{name}")
-    def admin_update_user(name: str, body: UserUpdate,
-                          authorization: Auth = None) -> dict[str, Any]:
-        need_admin(authorization)
-        if name not in state.users:
-            raise HTTPException(404, f"no user {name}")
-        state.admin_patches.append((name, body.model_dump(exclude_unset=True)))
-        user = state.users[name]
-        if "unix_user" in body.model_fields_set:
-            user["unix_user"] = body.unix_user or name
-        if body.admin is not None:
-            user["admin"] = body.admin
-        return user
 
     @app.post("/v1/admin/usage/import")
     async def admin_usage_import(request: Request,

@@ -69,3 +69,27 @@ def gpuq(api: FakeApi):  # noqa: ANN201 - returns a function
         return CliRunner().invoke(cli, [*pre, *args], input=input, catch_exceptions=False, **kw)
 
     return run
+
+
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time is UTC (times people read and type are local)."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture
+def admin(gpuq):  # noqa: ANN201 - returns a function
+    """``gpuq admin ARGS`` with the admin token; asserts the exit code (0 unless given)."""
+
+    def run(*args: str, code: int = 0, **kw: Any) -> Result:
+        from cli_fakeapi import ADMIN_TOKEN
+
+        r = gpuq("admin", *args, token=ADMIN_TOKEN, **kw)
+        assert r.exit_code == code, (r.stdout, r.stderr)
+        return r
+
+    return run

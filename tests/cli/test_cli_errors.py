@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from cli_fakeapi import ADMIN_TOKEN, FakeApi, make_job
 from click.testing import CliRunner
 
+from cli.client import USER_TOKEN_HINT, CliError, error_for
 from cli.main import cli
 
 
@@ -88,3 +90,39 @@ def test_not_a_gpuq_server(api: FakeApi) -> None:
     r = CliRunner().invoke(cli, ["--server", api.url + "/nothing", "--token", "t", "nodes"])
     assert r.exit_code == 1
     assert r.stderr == "gpuq: Not Found\n"
+
+
+def _error(status: int, detail: object, what: str = "grant") -> CliError:
+    resp = httpx.Response(status, json={"detail": detail})
+    return error_for(resp, what=what, not_found=None, auth_hint=USER_TOKEN_HINT)
+
+
+@pytest.mark.parametrize(("status", "detail", "code", "message"), [
+    (401, "token expired on 2027-01-01T00:00:00Z", 4, "token expired on 2027-01-01T00:00:00Z"),
+    (401, "user alice is disabled; ask an admin", 4, "user alice is disabled; ask an admin"),
+    (401, "invalid or revoked token", 4, USER_TOKEN_HINT),
+    (401, "missing bearer token", 4, USER_TOKEN_HINT),
+    (403, "only admins may give a negative nice", 4,
+     "permission denied: only admins may give a negative nice"),
+    (403, {"message": "user bob may not use QOS high"}, 4,
+     "permission denied: user bob may not use QOS high"),
+    (409, {"message": "would reserve 8 GPUs ...: conflicts with grants 3, 5",
+           "conflicts": [3, 5]}, 1, "would reserve 8 GPUs ...: conflicts with grants 3, 5"),
+    (409, {"message": "would reserve 8 GPUs too many", "conflicts": [3, 5]}, 1,
+     "would reserve 8 GPUs too many (conflicts: 3, 5)"),
+    (409, {"message": "grant 13 overlaps", "conflicts": [3]}, 1,
+     "grant 13 overlaps (conflicts: 3)"),
+    (409, "account qlab has pending jobs", 1, "account qlab has pending jobs"),
+    (422, [{"loc": ["body", "nodes"], "msg": "Value error, unknown nodes gpu09, gpu10",
+            "type": "value_error"},
+           {"loc": ["body"], "msg": "a share grant needs 'shares'", "type": "value_error"},
+           {"loc": ["query", "since"], "msg": "Input should be a valid datetime",
+            "type": "datetime_parsing"}], 1,
+     "grant.nodes: unknown nodes gpu09, gpu10\ngrant: a share grant needs 'shares'\n"
+     "since: Input should be a valid datetime"),
+])
+def test_server_refusals_are_rendered(status: int, detail: object, code: int,
+                                      message: str) -> None:
+    e = _error(status, detail)
+    assert (e.exit_code, e.format_message(), e.status, e.detail) == (code, message, status,
+                                                                     detail)
