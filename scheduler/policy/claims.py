@@ -71,7 +71,7 @@ def honour_claims(snapshot: Snapshot, ledger: Ledger) -> Honoured:
         if not still or any(ledger.holder.get((c.node, i)) not in still for i in busy):
             continue  # the victims are gone, or someone else holds a claimed GPU
         claim = Claim(job.id, c.node, tuple(c.gpu_indices), tuple(c.victims), c.grant)
-        lost = [v for v in still if not ledger.running[v].preempting]
+        lost = [v for v in still if v not in ledger.victims]  # not stopping, not asked yet
         ledger.claim(job, claim)
         out.handled.add(job.id)
         out.reasons[job.id] = reasons.preempting(still)

@@ -59,6 +59,10 @@ class Pass:
     #: Pool name -> how many jobs it still holds.
     _count: dict[int | None, int] = field(default_factory=dict)
     _failed: set[tuple[object, ...]] = field(default_factory=set)
+    #: Node -> how many claims were booked there this pass: a plan made before is stale.
+    _version: dict[str, int] = field(default_factory=dict)
+    #: (request key, node) -> (the node's version, the plan there or None).
+    _plans: dict[tuple[object, ...], tuple[int, _Plan | None]] = field(default_factory=dict)
     _rights: dict[str, tuple[GrantScope, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -93,7 +97,7 @@ class Pass:
                    tuple(s.id for s in rights))
             if key in self._failed:
                 continue
-            plan = self._best(job, rights)
+            plan = self._best(job, rights, key)
             if plan is None:
                 self._failed.add(key)
                 continue
@@ -108,15 +112,29 @@ class Pass:
                 s for s in self.scopes if s.is_grantee(job))
         return found
 
-    def _best(self, job: JobView, rights: tuple[GrantScope, ...]) -> _Plan | None:
+    def _best(self, job: JobView, rights: tuple[GrantScope, ...],
+              key: tuple[object, ...]) -> _Plan | None:
+        """The best node's plan. A node's plan depends only on the request (``key``) and on
+        the node, which changes only when a claim is booked there: plans are cached per node
+        until then (jobs of one shape ask again and again). The budget (need_g) changes
+        everywhere, so it is checked here, not cached."""
         pools = [self.pools[None], *(self.pools[s.id] for s in rights)]
         nodes = sorted({n for p in pools for n, ids in p.items() if ids})
         best: _Plan | None = None
+        plans, version, need = self._plans, self._version, self.need
         for node in nodes:
-            on_node = sorted({v for p in pools for v in p.get(node, ())},
-                             key=self._victim_order)
-            plan = self._plan(job, node, on_node, rights)
-            if plan is not None and (best is None or plan.score < best.score):
+            ver = version.get(node, 0)
+            hit = plans.get((key, node))
+            if hit is not None and hit[0] == ver:
+                plan = hit[1]
+            else:
+                on_node = sorted({v for p in pools for v in p.get(node, ())},
+                                 key=self._victim_order)
+                plan = self._plan(job, node, on_node, rights)
+                plans[(key, node)] = (ver, plan)
+            if plan is None or any(n > need[g] for g, n in plan.reclaimed.items()):
+                continue
+            if best is None or plan.score < best.score:
                 best = plan
         return best
 
@@ -160,8 +178,6 @@ class Pass:
                 break
         else:
             return None
-        if any(n > self.need[g] for g, n in reclaimed.items()):
-            return None
         return _Plan(node, victims, tuple(sorted(gpus)), reclaimed, (victim_gpus, len(victims)))
 
     def _book(self, job: JobView, plan: _Plan, rights: tuple[GrantScope, ...]) -> None:
@@ -185,6 +201,7 @@ class Pass:
                     ids.remove(v)
                     self._count[name] -= 1
         ledger.claim(job, claim)
+        self._version[plan.node] = self._version.get(plan.node, 0) + 1
         for s in self._grants_of(job):
             mine = set(s.gpus.get(plan.node, ()))
             self.need[s.id] = max(0, self.need[s.id] - sum(g in mine for g in plan.gpus))
