@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -17,16 +18,24 @@ from cli.when import EXAMPLES, WhenType, iso_utc
 
 #: Fields left out of diffs: they change without an admin changing anything.
 NOISY = frozenset({"usage", "last_used_at"})
+#: Fields left out of a new object's summary: the target names it, the entry says who and
+#: when.
+NOT_NEW = frozenset({"id", "created_at", "created_by", "state_reason"})
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d")
 #: The longest value shown in a diff, characters; longer ones end in "...".
 VALUE_CHARS = 40
 SERVER_LIMIT = 100
 
 
 def value_text(value: Any) -> str:
-    """``-`` for null, strings as they are (quoted when empty or with spaces), the rest as
-    compact JSON; cut at ``VALUE_CHARS``."""
+    """``-`` for null, times in local time, strings as they are (quoted when empty or with
+    spaces), the rest as compact JSON; cut at ``VALUE_CHARS``."""
     if value is None:
         return "-"
+    if isinstance(value, str) and _ISO_TIME.match(value):
+        return local_time(value, "%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, str):
         text = repr(value) if not value or any(c.isspace() for c in value) else value
     else:
@@ -40,14 +49,14 @@ def _keys(*dicts: Mapping[str, Any]) -> list[str]:
 
 
 def changes_text(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> str:
-    """``shares: 1 -> 3; default_qos: - -> high``; for a new object its fields
-    ``new: name=qlab parent=root``; ``removed`` for one that is gone."""
+    """``shares: 1 -> 3; default_qos: - -> high``; for a new object its fields that are
+    set ``new: name=qlab parent=root``; ``removed`` for one that is gone."""
     if before is None and after is None:
         return ""
     if before is None:
         assert after is not None
         fields = [f"{k}={value_text(after[k])}" for k in _keys(after)
-                  if after[k] not in (None, "", [], {})]
+                  if k not in NOT_NEW and after[k] not in (None, "", [], {}, False)]
         return "new: " + " ".join(fields)
     if after is None:
         return "removed"

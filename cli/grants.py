@@ -32,7 +32,9 @@ def _when(option: str, text: str | None, now: datetime) -> datetime | None:
 
 def window(start_text: str | None, end_text: str | None, for_s: int | None,
            now: datetime) -> tuple[datetime | None, datetime]:
-    """``(start, end)`` from the options; start ``None``: now, by the server's clock."""
+    """``(start, end)`` from the options; start ``None``: now, by the server's clock. A
+    window given by its length (``--for``) that starts now starts at ``now``, to the
+    second, so that it is exactly that long."""
     if end_text is not None and for_s is not None:
         raise click.UsageError("give --end or --for, not both")
     if end_text is None and for_s is None:
@@ -41,6 +43,8 @@ def window(start_text: str | None, end_text: str | None, for_s: int | None,
     start = _when("--start", start_text, now)
     if start_text is not None and start_text.strip().lower() == "now":
         start = None
+    if start is None and for_s is not None:
+        start = now.replace(microsecond=0)
     end = _when("--end", end_text, now) if end_text else \
         (start or now) + timedelta(seconds=for_s or 0)
     assert end is not None

@@ -19,14 +19,18 @@ def test_changes_text() -> None:
     assert changes_text(before, after) == \
         "shares: 1 -> 3; default_qos: - -> high; description: '' -> 'quantum lab'"
     assert changes_text(before, dict(before)) == "no change"
-    assert changes_text(None, {"name": "qlab", "parent": "root", "description": "",
-                               "nodes": [], "gpus": 8}) == "new: name=qlab parent=root gpus=8"
+    assert changes_text(None, {"id": 3, "name": "qlab", "parent": "root", "description": "",
+                               "nodes": [], "gpus": 8, "retired": False,
+                               "created_at": "2025-01-01T00:00:00Z"}) == \
+        "new: name=qlab parent=root gpus=8"
     assert changes_text({"name": "x"}, None) == "removed"
     assert changes_text(None, None) == ""
 
 
-def test_value_text() -> None:
+def test_value_text(utc: None) -> None:
     assert value_text(["high"]) == '["high"]'
+    assert value_text("2025-01-01T12:00:00.123456Z") == "2025-01-01 12:00:00"
+    assert (value_text(5000.0), value_text(0.5), value_text(True)) == ("5000", "0.5", "true")
     assert value_text({"b": 1, "a": True}) == '{"a":true,"b":1}'
     assert value_text("x" * 50) == "x" * 37 + "..."
     assert value_text("evil\x1b[2J") == "evil?[2J"
@@ -45,7 +49,7 @@ def test_audit_table_and_filters(api: FakeApi, admin, utc: None) -> None:
     out = admin("audit").stdout.splitlines()
     assert out[0].split() == ["TIME", "ACTOR", "ACTION", "TARGET", "CHANGES"]
     assert out[1].split() == ["2025-01-01", "12:00:00", "root", "grant.create", "grant:1",
-                              "new:", "id=1", "account=qlab", "kind=reservation", "gpus=8"]
+                              "new:", "account=qlab", "kind=reservation", "gpus=8"]
     assert out[2].split(None, 5)[2:] == [
         "alice", "user.update", "user:bob",
         'disabled: false -> true; allowed_qos: [] -> ["high"]']
