@@ -1,5 +1,7 @@
 """Bearer tokens: random secrets, stored only as SHA-256 hashes, each with one role.
 
+A token may expire (``expires_at``); a disabled user's tokens stop working.
+
 Roles (least privilege): ``user`` submits and manages its own jobs; ``admin`` manages
 accounts, users, tokens and every job; ``node`` does worker calls for its own node only.
 """
@@ -66,11 +68,31 @@ def issue_token(
     return row, secret
 
 
-def authenticate(session: Session, secret: str, *, now: datetime) -> Principal | None:
+class AuthError(Exception):
+    """A token that does not (or no longer) work; the message says why, for the caller."""
+
+
+def check_token(session: Session, secret: str, *, now: datetime) -> Principal:
+    """The caller behind ``secret``, or ``AuthError``: unknown or revoked, expired, or its
+    user disabled."""
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
     if row is None or row.revoked_at is not None:
-        return None
+        raise AuthError("invalid or revoked token")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise AuthError(f"token expired on {row.expires_at.strftime('%Y-%m-%dT%H:%M:%SZ')}; "
+                        f"ask an admin for a new one")
+    if row.user is not None and row.user.disabled_at is not None:
+        raise AuthError(f"user {row.user.name} is disabled; ask an admin")
     # Touch last_used at most once a minute: no write on every request.
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
         row.last_used_at = now
     return Principal(role=row.role, token_id=row.id, user=row.user, node=row.node)
+
+
+def authenticate(session: Session, secret: str, *, now: datetime) -> Principal | None:
+    """The caller behind ``secret``, or None if the token does not work (see
+    ``check_token`` for why)."""
+    try:
+        return check_token(session, secret, now=now)
+    except AuthError:
+        return None

@@ -32,3 +32,15 @@ class NotFound(ServiceError):
 
 class Conflict(ServiceError):
     status = 409
+
+
+class Overcommitted(Conflict):
+    """A reservation grant that does not fit beside the others: 409 with the grants it
+    conflicts with, ``{"message": ..., "conflicts": [grant ids]}``."""
+
+    def __init__(self, message: str, *, conflicts: list[int]) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts
+
+    def detail(self) -> object:
+        return {"message": self.message, "conflicts": self.conflicts}

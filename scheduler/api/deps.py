@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from scheduler.auth import Principal, authenticate
+from scheduler.auth import AuthError, Principal, check_token
 from scheduler.context import Context
+from scheduler.services.audit import Actor
 
 _bearer = HTTPBearer(auto_error=False, description="a gpuq token: gpuq_...")
 
@@ -25,15 +26,25 @@ def get_principal(
 ) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer":
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    with ctx.transaction() as session:
-        principal = authenticate(session, creds.credentials, now=ctx.clock())
-        if principal is not None and principal.user is not None:
-            # Load what the routes read, while the session is open.
-            _ = [m.account.name for m in principal.user.memberships]
-            _ = principal.user.default_account
-    if principal is None:
-        raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        with ctx.transaction() as session:
+            principal = check_token(session, creds.credentials, now=ctx.clock())
+            if principal.user is not None:
+                _load_accounts(principal)
+    except AuthError as e:
+        raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
     return principal
+
+
+def _load_accounts(principal: Principal) -> None:
+    """Load what the routes read of the caller's accounts (each up to root: the default
+    QOS is inherited), while the session is open."""
+    user = principal.user
+    assert user is not None
+    accounts = [m.account for m in user.memberships] + [user.default_account]
+    for acct in accounts:
+        while acct is not None:
+            acct = acct.parent
 
 
 def require(*roles: str):  # noqa: ANN201 - a dependency factory
@@ -50,3 +61,13 @@ UserOrAdmin = Annotated[Principal, Depends(require("user", "admin"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
 NodeCaller = Annotated[Principal, Depends(require("node"))]
 AnyCaller = Annotated[Principal, Depends(get_principal)]
+
+
+def get_actor(principal: Admin) -> Actor:
+    """Who an admin change is audited as: the user behind the token, and the token."""
+    name = principal.user.name if principal.user is not None else principal.role
+    return Actor(name, principal.token_id)
+
+
+#: An admin caller, as the audit log names it (use it instead of ``Admin`` on changes).
+AdminActor = Annotated[Actor, Depends(get_actor)]

@@ -11,7 +11,8 @@ def test_account_tree(api: Api) -> None:
     accts = {a["name"]: a for a in api.ok("GET", "/v1/admin/accounts", api.admin)}
     assert accts["root"]["parent"] is None
     assert accts["physics"] == {"name": "physics", "parent": "root", "shares": 40,
-                                "description": ""}
+                                "description": "", "default_qos": None, "retired": False,
+                                "retired_at": None}
     assert accts["qlab"]["parent"] == "physics"
 
 

@@ -1,16 +1,21 @@
-"""/v1/admin: accounts, users, tokens (admin tokens only)."""
+"""/v1/admin: accounts, users, memberships, tokens, node drains, usage import (admin
+tokens only). Every change is audited (see ``routes/audit.py``); grants are in
+``routes/grants.py``."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from sqlalchemy import select
+from typing import Annotated, Any
 
-from scheduler.api.deps import Admin, Ctx
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+
+from scheduler.api.deps import Admin, AdminActor, Ctx
 from scheduler.api.schemas import (
     AccountCreate,
     AccountRead,
+    AccountUpdate,
     MembershipCreate,
+    MembershipUpdate,
     NodeDrain,
     NodeRead,
     TokenCreate,
@@ -22,57 +27,270 @@ from scheduler.api.schemas import (
     UserRead,
     UserUpdate,
 )
-from scheduler.db.models import ApiToken, User
 from scheduler.services import admin as svc
 from scheduler.services import nodes
+from scheduler.services.audit import record
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
-@router.post("/accounts", status_code=201, response_model=AccountRead)
-def create_account(body: AccountCreate, ctx: Ctx, _: Admin) -> AccountRead:
-    """Create an account under ``parent`` (default: root) with raw ``shares``."""
+def ex(summary: str, value: Any) -> dict[str, Any]:
+    """One OpenAPI request example."""
+    return {"summary": summary, "value": value}
+
+
+AccountName = Annotated[str, Path(description="an account name", examples=["qlab"])]
+UserName = Annotated[str, Path(description="a user name", examples=["alice"])]
+NodeName = Annotated[str, Path(description="a node (host) name", examples=["gpu01"])]
+
+# --- accounts ---------------------------------------------------------------------------
+
+
+@router.post("/accounts", status_code=201, response_model=AccountRead,
+             summary="Create an account")
+def create_account(
+    body: Annotated[AccountCreate, Body(openapi_examples={
+        "lab": ex("a lab under a department", {"name": "qlab", "parent": "physics",
+                                               "shares": 30, "description": "Quantum lab"}),
+        "parent": ex("a sub-group that is not a fair-share level of its own",
+                     {"name": "qlab-students", "parent": "qlab", "shares": "parent"}),
+    })],
+    ctx: Ctx, actor: AdminActor,
+) -> AccountRead:
+    """Create an account under ``parent`` (default: root) with raw ``shares`` (or
+    "parent"), and optionally the ``default_qos`` of its jobs. Audited as account.create."""
     with ctx.transaction() as session:
-        return svc.account_read(svc.create_account(session, body, now=ctx.clock()))
+        return svc.account_read(svc.create_account(session, body, actor=actor,
+                                                   now=ctx.clock()))
 
 
-@router.get("/accounts", response_model=list[AccountRead])
-def list_accounts(ctx: Ctx, _: Admin) -> list[AccountRead]:
+@router.get("/accounts", response_model=list[AccountRead], summary="List accounts")
+def list_accounts(
+    ctx: Ctx, _: Admin,
+    include_retired: Annotated[bool, Query(description="list retired accounts too",
+                                           examples=[True])] = False,
+) -> list[AccountRead]:
+    """Every account of the tree (``parent`` null: root), retired ones only if asked."""
     with ctx.transaction() as session:
-        return [svc.account_read(a) for a in svc.list_accounts(session)]
+        return [svc.account_read(a)
+                for a in svc.list_accounts(session, include_retired=include_retired)]
 
 
-@router.post("/users", status_code=201, response_model=UserRead)
-def create_user(body: UserCreate, ctx: Ctx, _: Admin) -> UserRead:
-    """Create a user in ``account`` (its default account) with ``shares`` there."""
+@router.patch("/accounts/{name}", response_model=AccountRead, summary="Change or move an account")
+def update_account(
+    name: AccountName,
+    body: Annotated[AccountUpdate, Body(openapi_examples={
+        "move": ex("move it (and all below it) under another account", {"parent": "physics"}),
+        "shares": ex("give it more shares", {"shares": 50}),
+        "qos": ex("jobs that name no QOS run preemptible", {"default_qos": "preemptible"}),
+    })],
+    ctx: Ctx, actor: AdminActor,
+) -> AccountRead:
+    """Change only the fields given. ``parent`` moves the account with everything below
+    it; a move under itself or its own subtree is refused (422, field parent); root never
+    moves. Audited as account.update."""
     with ctx.transaction() as session:
-        return svc.user_read(svc.create_user(session, body, now=ctx.clock()))
+        acct = svc.account_or_404(session, name)
+        return svc.account_read(svc.update_account(session, acct, body, actor=actor,
+                                                   now=ctx.clock()))
 
 
-@router.patch("/users/{name}", response_model=UserRead)
-def update_user(name: str, body: UserUpdate, ctx: Ctx, _: Admin) -> UserRead:
-    """Change a user's Unix account mapping (``unix_user``; null: the same name) or admin
-    flag."""
+@router.delete("/accounts/{name}", response_model=AccountRead, summary="Retire an account")
+def retire_account(name: AccountName, ctx: Ctx, actor: AdminActor) -> AccountRead:
+    """Retire an account: it takes no new jobs and leaves the fair-share tree; its
+    history stays. Refused (409, naming them) while it has live child accounts, pending or
+    running jobs, or grants that have not ended. Retiring twice changes nothing. Audited
+    as account.retire."""
+    with ctx.transaction() as session:
+        acct = svc.account_or_404(session, name)
+        out = svc.account_read(svc.retire_account(session, acct, actor=actor,
+                                                  now=ctx.clock()))
+    ctx.wake()
+    return out
+
+
+# --- users and memberships --------------------------------------------------------------
+
+
+@router.post("/users", status_code=201, response_model=UserRead, summary="Create a user")
+def create_user(
+    body: Annotated[UserCreate, Body(openapi_examples={
+        "user": ex("a lab member", {"name": "alice", "account": "qlab", "shares": 1}),
+        "unix": ex("runs as another Unix account on root workers",
+                   {"name": "bob", "account": "qlab", "unix_user": "bsmith"}),
+    })],
+    ctx: Ctx, actor: AdminActor,
+) -> UserRead:
+    """Create a user in ``account`` (its default account) with ``shares`` there. Audited
+    as user.create."""
+    with ctx.transaction() as session:
+        return svc.user_read(svc.create_user(session, body, actor=actor, now=ctx.clock()))
+
+
+@router.get("/users", response_model=list[UserRead], summary="List users")
+def list_users(ctx: Ctx, _: Admin) -> list[UserRead]:
+    """Every user with its accounts, flags and allowed QOS."""
+    with ctx.transaction() as session:
+        return [svc.user_read(u) for u in svc.list_users(session)]
+
+
+@router.get("/users/{name}", response_model=UserRead, summary="Show a user")
+def get_user(name: UserName, ctx: Ctx, _: Admin) -> UserRead:
+    """One user with its accounts (memberships and their shares)."""
+    with ctx.transaction() as session:
+        return svc.user_read(svc.user_by_name(session, name))
+
+
+@router.patch("/users/{name}", response_model=UserRead, summary="Change a user")
+def update_user(
+    name: UserName,
+    body: Annotated[UserUpdate, Body(openapi_examples={
+        "disable": ex("disable: its tokens stop working, its jobs stay", {"disabled": True}),
+        "default": ex("jobs that name no account go to ilab", {"default_account": "ilab"}),
+        "qos": ex("may submit with QOS high", {"allowed_qos": ["high"]}),
+        "unix": ex("map to another Unix account", {"unix_user": "asmith"}),
+    })],
+    ctx: Ctx, actor: AdminActor,
+) -> UserRead:
+    """Change only the fields given: ``unix_user`` (null: the same name), ``admin``,
+    ``disabled`` (its tokens answer 401 until re-enabled; its jobs stay),
+    ``default_account`` (must be one of its accounts, 422 field default_account),
+    ``allowed_qos``. Admins cannot disable themselves. Audited as user.update."""
     with ctx.transaction() as session:
         user = svc.user_by_name(session, name)
-        return svc.user_read(svc.update_user(session, user, body))
+        return svc.user_read(svc.update_user(session, user, body, actor=actor,
+                                             now=ctx.clock()))
 
 
-@router.post("/nodes/{name}/drain", response_model=NodeRead)
-def drain_node(name: str, body: NodeDrain, ctx: Ctx, _: Admin) -> NodeRead:
-    """Drain a node: running jobs finish, nothing new starts, until it is resumed."""
+@router.post("/users/{name}/accounts", status_code=201, response_model=UserRead,
+             summary="Add a user to an account")
+def add_account(
+    name: UserName,
+    body: Annotated[MembershipCreate, Body(openapi_examples={
+        "member": ex("alice also works for ilab", {"account": "ilab", "shares": 2}),
+    })],
+    ctx: Ctx, actor: AdminActor,
+) -> UserRead:
+    """Add the user to another account (a user may belong to several). Audited as
+    membership.create (target ``user:alice/account:ilab``)."""
     with ctx.transaction() as session:
-        nodes.drain(session, nodes.get_node(session, name), reason=body.reason)
+        user = svc.user_by_name(session, name)
+        return svc.user_read(svc.add_membership(session, user, body, actor=actor,
+                                                now=ctx.clock()))
+
+
+@router.patch("/users/{name}/accounts/{account}", response_model=UserRead,
+              summary="Change a user's shares in an account")
+def update_membership(
+    name: UserName, account: AccountName,
+    body: Annotated[MembershipUpdate, Body(openapi_examples={
+        "shares": ex("more shares within the account", {"shares": 3}),
+        "parent": ex("share the account's level with its parent", {"shares": "parent"}),
+    })],
+    ctx: Ctx, actor: AdminActor,
+) -> UserRead:
+    """Set the user's raw shares in ``account``. Audited as membership.update."""
+    with ctx.transaction() as session:
+        user = svc.user_by_name(session, name)
+        svc.update_membership(session, user, account, body, actor=actor, now=ctx.clock())
+        return svc.user_read(user)
+
+
+@router.delete("/users/{name}/accounts/{account}", response_model=UserRead,
+               summary="Remove a user from an account")
+def delete_membership(name: UserName, account: AccountName, ctx: Ctx,
+                      actor: AdminActor) -> UserRead:
+    """Remove the user from ``account``. Refused (409) if it is the user's default account
+    or the user has pending or running jobs there. Audited as membership.delete."""
+    with ctx.transaction() as session:
+        user = svc.user_by_name(session, name)
+        return svc.user_read(svc.delete_membership(session, user, account, actor=actor,
+                                                   now=ctx.clock()))
+
+
+# --- tokens -----------------------------------------------------------------------------
+
+
+@router.post("/tokens", status_code=201, response_model=TokenCreated, summary="Create a token")
+def create_token(
+    body: Annotated[TokenCreate, Body(openapi_examples={
+        "user": ex("a user token for 90 days",
+                   {"role": "user", "user": "alice", "expires_in_s": 7776000,
+                    "description": "alice's laptop"}),
+        "node": ex("a worker's token", {"role": "node", "node": "gpu01"}),
+        "admin": ex("an admin token", {"role": "admin", "user": "bob"}),
+    })],
+    ctx: Ctx, actor: AdminActor,
+) -> TokenCreated:
+    """Create a token; the secret is in this answer only (only its hash is stored).
+    ``expires_in_s``: it stops working after that many seconds (401 "token expired on
+    ..."). Audited as token.create (without the secret)."""
+    with ctx.transaction() as session:
+        now = ctx.clock()
+        row, secret = svc.create_token(session, body, actor=actor, now=now)
+        return TokenCreated(token=secret, **svc.token_read(row, now=now))
+
+
+@router.get("/tokens", response_model=list[TokenRead], summary="List tokens")
+def list_tokens(ctx: Ctx, _: Admin) -> list[TokenRead]:
+    """Every token (never its secret): owner, role, last use, expiry, revoked."""
+    with ctx.transaction() as session:
+        now = ctx.clock()
+        return [TokenRead(**svc.token_read(r, now=now)) for r in svc.list_tokens(session)]
+
+
+@router.delete("/tokens/{token_id}", response_model=TokenRead, summary="Revoke a token")
+def revoke_token(
+    token_id: Annotated[int, Path(description="the token's id (GET /v1/admin/tokens)",
+                                  examples=[12])],
+    ctx: Ctx, actor: AdminActor,
+) -> TokenRead:
+    """Revoke a token at once; revoking twice changes nothing. Audited as token.revoke."""
+    with ctx.transaction() as session:
+        now = ctx.clock()
+        return TokenRead(**svc.token_read(svc.revoke_token(session, token_id, actor=actor,
+                                                           now=now), now=now))
+
+
+# --- nodes ------------------------------------------------------------------------------
+
+
+@router.post("/nodes/{name}/drain", response_model=NodeRead, summary="Drain a node")
+def drain_node(
+    name: NodeName,
+    body: Annotated[NodeDrain, Body(openapi_examples={
+        "repair": ex("before a repair", {"reason": "replacing GPU 3"}),
+    })],
+    ctx: Ctx, actor: AdminActor,
+) -> NodeRead:
+    """Drain a node: running jobs finish, nothing new starts, until it is resumed.
+    Audited as node.drain."""
+    with ctx.transaction() as session:
+        node = nodes.get_node(session, name)
+        before = _node_audit(node)
+        nodes.drain(session, node, reason=body.reason)
+        record(session, actor=actor, action="node.drain", target=f"node:{name}",
+               now=ctx.clock(), before=before, after=_node_audit(node))
     return _node(ctx, name)
 
 
-@router.post("/nodes/{name}/resume", response_model=NodeRead)
-def resume_node(name: str, ctx: Ctx, _: Admin) -> NodeRead:
-    """End a drain: the node takes new jobs again."""
+@router.post("/nodes/{name}/resume", response_model=NodeRead, summary="Resume a node")
+def resume_node(name: NodeName, ctx: Ctx, actor: AdminActor) -> NodeRead:
+    """End a drain: the node takes new jobs again. Audited as node.resume."""
     with ctx.transaction() as session:
-        nodes.resume(session, nodes.get_node(session, name))
+        node = nodes.get_node(session, name)
+        before = _node_audit(node)
+        nodes.resume(session, node)
+        record(session, actor=actor, action="node.resume", target=f"node:{name}",
+               now=ctx.clock(), before=before, after=_node_audit(node))
     ctx.wake()
     return _node(ctx, name)
+
+
+def _node_audit(node: Any) -> dict[str, object]:
+    """What a drain changes (a node's read model also has live GPU samples)."""
+    return {"name": node.name, "state": node.state, "drain": bool(node.drain),
+            "drain_reason": node.drain_reason or ""}
 
 
 def _node(ctx: Ctx, name: str) -> NodeRead:
@@ -80,12 +298,15 @@ def _node(ctx: Ctx, name: str) -> NodeRead:
         return next(n for n in nodes.list_nodes(session) if n.name == name)
 
 
+# --- usage ------------------------------------------------------------------------------
+
 USAGE_EXAMPLE_CSV = "user,account,billed_seconds,end_time\nalice,qlab,36000,2026-10-01T00:00:00Z\n"
 
 
 @router.post(
     "/usage/import",
     response_model=UsageImportResult,
+    summary="Import usage history",
     openapi_extra={"requestBody": {"content": {
         "application/json": {"schema": {"type": "array", "items": {
             "$ref": "#/components/schemas/UsageImport"}},
@@ -93,17 +314,19 @@ USAGE_EXAMPLE_CSV = "user,account,billed_seconds,end_time\nalice,qlab,36000,2026
                          "end_time": "2026-10-01T00:00:00Z"}]},
         "text/csv": {"schema": {"type": "string"}, "example": USAGE_EXAMPLE_CSV}}}},
 )
-async def import_usage(request: Request, ctx: Ctx, _: Admin) -> UsageImportResult:
+async def import_usage(request: Request, ctx: Ctx, actor: AdminActor) -> UsageImportResult:
     """Import usage history (a lab moving from another scheduler keeps its fair share):
     a JSON list, or CSV with the header ``user,account,billed_seconds[,end_time]``. Each
-    record decays from its end time (default now). All records are imported, or none."""
+    record decays from its end time (default now). All records are imported, or none.
+    Audited as usage.import."""
     from starlette.concurrency import run_in_threadpool
 
     records = parse_usage(await request.body(), request.headers.get("content-type", ""))
 
     def work() -> UsageImportResult:
         with ctx.transaction() as session:
-            return svc.import_usage(session, records, now=ctx.clock(), settings=ctx.settings)
+            return svc.import_usage(session, records, actor=actor, now=ctx.clock(),
+                                    settings=ctx.settings)
 
     out = await run_in_threadpool(work)
     ctx.wake()
@@ -133,38 +356,3 @@ def parse_usage(body: bytes, content_type: str) -> list[UsageImport]:
         raise RequestValidationError(
             [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
         ) from None
-
-
-@router.post("/users/{name}/accounts", status_code=201, response_model=UserRead)
-def add_account(name: str, body: MembershipCreate, ctx: Ctx, _: Admin) -> UserRead:
-    """Add the user to another account (a user may belong to several)."""
-    with ctx.transaction() as session:
-        user = svc.user_by_name(session, name)
-        return svc.user_read(svc.add_membership(session, user, body))
-
-
-@router.get("/users", response_model=list[UserRead])
-def list_users(ctx: Ctx, _: Admin) -> list[UserRead]:
-    with ctx.transaction() as session:
-        return [svc.user_read(u) for u in session.scalars(select(User).order_by(User.id))]
-
-
-@router.post("/tokens", status_code=201, response_model=TokenCreated)
-def create_token(body: TokenCreate, ctx: Ctx, _: Admin) -> TokenCreated:
-    """Create a token; the secret is in this answer only."""
-    with ctx.transaction() as session:
-        row, secret = svc.create_token(session, body, now=ctx.clock())
-        return TokenCreated(token=secret, **svc.token_read(row))
-
-
-@router.get("/tokens", response_model=list[TokenRead])
-def list_tokens(ctx: Ctx, _: Admin) -> list[TokenRead]:
-    with ctx.transaction() as session:
-        rows = session.scalars(select(ApiToken).order_by(ApiToken.id))
-        return [TokenRead(**svc.token_read(r)) for r in rows]
-
-
-@router.delete("/tokens/{token_id}", response_model=TokenRead)
-def revoke_token(token_id: int, ctx: Ctx, _: Admin) -> TokenRead:
-    with ctx.transaction() as session:
-        return TokenRead(**svc.token_read(svc.revoke_token(session, token_id, now=ctx.clock())))
