@@ -97,3 +97,15 @@ def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
     with TestClient(create_app(ctx)) as client:
         yield Api(client, ctx, clock, dispatcher, bearer(token))
     ctx.sessions.kw["bind"].dispose()
+
+
+def audit_entries(api: Api, **filters: Any) -> list[dict[str, Any]]:
+    """The audit log, newest first, with query filters (``action="grant"`` ...)."""
+    return api.ok("GET", "/v1/admin/audit", api.admin, params=filters)
+
+
+def last_audit(api: Api, action: str) -> dict[str, Any]:
+    """The newest audit entry of ``action`` (there must be one)."""
+    entries = audit_entries(api, action=action, limit=1)
+    assert entries, f"no audit entry for {action}"
+    return entries[0]

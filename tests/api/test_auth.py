@@ -151,3 +151,55 @@ def test_whoami(api: Api, world: dict) -> None:
     assert me == {"role": "user", "user": "alice", "node": None, "admin": False,
                   "accounts": ["lab1"], "default_account": "lab1"}
     assert api.ok("GET", "/v1/whoami", world["gpu01"])["node"] == "gpu01"
+
+
+def test_a_token_works_until_it_expires(api: Api, world: dict) -> None:
+    tok = api.ok("POST", "/v1/admin/tokens", api.admin, 201,
+                 json={"role": "user", "user": "alice", "expires_in_s": 3600})
+    assert tok["expires_at"] == "2026-01-01T01:00:00Z" and tok["expired"] is False
+    h = bearer(tok["token"])
+    api.clock.advance(3599)
+    assert api.client.get("/v1/jobs", headers=h).status_code == 200
+    api.clock.advance(1)
+    r = api.client.get("/v1/jobs", headers=h)
+    assert r.status_code == 401
+    assert r.json()["detail"] == ("token expired on 2026-01-01T01:00:00Z; ask an admin for "
+                                  "a new one")
+    listed = {t["id"]: t for t in api.ok("GET", "/v1/admin/tokens", api.admin)}
+    assert listed[tok["id"]]["expired"] is True
+    # Tokens without an expiry never expire.
+    api.clock.advance(10 * 365 * 86400)
+    assert api.client.get("/v1/jobs", headers=world["alice"]).status_code == 200
+
+
+def test_expiry_is_at_least_a_minute(api: Api, world: dict) -> None:
+    r = api.client.post("/v1/admin/tokens", headers=api.admin,
+                        json={"role": "user", "user": "alice", "expires_in_s": 10})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "expires_in_s"]
+
+
+def test_a_disabled_users_tokens_stop_working_until_re_enabled(api: Api, world: dict) -> None:
+    job = api.submit(world["alice"])
+    u = api.ok("PATCH", "/v1/admin/users/alice", api.admin, json={"disabled": True})
+    assert u["disabled"] is True
+    for method, url in [("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/v1/whoami")]:
+        r = api.client.request(method, url, headers=world["alice"],
+                               json={"command": ["true"], "workdir": "/tmp"})
+        assert r.status_code == 401, (url, r.text)
+        assert r.json()["detail"] == "user alice is disabled; ask an admin"
+    # Its jobs are kept; other users are not affected.
+    assert api.job(job["id"])["state"] == "PENDING"
+    assert api.client.get("/v1/jobs", headers=world["bob"]).status_code == 200
+    api.ok("PATCH", "/v1/admin/users/alice", api.admin, json={"disabled": False})
+    assert api.client.get("/v1/jobs", headers=world["alice"]).status_code == 200
+    api.submit(world["alice"])
+
+
+def test_a_disabled_admins_admin_token_stops_working(api: Api, world: dict) -> None:
+    ops = api.user("ops", "lab1", admin=True)
+    assert api.client.get("/v1/admin/users", headers=ops).status_code == 200
+    api.ok("PATCH", "/v1/admin/users/ops", api.admin, json={"disabled": True})
+    assert api.client.get("/v1/admin/users", headers=ops).status_code == 401
+    # An admin cannot lock itself out.
+    r = api.client.patch("/v1/admin/users/admin", headers=api.admin, json={"disabled": True})
+    assert r.status_code == 409 and "yourself" in r.text
