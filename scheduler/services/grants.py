@@ -5,9 +5,9 @@ revoke, usage; and what the scheduling loop calls each cycle (``refresh_states``
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from scheduler import grants as pure
@@ -138,9 +138,17 @@ def as_reservation(grant: Grant) -> pure.Reservation:
                             nodes=tuple(grant.nodes or ()))
 
 
+#: PostgreSQL advisory lock key: one reservation check at a time ("gpuq" + 1).
+_RESERVATION_LOCK = 0x67707571_0001
+
+
 def check_overcommit(session: Session, new: pure.Reservation, *, now: datetime) -> None:
     """Raise ``Overcommitted`` if ``new`` does not fit beside the reservation grants that
-    overlap it (scheduled or active, not revoked, not expired)."""
+    overlap it (scheduled or active, not revoked, not expired). Two admins creating
+    reservations at once are checked one after the other: on PostgreSQL a transaction
+    lock (SQLite transactions already take the write lock when they begin)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _RESERVATION_LOCK})
     q = select(Grant).where(Grant.kind == RESERVATION, Grant.revoked_at.is_(None),
                             Grant.start_at < new.end, Grant.end_at > new.start,
                             Grant.end_at > now)
@@ -282,8 +290,7 @@ def refresh_states(session: Session, now: datetime, settings: Settings | None = 
                 grant.exhausted_at = now
         state, reason = pure.state_at(grant, now)
         if state == grant.state:
-            if reason != grant.state_reason and state != pure.ACTIVE:
-                grant.state_reason = reason
+            grant.state_reason = reason
             continue
         before = before or grant_read(session, grant, now=now, live=False)
         action = {pure.ACTIVE: "grant.activate", pure.EXPIRED: "grant.expire"}.get(state)
@@ -328,9 +335,7 @@ def next_change(session: Session, now: datetime) -> datetime | None:
 
 
 def _aware(t: datetime) -> datetime:
-    # func.min() bypasses the column type: SQLite hands back naive UTC (or a string).
-    from datetime import UTC
-
+    # In case an aggregate bypasses the column type: SQLite keeps naive UTC (or a string).
     if isinstance(t, str):
         t = datetime.fromisoformat(t)
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

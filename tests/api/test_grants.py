@@ -397,3 +397,35 @@ def test_a_share_grants_budget_runs_out(cluster: Api) -> None:
     entry = audit_entries(api, action="grant.expire")[0]
     assert entry["actor"] == "gpuq"
     assert entry["after"]["state_reason"] == "budget of 3 billed GPU-hours used up"
+
+
+def test_two_reservations_at_once_are_checked_one_after_the_other(cluster: Api) -> None:
+    """Two admins creating reservations at the same moment cannot both get the last GPUs:
+    the second check waits for the first transaction and then sees its grant."""
+    import threading
+
+    from scheduler.api.schemas import GrantCreate
+    from scheduler.errors import Overcommitted
+    from scheduler.services.audit import Actor
+
+    api = cluster
+    body = GrantCreate(account="lab1", kind="reservation", gpus=5,
+                       end=T0 + timedelta(hours=10))
+    results: list[object] = []
+
+    def second() -> None:
+        try:
+            with api.ctx.transaction() as s2:
+                grant_service.create_grant(s2, body, actor=Actor("bob"), now=api.clock())
+            results.append("created")
+        except Overcommitted as e:
+            results.append(e.conflicts)
+
+    with api.ctx.transaction() as s:
+        first = grant_service.create_grant(s, body, actor=Actor("admin"), now=api.clock())
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive()  # waiting for this transaction
+    thread.join(30)
+    assert results == [[first.id]]
