@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     worker_allow_root_jobs: bool = False
     #: Seconds between SIGTERM and SIGKILL when a job is cancelled or hits its time limit.
     kill_grace_s: float = 10.0
+    #: CPUs and memory (MiB) the node offers to jobs; 0: all the host has.
+    worker_cpus: int = Field(0, ge=0)
+    worker_memory_mib: int = Field(0, ge=0)
     #: A cgroup2 directory under which each job run gets ``gpuq/<node>/job-<id>.<attempt>``
     #: (so every process of a job is killed with it). ``auto``: ``/sys/fs/cgroup`` when it is
     #: cgroup2, else ``/sys/fs/cgroup/unified`` (hybrid hosts); empty: no cgroups. Without

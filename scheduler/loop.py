@@ -14,12 +14,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from scheduler.context import Context
-from scheduler.db.models import GpuAllocation, Job, Node, SchedulerState
-from scheduler.policy import Decisions, schedule
+from scheduler.db.models import GpuAllocation, Grant, Job, JobEvent, Node, SchedulerState
+from scheduler.policy import Decisions, Snapshot, schedule
+from scheduler.services import grants as grant_service
 from scheduler.services.nodes import mark_down
 from scheduler.snapshot import build_snapshot
 from scheduler.states import JobState, NodeState, set_pending_reason, transition
@@ -37,7 +38,11 @@ class CycleResult:
     started: list[tuple[int, str]] = field(default_factory=list)  # (job id, node)
     dropped: list[int] = field(default_factory=list)  # starts that no longer held
     nodes_down: list[str] = field(default_factory=list)
-    kills: list[tuple[int, str]] = field(default_factory=list)
+    kills: list[tuple[int, str]] = field(default_factory=list)  # (job id, node)
+    #: Jobs asked to stop for another's sake this cycle: (victim id, node, for job id).
+    preempted: list[tuple[int, str, int]] = field(default_factory=list)
+    #: When a grant starts or ends next (the loop wakes then).
+    next_grant_change: datetime | None = None
 
 
 def _take_lock(session: Session) -> bool:
@@ -47,7 +52,8 @@ def _take_lock(session: Session) -> bool:
                                 {"k": LOCK_KEY}).scalar())
 
 
-def _apply(session: Session, decisions: Decisions, now, result: CycleResult) -> None:  # noqa: ANN001
+def _apply(session: Session, decisions: Decisions, now: datetime, result: CycleResult,
+           snapshot: Snapshot | None = None) -> None:
     """Re-check every start against the current rows before committing it (Nomad's
     plan applier): the job is still pending, the node still up, its GPUs still free."""
     for start in decisions.starts:
@@ -80,6 +86,10 @@ def _apply(session: Session, decisions: Decisions, now, result: CycleResult) -> 
                    reason=f"dispatched to {node.name} GPUs [{gpus}]")
         result.started.append((job.id, node.name))
     started = {j for j, _ in result.started}
+    _apply_preemptions(session, decisions, now, result)
+    if snapshot is not None:  # what the jobs held before: claims and borrowing labels
+        _apply_claims(session, snapshot, decisions, started)
+        _apply_borrowing(session, snapshot, decisions, started, now)
     for job_id, reason in decisions.pending_reasons.items():
         if job_id in started:
             continue
@@ -88,6 +98,68 @@ def _apply(session: Session, decisions: Decisions, now, result: CycleResult) -> 
             continue
         set_pending_reason(job, reason)
         _record_priority(job, decisions, job_id)
+
+
+def _apply_preemptions(session: Session, decisions: Decisions, now: datetime,
+                       result: CycleResult) -> None:
+    """Ask each victim's node to stop it (SIGTERM, the grace period, SIGKILL); its end
+    report makes it PREEMPTED and requeues it. A victim that ended or was cancelled
+    meanwhile is left alone."""
+    for p in decisions.preemptions:
+        job = session.get(Job, p.victim_id, populate_existing=True,
+                          with_for_update={"key_share": True})
+        if (job is None or job.state not in (JobState.DISPATCHED.value, JobState.RUNNING.value)
+                or job.preempt_requested_at is not None or job.cancel_requested_at is not None
+                or job.node is None):
+            continue
+        job.preempt_requested_at = now
+        job.preempt_reason = p.reason[:256]
+        session.add(JobEvent(job_id=job.id, time=now, old_state=job.state,
+                             new_state=job.state, reason=f"preemption requested: {p.reason}"[:256]))
+        if p.grant is not None:
+            session.execute(update(Grant).where(Grant.id == p.grant)
+                            .values(preemptions=Grant.preemptions + 1))
+        result.preempted.append((job.id, job.node.name, p.for_job))
+
+
+def _apply_claims(session: Session, snapshot: Snapshot, decisions: Decisions,
+                  started: set[int]) -> None:
+    """Keep each pending job's claim as the policy says (new, kept or dropped)."""
+    had = {j.id for j in snapshot.pending if j.claim is not None}
+    for job_id in had | set(decisions.claims):
+        job = session.get(Job, job_id)
+        if job is None:
+            continue
+        c = decisions.claims.get(job_id)
+        want = None if c is None or job_id in started else {
+            "node": c.node, "gpus": list(c.gpu_indices), "victims": list(c.victims),
+            "grant": c.grant}
+        if job.claim != want:
+            job.claim = want
+
+
+def _apply_borrowing(session: Session, snapshot: Snapshot, decisions: Decisions,
+                     started: set[int], now: datetime) -> None:
+    """Label the jobs that run on idle GPUs of another account's reservation (they may be
+    preempted); an event when a job starts or stops borrowing."""
+    before = {j.id: (j.borrowed_grant, j.borrowed_gpus) for j in snapshot.running}
+    active = set(before) | started
+    for job_id in active:
+        b = decisions.borrowing.get(job_id)
+        want = (b.grant, b.gpus) if b is not None else (None, 0)
+        if before.get(job_id, (None, 0)) == want:
+            continue
+        job = session.get(Job, job_id)
+        if job is None or job.state not in (JobState.DISPATCHED.value, JobState.RUNNING.value):
+            continue
+        old_grant = job.borrowed_grant_id
+        job.borrowed_grant_id, job.borrowed_gpus = want
+        if want[0] != old_grant:
+            why = (f"borrowing {want[1]} idle GPU{'s' if want[1] != 1 else ''} reserved by "
+                   f"grant {want[0]}: may be preempted when its account needs them"
+                   if want[0] is not None else f"no longer borrowing GPUs of grant {old_grant}")
+            session.add(JobEvent(job_id=job.id, time=now, old_state=job.state,
+                                 new_state=job.state, reason=why))
 
 
 def _record_priority(job: Job, decisions: Decisions, job_id: int) -> None:
@@ -128,10 +200,16 @@ def cycle(ctx: Context) -> CycleResult:
                                  reason=f"no heartbeat for {secs} s"):
                 log.warning("job %s: NODE_FAIL on %s", job.id, node.name)
             result.nodes_down.append(node.name)
+        grant_service.refresh_states(session, now, ctx.settings)
         if _charge_due(session, now, ctx.settings.usage_charge_interval_s):
             charge(session, now=now, settings=ctx.settings)
-        decisions = schedule(build_snapshot(session, now, ctx.settings))
-        _apply(session, decisions, now, result)
+        snapshot = build_snapshot(session, now, ctx.settings)
+        decisions = schedule(snapshot)
+        _apply(session, decisions, now, result, snapshot)
+        result.next_grant_change = grant_service.next_change(session, now)
+    for job_id, node, for_job in result.preempted:
+        log.info("job %s on %s: preempting for job %s", job_id, node, for_job)
+        ctx.dispatcher.kill(node, job_id)
     for job_id, node in result.started:
         ctx.dispatcher.launch(node, job_id)
     if result.started or result.nodes_down:
@@ -165,15 +243,21 @@ class SchedulerLoop:
 
     def _run(self) -> None:
         settings = self.ctx.settings
+        wait_s = settings.schedule_interval_s
         while not self._stop.is_set():
-            woken = self._wake.wait(settings.schedule_interval_s)
+            woken = self._wake.wait(wait_s)
             if self._stop.is_set():
                 return
             if woken:
                 time.sleep(settings.schedule_coalesce_s)
             self._wake.clear()
+            wait_s = settings.schedule_interval_s
             try:
-                cycle(self.ctx)
+                result = cycle(self.ctx)
+                if result.next_grant_change is not None:
+                    # A grant starts or ends sooner than the timer: wake on time for it.
+                    until = (result.next_grant_change - self.ctx.clock()).total_seconds()
+                    wait_s = min(wait_s, max(until, 0.0) + 0.01)
             except Exception:
                 log.exception("scheduling cycle failed; retrying at the next wake-up")
                 self._stop.wait(1.0)

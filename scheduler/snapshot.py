@@ -13,13 +13,17 @@ from scheduler.db.models import Account, Job, Membership, Node, User
 from scheduler.policy import (
     AccountView,
     AssocView,
+    ClaimView,
     GpuView,
+    GrantView,
     JobView,
     NodeView,
     PolicyConfig,
     Snapshot,
 )
+from scheduler.policy.grants import boost_shares
 from scheduler.policy.usage import billed_seconds
+from scheduler.services import grants as grant_service
 from scheduler.states import ACTIVE, JobState, NodeState
 
 
@@ -43,7 +47,22 @@ def job_view(job: Job, users: dict[int, str], accounts: dict[int, str],
         gpu_indices=tuple(job.gpu_indices or ()) if running else (),
         started_at=(job.started_at or job.dispatched_at or job.submitted_at).timestamp()
         if running else None,
+        requeue=job.requeue,
+        borrowed_grant=job.borrowed_grant_id if running else None,
+        borrowed_gpus=job.borrowed_gpus if running else 0,
+        preempting=running and job.preempt_requested_at is not None,
+        claim=claim_view(job.claim) if not running and job.claim else None,
     )
+
+
+def claim_view(claim: dict) -> ClaimView | None:  # type: ignore[type-arg]
+    try:
+        return ClaimView(node=str(claim["node"]),
+                         gpu_indices=tuple(int(i) for i in claim["gpus"]),
+                         victims=tuple(int(v) for v in claim.get("victims") or ()),
+                         grant=int(claim["grant"]) if claim.get("grant") is not None else None)
+    except (KeyError, TypeError, ValueError):
+        return None  # not a claim this version wrote: the policy makes a new one
 
 
 def policy_config(settings: Settings) -> PolicyConfig:
@@ -58,10 +77,14 @@ def policy_config(settings: Settings) -> PolicyConfig:
     )
 
 
-def tree_views(session: Session) -> tuple[tuple[AccountView, ...], tuple[AssocView, ...],
-                                          dict[tuple[str, str], float]]:
-    """The accounts tree, the user associations and their decayed usage."""
-    accts = list(session.scalars(select(Account).order_by(Account.id)))
+def tree_views(session: Session, now: datetime | None = None
+               ) -> tuple[tuple[AccountView, ...], tuple[AssocView, ...],
+                          dict[tuple[str, str], float]]:
+    """The accounts tree, the user associations and their decayed usage. With ``now``,
+    the shares of accounts with an active share grant are raised by it."""
+    # Retired accounts have no jobs (retiring needs that) and leave the tree.
+    accts = list(session.scalars(select(Account).where(Account.retired_at.is_(None))
+                                 .order_by(Account.id)))
     names = {a.id: a.name for a in accts}
     accounts = tuple(AccountView(a.name, names.get(a.parent_id or 0), a.shares, a.shares_parent)
                      for a in accts)
@@ -71,8 +94,12 @@ def tree_views(session: Session) -> tuple[tuple[AccountView, ...], tuple[AssocVi
                            .order_by(Membership.id))
     assocs, usage = [], {}
     for user, account_id, shares, parent, used in rows:
+        if account_id not in names:
+            continue
         assocs.append(AssocView(user, names[account_id], shares, parent))
         usage[(user, names[account_id])] = used
+    if now is not None:
+        accounts = boost_shares(accounts, grant_service.share_boosts(session, now))
     return accounts, tuple(assocs), usage
 
 
@@ -127,7 +154,10 @@ def build_snapshot(session: Session, now: datetime, settings: Settings | None = 
     jobs = list(session.scalars(select(Job).where(Job.state.in_(states))))
     active = [j for j in jobs if j.state != JobState.PENDING.value]
     pending = [j for j in jobs if j.state == JobState.PENDING.value]
-    accounts, assocs, usage = tree_views(session)
+    accounts, assocs, usage = tree_views(session, now)
+    grants = tuple(GrantView(id=gid, account=acct, gpus=gpus, gpu_model=model,
+                             nodes=tuple(nodes))
+                   for gid, acct, gpus, model, nodes in grant_service.reservations(session, now))
     for job in active:
         key = (users.get(job.user_id, ""), account_names.get(job.account_id, ""))
         if key in usage:
@@ -141,4 +171,5 @@ def build_snapshot(session: Session, now: datetime, settings: Settings | None = 
         assocs=assocs,
         usage=usage,
         config=policy_config(settings),
+        grants=grants,
     )

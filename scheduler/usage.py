@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from scheduler.config import Settings
-from scheduler.db.models import Job, Membership, SchedulerState, UsageRecord
+from scheduler.db.models import Grant, Job, Membership, SchedulerState, UsageRecord
 from scheduler.policy.usage import billed_seconds, decay_factor
 from scheduler.states import JobState
 
@@ -56,6 +56,10 @@ def charge_job(session: Session, job: Job, *, until: datetime, settings: Setting
                             start=start, end=until, gpu_seconds=job.gpus * seconds,
                             billed_seconds=billed, gpu_model=model))
     job.charged_until = until
+    if job.borrowed_grant_id is not None and job.borrowed_gpus:
+        # Borrowed of a reservation grant: `gpuq admin grants` shows it.
+        session.execute(update(Grant).where(Grant.id == job.borrowed_grant_id).values(
+            borrowed_gpu_seconds=Grant.borrowed_gpu_seconds + job.borrowed_gpus * seconds))
     return billed
 
 

@@ -58,7 +58,8 @@ class Daemon:
     def register(self) -> RegisterReply | None:
         """Register, retrying until the server answers (``None`` if stopped first).
         A refused token (401/403) is not retried: it raises ``ApiError``."""
-        body = registration(self.backend)
+        body = registration(self.backend, cpus=self.settings.worker_cpus,
+                            memory=self.settings.worker_memory_mib)
         delay_s = 1.0
         while not self.stop.is_set():
             try:

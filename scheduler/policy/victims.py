@@ -6,18 +6,22 @@ Who may preempt whom:
 - a job of the preemptible QOS never preempts;
 - any other job (of a known QOS, asking for GPUs) may preempt running preemptible-QOS jobs
   anywhere;
-- a grantee of a reservation grant g with need_g > 0 may also preempt the jobs labelled
-  as borrowers of g this cycle, reclaiming from non-preemptible borrowers at most need_g
-  GPUs in all (need_g shrinks by every claim of a grantee on g's GPUs).
+- a grantee of a reservation grant g with need_g > 0 may also preempt the jobs of other
+  accounts that hold GPUs g covers, reclaiming from non-preemptible ones at most need_g
+  GPUs in all (need_g shrinks by every claim of a grantee on g's GPUs). The reservation
+  floats (N GPUs anywhere in its scope), so the borrowers' labels fall where they fall;
+  a grantee job that needs its GPUs on one node takes them there, the labelled borrowers
+  first, then the others by the order below. It never gets more than the reservation.
 
 Jobs already being preempted are never chosen again. The job goes to the node (UP, big
 enough, in name order) where its free unclaimed GPUs plus its victims' GPUs suffice, and
 the victims' CPUs and memory cover what the node lacks, with the fewest victim GPUs, then
-the fewest victims. Victims on a node are taken preemptible QOS first, then the latest
-started, then the higher id, until the job fits. A node where the job fits without any
-victim is skipped: the inner policy kept it off there on purpose (a hold, or the backfill
-reservation), and preemption does not override priority. The claim is exactly ``job.gpus``
-GPUs: the free ones first (lowest indices), then the victims' in victim order.
+the fewest victims. Victims on a node are taken preemptible QOS first, then borrowers
+(labelled), then the latest started, then the higher id, until the job fits. A node where
+the job fits without any victim is skipped: the inner policy kept it off there on purpose
+(a hold, or the backfill reservation), and preemption does not override priority. The
+claim is exactly ``job.gpus`` GPUs: the free ones first (lowest indices), then the
+victims' in victim order.
 
 Failures are cached by (shape, grants it may reclaim): victims and GPUs only get fewer as
 the pass goes, so a request that failed fails again. The pass stops when no candidate
@@ -64,18 +68,24 @@ class Pass:
     #: (request key, node) -> (the node's version, the plan there or None).
     _plans: dict[tuple[object, ...], tuple[int, _Plan | None]] = field(default_factory=dict)
     _rights: dict[str, tuple[GrantScope, ...]] = field(default_factory=dict)
+    #: Grant id -> the jobs in its pool (the jobs a grantee of it may reclaim from).
+    _members: dict[int, set[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         pools: dict[int | None, dict[str, list[int]]] = {None: {}}
+        members: dict[int, set[int]] = {}
         for job in self.ledger.running.values():  # id order
             if job.id in self.ledger.victims or job.node not in self.ledger.views:
                 continue
             if job.qos == PREEMPTIBLE_QOS:
                 pools[None].setdefault(job.node, []).append(job.id)
-            label = self.labels.get(job.id)
-            if label is not None:
-                pools.setdefault(label.grant, {}).setdefault(job.node, []).append(job.id)
+            for scope in self.scopes:  # other accounts' jobs on GPUs the grant covers
+                covered = scope.gpus.get(job.node, ())
+                if not scope.is_grantee(job) and any(g in covered for g in job.gpu_indices):
+                    pools.setdefault(scope.id, {}).setdefault(job.node, []).append(job.id)
+                    members.setdefault(scope.id, set()).add(job.id)
         self.pools = pools
+        self._members = members
         self._count = {p: sum(map(len, by_node.values())) for p, by_node in pools.items()}
 
     def _left(self, pool: int | None) -> bool:
@@ -138,10 +148,18 @@ class Pass:
                 best = plan
         return best
 
-    def _victim_order(self, v: int) -> tuple[bool, float, int]:
+    def _victim_order(self, v: int) -> tuple[bool, bool, float, int]:
         job = self.ledger.running[v]
         started = job.started_at if job.started_at is not None else self.ledger.now
-        return (job.qos != PREEMPTIBLE_QOS, -started, -v)
+        return (job.qos != PREEMPTIBLE_QOS, v not in self.labels, -started, -v)
+
+    def _reclaims_for(self, v: int, right_ids: set[int]) -> int | None:
+        """The grant (of the claimant's) whose reservation taking ``v`` reclaims: the one
+        it is labelled for, else the first whose pool holds it; None: a QOS preemption."""
+        label = self.labels.get(v)
+        if label is not None and label.grant in right_ids:
+            return label.grant
+        return next((g for g in sorted(right_ids) if v in self._members.get(g, ())), None)
 
     def _plan(self, job: JobView, node: str, on_node: list[int],
               rights: tuple[GrantScope, ...]) -> _Plan | None:
@@ -168,10 +186,9 @@ class Pass:
             mine = [g for g in sorted(victim.gpu_indices) if g in usable
                     and (node, g) not in ledger.claimed][: job.gpus - len(gpus)]
             gpus.extend(mine)
-            label = self.labels.get(v)
-            if (mine and label is not None and label.grant in right_ids
-                    and victim.qos != PREEMPTIBLE_QOS):
-                reclaimed[label.grant] = reclaimed.get(label.grant, 0) + len(mine)
+            grant = self._reclaims_for(v, right_ids)
+            if mine and grant is not None and victim.qos != PREEMPTIBLE_QOS:
+                reclaimed[grant] = reclaimed.get(grant, 0) + len(mine)
             if (len(gpus) >= job.gpus
                     and (not view.cpus or ledger.free_cpus[node] + cpus >= job.cpus)
                     and (not view.memory_mib or ledger.free_mem[node] + mem >= job.memory_mib)):
@@ -183,15 +200,14 @@ class Pass:
     def _book(self, job: JobView, plan: _Plan, rights: tuple[GrantScope, ...]) -> None:
         ledger = self.ledger
         right_ids = {s.id for s in rights}
-        grants = sorted({lab.grant for v in plan.victims
-                         if (lab := self.labels.get(v)) is not None and lab.grant in right_ids})
+        grants = sorted({g for v in plan.victims
+                         if (g := self._reclaims_for(v, right_ids)) is not None})
         claim = Claim(job.id, plan.node, plan.gpus, tuple(plan.victims),
                       grants[0] if grants else None)
         for v in plan.victims:
-            lab = self.labels.get(v)
-            if lab is not None and lab.grant in right_ids:
-                grant: int | None = lab.grant
-                why = reasons.preempted_for_grant(job, lab.grant)
+            grant: int | None = self._reclaims_for(v, right_ids)
+            if grant is not None:
+                why = reasons.preempted_for_grant(job, grant)
             else:
                 grant, why = None, reasons.preempted_for_qos(job, ledger.running[v].qos)
             self.preemptions.append(Preemption(v, job.id, plan.node, grant, why))

@@ -47,6 +47,27 @@ def _account_for(session: Session, user: User, name: str | None) -> Account:
     return member_of[name]
 
 
+#: QOS a user needs an admin's permission for (``User.allowed_qos``).
+RESTRICTED_QOS = frozenset({"high"})
+
+
+def default_qos(account: Account) -> str:
+    """The account's default QOS, else the nearest ancestor's, else normal."""
+    node: Account | None = account
+    while node is not None:
+        if node.default_qos:
+            return node.default_qos
+        node = node.parent
+    return "normal"
+
+
+def check_qos(principal: Principal, user: User, qos: str) -> None:
+    if qos in RESTRICTED_QOS and not principal.is_admin and qos not in (user.allowed_qos or []):
+        raise Forbidden(f"QOS {qos!r} is limited to users an admin allowed; ask an admin "
+                        f"(gpuq admin user set {user.name} --allow-qos {qos}) or use normal "
+                        f"or preemptible", field="qos")
+
+
 def check_runnable(session: Session, spec: JobCreate) -> None:
     """Refuse a job that no registered node could ever run, saying why."""
     nodes = [n for n in node_views(session, []) if n.state != NodeState.UNKNOWN.value]
@@ -91,7 +112,14 @@ def submit(session: Session, principal: Principal, spec: JobCreate, *, now: date
     if spec.nice < 0 and not principal.is_admin:
         raise Invalid("only admins may give a negative nice (it raises priority)",
                       field="nice")
+    if user.disabled_at is not None:
+        raise Forbidden(f"user {user.name} is disabled; ask an admin")
     account = _account_for(session, user, spec.account)
+    if account.retired_at is not None:
+        raise Invalid(f"account {account.name!r} is retired and takes no new jobs; choose "
+                      f"another", field="account")
+    qos = spec.qos or default_qos(account)
+    check_qos(principal, user, qos)
     limit = spec.time_limit_s or settings.default_time_limit_s
     if limit > settings.max_time_limit_s:
         raise Invalid(f"{limit} s is over the maximum time limit of "
@@ -113,6 +141,7 @@ def submit(session: Session, principal: Principal, spec: JobCreate, *, now: date
         time_limit_s=limit,
         requeue=spec.requeue,
         nice=spec.nice,
+        qos=qos,
         state=JobState.PENDING.value,
         reason="Submitted",
         gpu_indices=[],
@@ -215,6 +244,12 @@ def to_read(job: Job, principal: Principal, *, events: list[JobEvent] | None = N
         qos=job.qos,
         priority_factors=job.priority_factors,
         estimated_start=job.estimated_start,
+        preemptions=job.preemptions,
+        borrowed_grant=job.borrowed_grant_id,
+        borrowed_gpus=job.borrowed_gpus,
+        preempt_requested=job.preempt_requested_at is not None,
+        preempt_reason=job.preempt_reason,
+        claim=job.claim,
         submitted_at=job.submitted_at,
         dispatched_at=job.dispatched_at,
         started_at=job.started_at,

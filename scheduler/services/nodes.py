@@ -96,6 +96,8 @@ def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
         if job.cancel_requested_at is not None:
             transition(session, job, JobState.CANCELLED, now=now,
                        reason="cancelled before the node started it")
+        elif job.preempt_requested_at is not None:
+            end_preempted(session, job, now=now, how="gone from its node", settings=settings)
         elif job.state == JobState.RUNNING.value:
             transition(session, job, JobState.NODE_FAIL, now=now,
                        reason=f"{node.name} no longer has the job")
@@ -112,6 +114,9 @@ def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
         if (job is None or job.node_id != node.id or job.attempt != attempt
                 or job.state in TERMINAL or job.cancel_requested_at is not None):
             kill.append(JobRef(job_id=job_id, attempt=attempt))
+        elif job.preempt_requested_at is not None:
+            kill.append(JobRef(job_id=job_id, attempt=attempt,
+                               grace_s=settings.preempt_grace_s))
     return HeartbeatReply(launch=sorted(launch),
                           kill=sorted(kill, key=lambda r: (r.job_id, r.attempt)))
 
@@ -154,7 +159,7 @@ def job_for_node(session: Session, node: Node, job_id: int, *, lock: bool = Fals
     return job
 
 
-def launch_spec(job: Job) -> LaunchSpec:
+def launch_spec(job: Job, settings: Settings | None = None) -> LaunchSpec:
     uuids = {g.index: g.uuid for g in job.node.gpus} if job.node else {}
     return LaunchSpec(
         job_id=job.id, attempt=job.attempt, name=job.name, user=job.user.name,
@@ -164,10 +169,14 @@ def launch_spec(job: Job) -> LaunchSpec:
         environment=dict(job.environment or {}), gpu_indices=list(job.gpu_indices or []),
         gpu_uuids=[uuids.get(i, "") for i in job.gpu_indices or []],
         cpus=job.cpus, memory_mib=job.memory_mib, time_limit_s=job.time_limit_s,
+        preempt_requested=job.preempt_requested_at is not None,
+        kill_grace_s=(settings or Settings()).preempt_grace_s
+        if job.preempt_requested_at is not None else None,
     )
 
 
-def report_state(session: Session, job: Job, body: JobStateReport, *, now: datetime) -> str:
+def report_state(session: Session, job: Job, body: JobStateReport, *, now: datetime,
+                 settings: Settings | None = None) -> str:
     """Apply a node's report. Repeats, late reports and reports about an earlier attempt
     are accepted and change nothing."""
     if body.attempt != job.attempt:
@@ -177,6 +186,11 @@ def report_state(session: Session, job: Job, body: JobStateReport, *, now: datet
         return job.state
     if new == JobState.RUNNING and job.state != JobState.DISPATCHED.value:
         return job.state  # a late RUNNING after the end, or before dispatch: ignore
+    if (new != JobState.RUNNING and job.preempt_requested_at is not None
+            and job.cancel_requested_at is None):
+        end_preempted(session, job, now=now, how=body.reason or new.value.lower(),
+                      settings=settings or Settings())
+        return job.state
     reason = body.reason or {
         JobState.RUNNING: "started",
         JobState.COMPLETED: "exit code 0",
@@ -189,6 +203,23 @@ def report_state(session: Session, job: Job, body: JobStateReport, *, now: datet
     except InvalidTransition:
         log.info("job %s: ignoring %s report in state %s", job.id, new, job.state)
     return job.state
+
+
+def end_preempted(session: Session, job: Job, *, now: datetime, how: str,
+                  settings: Settings) -> None:
+    """A job being preempted stopped (whatever its exit: a job that checkpoints and exits
+    0 on SIGTERM was still preempted): PREEMPTED, then back to the queue unless it asked
+    not to be requeued. Its usage is charged up to now first."""
+    from scheduler.usage import charge_job
+
+    if job.state == JobState.RUNNING.value:
+        charge_job(session, job, until=now, settings=settings)
+    job.preemptions += 1
+    transition(session, job, JobState.PREEMPTED, now=now,
+               reason=f"{job.preempt_reason or 'preempted'} ({how})"[:256])
+    if job.requeue:
+        requeue(session, job, now=now,
+                reason=f"requeued after preemption (attempt {job.attempt} stopped)")
 
 
 def list_nodes(session: Session) -> list[NodeRead]:

@@ -95,7 +95,7 @@ def test_heartbeat_marks_running_and_kills_unknown(api: Api, alice: dict[str, st
     job_id, h = _dispatched(api, alice)
     reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h, json={"jobs": [
         {"job_id": job_id, "state": "RUNNING"}, {"job_id": 4242, "state": "RUNNING"}]})
-    assert reply == {"launch": [], "kill": [{"job_id": 4242, "attempt": 1}]}
+    assert reply == {"launch": [], "kill": [{"job_id": 4242, "attempt": 1, "grace_s": None}]}
     assert api.job(job_id)["state"] == "RUNNING"
 
 
@@ -105,7 +105,7 @@ def test_heartbeat_kills_a_job_the_db_says_is_over(api: Api, alice: dict[str, st
     api.ok("POST", f"/v1/jobs/{job_id}/cancel", alice)
     reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h,
                    json={"jobs": [{"job_id": job_id, "state": "RUNNING"}]})
-    assert reply["kill"] == [{"job_id": job_id, "attempt": 1}]
+    assert reply["kill"] == [{"job_id": job_id, "attempt": 1, "grace_s": None}]
 
 
 def test_heartbeat_without_a_running_job_fails_it(api: Api, alice: dict[str, str]) -> None:
@@ -135,7 +135,7 @@ def test_missed_heartbeats_end_jobs_that_do_not_requeue(api: Api,
     # It comes back with its next heartbeat, and the dead job is killed if it still runs.
     reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h,
                    json={"jobs": [{"job_id": job_id, "state": "RUNNING"}]})
-    assert reply["kill"] == [{"job_id": job_id, "attempt": 1}]
+    assert reply["kill"] == [{"job_id": job_id, "attempt": 1, "grace_s": None}]
     assert api.ok("GET", "/v1/nodes", alice)[0]["state"] == "UP"
 
 
@@ -160,7 +160,7 @@ def test_a_requeued_job_runs_elsewhere_and_the_duplicate_is_killed(
     # gpu01 comes back still running attempt 1: that duplicate is killed.
     reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h1,
                    json={"jobs": [{"job_id": job_id, "attempt": 1, "state": "RUNNING"}]})
-    assert reply["kill"] == [{"job_id": job_id, "attempt": 1}]
+    assert reply["kill"] == [{"job_id": job_id, "attempt": 1, "grace_s": None}]
     # Its late reports change nothing, and the old node cannot read the job any more.
     r = api.client.post(f"/v1/nodes/gpu01/jobs/{job_id}/events", headers=h1,
                         json={"attempt": 1, "state": "FAILED", "exit_code": 1})

@@ -27,14 +27,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(pred: Callable[[], Any], timeout_s: float = 30.0, what: str = "") -> Any:
+def wait_for(pred: Callable[[], Any], timeout_s: float = 30.0,
+             what: str | Callable[[], str] = "") -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = pred()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what or pred}")
+    raise AssertionError(f"timed out after {timeout_s} s waiting for "
+                         f"{(what() if callable(what) else what) or pred}")
 
 
 def base_env(home: Path) -> dict[str, str]:

@@ -269,3 +269,37 @@ class TestNothingChangesWithoutGrants:
             d = schedule(snap(nodes, jobs, policy=policy, **extra))  # type: ignore[arg-type]
             assert d.starts == plain.starts and d.order == plain.order
             assert d.pending_reasons == plain.pending_reasons
+
+
+class TestFloatingReservation:
+    """A reservation of N GPUs anywhere: the borrowers' labels fall where they fall, but a
+    grantee job needing its GPUs on one node takes them there from any job of another
+    account, borrowers first, never more than the reservation's lent-out GPUs."""
+
+    grant = GrantView(3, "qlab", gpus=4)
+    #: Two 4-GPU nodes full of another lab's 1-GPU jobs; the newest are on both nodes.
+    running = [make_running(10 + i, "ab"[i % 2] + "1", (i // 2,), account="other",
+                            started_at=NOW - 100 + i) for i in range(8)]
+
+    @pytest.mark.parametrize("policy", POLICIES)
+    def test_a_grantee_job_wanting_a_whole_node_gets_it(self, policy: str) -> None:
+        nodes = [busy("a1"), busy("b1")]
+        before = schedule(snap(nodes, [], self.running, [self.grant], policy))
+        assert sum(b.gpus for b in before.borrowing.values()) == 4
+        assert {r.node for r in self.running if r.id in before.borrowing} == {"a1", "b1"}
+        job = make_job(42, gpus=4, account="qlab")
+        d = schedule(snap(nodes, [job], self.running, [self.grant], policy))
+        assert 42 in d.claims and len(d.claims[42].gpu_indices) == 4
+        victims = {p.victim_id for p in d.preemptions}
+        assert len(victims) == 4 and all(p.grant == 3 for p in d.preemptions)
+        node = d.claims[42].node
+        labelled = {v for v in before.borrowing if
+                    next(r for r in self.running if r.id == v).node == node}
+        assert labelled <= victims  # the borrowers there go first
+
+    def test_never_more_than_the_reservation(self) -> None:
+        nodes = [busy("a1"), busy("b1")]
+        grant = GrantView(3, "qlab", gpus=2)
+        job = make_job(42, gpus=4, account="qlab")
+        d = schedule(snap(nodes, [job], self.running, [grant]))
+        assert d.claims == {} and d.preemptions == ()

@@ -234,3 +234,10 @@ def test_run_for_real(tmp_path: Path, http_server: str, server: Any, token: str,
     assert state is not None
     os.kill(state["supervisor_pid"], signal.SIGTERM)
     wait_for(lambda: (s := jd.read_json(job2 / jd.STATE)) and s["state"] == "CANCELLED")
+
+
+def test_registration_offers_the_configured_cpus_and_memory() -> None:
+    backend = SimulatedBackend("2xA100-80GB", node="n1")
+    assert registration(backend, cpus=64, memory=1024).cpus == 64
+    assert registration(backend, cpus=64, memory=1024).memory_mib == 1024
+    assert registration(backend).cpus >= 1

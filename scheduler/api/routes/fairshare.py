@@ -17,9 +17,10 @@ router = APIRouter(tags=["fair share"])
 @router.get("/v1/fairshare", response_model=list[FairShareRow])
 def fairshare(ctx: Ctx, _: UserOrAdmin) -> list[FairShareRow]:
     """Every account and user association: raw and normalised shares, raw (decayed) and
-    effective usage, LevelFS and the fair-share factor, in tree order."""
+    effective usage, LevelFS and the fair-share factor, in tree order. Raw shares include
+    active share grants."""
     with ctx.transaction() as session:
-        accounts, assocs, usage = tree_views(session)
+        accounts, assocs, usage = tree_views(session, ctx.clock())
     if ctx.settings.fairshare_algorithm == "classic":
         table = classic_fairshare(accounts, assocs, usage)
     else:

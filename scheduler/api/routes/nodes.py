@@ -21,7 +21,7 @@ from scheduler.auth import Principal
 from scheduler.dispatch import queue_name
 from scheduler.logstore import OffsetMismatch
 from scheduler.services import nodes as svc
-from scheduler.states import TERMINAL
+from scheduler.states import TERMINAL, JobState
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
 
@@ -68,7 +68,7 @@ def launch_spec(name: str, job_id: int, ctx: Ctx, principal: NodeCaller) -> Laun
     _own(principal, name)
     with ctx.transaction() as session:
         node = svc.get_or_create_node(session, name)
-        return svc.launch_spec(svc.job_for_node(session, node, job_id))
+        return svc.launch_spec(svc.job_for_node(session, node, job_id), settings=ctx.settings)
 
 
 @router.post("/{name}/jobs/{job_id}/events")
@@ -78,8 +78,8 @@ def job_event(name: str, job_id: int, body: JobStateReport, ctx: Ctx,
     with ctx.transaction() as session:
         node = svc.get_or_create_node(session, name)
         job = svc.job_for_node(session, node, job_id, lock=True)
-        state = svc.report_state(session, job, body, now=ctx.clock())
-    if state in TERMINAL:
+        state = svc.report_state(session, job, body, now=ctx.clock(), settings=ctx.settings)
+    if state in TERMINAL or state == JobState.PENDING.value:  # ended, or requeued
         ctx.wake()
     return {"state": state}
 
