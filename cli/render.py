@@ -211,7 +211,7 @@ def job_detail(job: Job, now: datetime) -> str:
     else:
         nice = int(job.get("nice") or 0)
         rows.append(("Priority", str(job.get("priority")) + (f" (nice {nice})" if nice else "")))
-    if job.get("estimated_start"):
+    if job.get("estimated_start") and job.get("state") == "PENDING":
         rows.append(("Est. start", estimate_text(job["estimated_start"], now)))
     if job.get("qos") and job["qos"] != "normal":  # normal: no line
         rows.append(("QOS", QOS_TEXT.get(job["qos"], str(job["qos"]))))
