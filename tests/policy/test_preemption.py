@@ -46,8 +46,8 @@ class TestGranteeReclaims:
         assert d.claims == {42: Claim(42, "n1", (0, 1), (10,), 3)}
         assert d.pending_reasons[42] == "Preempting: waiting for job 10 to stop (grace period)"
         assert d.starts == ()
-        # The claim counts as the grantee's: 2 of the 4 reserved GPUs are still lent.
-        assert d.borrowing == {10: Borrow(3, 2)}
+        # The claim counts as the grantee's; the victim is stopping: no one's borrower now.
+        assert d.borrowing == {}
 
     def test_a_job_of_a_sub_account_is_a_grantee(self) -> None:
         job = make_job(42, gpus=1, account="qsub")
