@@ -131,6 +131,10 @@ def build_job(params: dict[str, Any], *, command: list[str] | None, script: str 
               help="normal; preemptible (may run on idle reserved GPUs, is preempted first: "
                    "checkpoint on SIGTERM); high (if an admin allowed you) [the account's "
                    "default QOS, else normal].")
+@click.option("-a", "--array", metavar="INDICES",
+              help="A job array: the job once per index, e.g. 0-99, 1,3,5-7 or 0-99:5 "
+                   "(every 5th); each finds its index in $GPUQ_ARRAY_TASK_ID (and "
+                   "$SLURM_ARRAY_TASK_ID). All or none are submitted.")
 @click.option("--idempotency-key", metavar="KEY",
               help="Submitting twice with one key makes one job [a fresh one per call].")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
@@ -167,6 +171,9 @@ def submit(ctx: click.Context, env: Env, **params: Any) -> None:
             raise CliError(str(e), EXIT_USAGE) from e
     body = build_job(params, command=command, script=script, environ=dict(os.environ),
                      cwd=os.getcwd())
+    if params.get("array"):
+        _submit_array(env, body, params)
+        return
     with env.client() as api:
         job = api.post("/v1/jobs", body, what="job", idempotent=True)
     if params.get("as_json"):
@@ -176,3 +183,18 @@ def submit(ctx: click.Context, env: Env, **params: Any) -> None:
     else:
         qos = job.get("qos") or "normal"
         click.echo(f"Submitted job {job['id']}" + (f" (QOS {qos})" if qos != "normal" else ""))
+
+
+def _submit_array(env: Env, body: dict[str, Any], params: dict[str, Any]) -> None:
+    with env.client() as api:
+        out = api.post("/v1/jobs/array", {**body, "array": params["array"]},
+                       what="job array", idempotent=True)
+    if params.get("as_json"):
+        echo_json(out)
+    elif params.get("parsable"):
+        click.echo(out["array_job_id"])
+    else:
+        ids = out["ids"]
+        span = f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}-{ids[-1]}"
+        click.echo(f"Submitted array job {out['array_job_id']}: {len(ids)} job"
+                   f"{'s' if len(ids) != 1 else ''} (ids {span})")

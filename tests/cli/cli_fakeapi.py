@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from scheduler.api.array_schemas import JobArrayCreate
 from scheduler.api.routes.admin import parse_usage
 from scheduler.api.schemas import (
     FairShareRow,
@@ -125,6 +126,8 @@ class FakeApi:
     url: str = ""
     jobs: dict[int, dict[str, Any]] = field(default_factory=dict)
     keys: dict[str, int] = field(default_factory=dict)
+    #: Job arrays made, by their first job id (JobArrayRead).
+    arrays: dict[int, dict[str, Any]] = field(default_factory=dict)
     posts: list[dict[str, Any]] = field(default_factory=list)
     queries: list[list[tuple[str, str]]] = field(default_factory=list)
     #: Seconds to stall before answering each submit, popped in order (after creating).
@@ -222,6 +225,27 @@ def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract
         if state.post_delays:
             await asyncio.sleep(state.post_delays.pop(0))
         return state.jobs[jid]
+
+    @app.post("/v1/jobs/array", status_code=201)
+    async def submit_array(body: JobArrayCreate, request: Request,
+                           authorization: Auth = None) -> Any:
+        _role(authorization)
+        state.posts.append(await request.json())
+        seen = state.keys.get(body.idempotency_key or "")
+        if seen is not None:
+            return JSONResponse(state.arrays[seen], status_code=200)
+        ids = []
+        for index in body.indices:
+            jid = len(state.jobs) + 1
+            state.jobs[jid] = make_job(jid, name=f"{body.name or 'job'}[{index}]",
+                                       gpus=body.gpus)
+            ids.append(jid)
+        out = {"array_job_id": ids[0], "name": body.name or "job", "indices": body.indices,
+               "ids": ids}
+        if body.idempotency_key:
+            state.keys[body.idempotency_key] = ids[0]
+        state.arrays[ids[0]] = out
+        return out
 
     @app.get("/v1/jobs")
     def list_jobs(request: Request, authorization: Auth = None) -> list[dict[str, Any]]:

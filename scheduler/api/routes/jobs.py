@@ -7,8 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
+from scheduler.api.array_schemas import JobArrayCreate, JobArrayRead
 from scheduler.api.deps import Ctx, UserOrAdmin
 from scheduler.api.schemas import JobCreate, JobRead, WhyRead
+from scheduler.services import arrays
 from scheduler.services import jobs as svc
 from scheduler.states import ACTIVE, JobState
 
@@ -25,6 +27,22 @@ def submit_job(body: JobCreate, ctx: Ctx, principal: UserOrAdmin) -> Response | 
         job, created = svc.submit(session, principal, body, now=ctx.clock(),
                                   settings=ctx.settings)
         out = svc.to_read(job, principal)
+    if not created:
+        return JSONResponse(out.model_dump(mode="json"), status_code=200)
+    ctx.wake()
+    return out
+
+
+@router.post("/array", status_code=201, response_model=JobArrayRead,
+             responses={200: {"model": JobArrayRead, "description": "idempotent replay"}})
+def submit_array(body: JobArrayCreate, ctx: Ctx, principal: UserOrAdmin
+                 ) -> Response | JobArrayRead:
+    """Submit a job array (Slurm's ``--array``): the job once per index, all or none.
+    Each element has its index in ``GPUQ_ARRAY_TASK_ID`` (and ``SLURM_ARRAY_TASK_ID``).
+    With an ``idempotency_key`` seen before, returns that array (200)."""
+    with ctx.transaction() as session:
+        out, created = arrays.submit_array(session, principal, body, now=ctx.clock(),
+                                           settings=ctx.settings)
     if not created:
         return JSONResponse(out.model_dump(mode="json"), status_code=200)
     ctx.wake()

@@ -1,0 +1,139 @@
+"""What the service benchmarks share: a fresh PostgreSQL database, a Redis database, a real
+``gpuq server`` (and real workers) from the end-to-end harness, fake nodes that only talk
+HTTP, a light keep-alive HTTP client, percentiles, and the machine's description."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import create_engine, text
+
+from tests.e2e.conftest import Cluster, start_server
+
+PG_ADMIN_URL = os.environ.get("GPUQ_TEST_PG_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("GPUQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures come from (the load average says how busy it was)."""
+    return {"cpus": os.cpu_count(), "platform": platform.platform(terse=True),
+            "python": platform.python_version(), "loadavg_1m": round(os.getloadavg()[0], 2),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database (the server migrates it), dropped afterwards."""
+    name = f"gpuq_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def redis_broker(db: int) -> str:
+    """A Redis database of the benchmark's own, emptied first."""
+    import redis
+
+    url = REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@contextmanager
+def server(env: dict[str, str] | None = None, *, database: str = "postgresql",
+           broker: str = "redis", redis_db: int = 14) -> Iterator[Cluster]:
+    """A real ``gpuq server`` on PostgreSQL (or its default SQLite) with the Redis (or its
+    default filesystem) broker; stopped with its workers afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="gpuq-bench-"))
+    extra = dict(env or {})
+    if broker == "redis":
+        extra["GPUQ_BROKER_URL"] = redis_broker(redis_db)
+    with pg_database() if database == "postgresql" else _nothing() as url:
+        if url:
+            extra["GPUQ_DATABASE_URL"] = url
+        cluster = start_server(tmp, extra)
+        try:
+            yield cluster
+        finally:
+            for p in reversed(cluster.procs):
+                p.stop()
+
+
+@contextmanager
+def _nothing() -> Iterator[str]:
+    yield ""
+
+
+def fake_node(cluster: Cluster, name: str, gpus: int = 8,
+              model: str = "A100-80GB") -> str:
+    """Register a node that only talks HTTP (no worker process); returns its token."""
+    tok = cluster.admin("POST", "/v1/admin/tokens", json={"role": "node", "node": name})["token"]
+    body = {"cpus": 128, "memory_mib": 1024 * 1024, "gpu_backend": "simulated",
+            "gpus": [{"index": i, "uuid": f"GPU-{name}-{i}", "model": model,
+                      "memory_mib": 81920} for i in range(gpus)]}
+    with Http(cluster.url, tok) as h:
+        status, reply = h.request("POST", f"/v1/nodes/{name}/register", body)
+        assert status == 200, reply
+    return tok
+
+
+class Http:
+    """One keep-alive HTTP/1.1 connection (``http.client``: the lightest client at hand,
+    so that the benchmark's own CPU use stays small beside the server's)."""
+
+    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+        u = urlsplit(url)
+        self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+        self.headers = {"Authorization": f"Bearer {token}",
+                        "Content-Type": "application/json"}
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        self.conn.request(method, path, body=data, headers=self.headers)
+        r = self.conn.getresponse()
+        raw = r.read()
+        return r.status, json.loads(raw) if raw else None
+
+    def __enter__(self) -> Http:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (q in 0..100), nearest rank; 0 for no values."""
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
+
+
+def summary_ms(values_s: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values_s]
+    return {"n": len(ms), "p50_ms": round(statistics.median(ms), 2) if ms else 0.0,
+            "p95_ms": round(pct(ms, 95), 2), "p99_ms": round(pct(ms, 99), 2),
+            "max_ms": round(max(ms), 2) if ms else 0.0}
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"

@@ -1,0 +1,105 @@
+"""Job arrays: one request makes every element, or none (one transaction, bulk inserts)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import insert, or_, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from scheduler.api.array_schemas import JobArrayCreate, JobArrayRead
+from scheduler.auth import Principal
+from scheduler.config import Settings
+from scheduler.db.models import Job, JobEvent
+from scheduler.errors import Forbidden
+from scheduler.services.jobs import check_submit, job_fields
+from scheduler.states import JobState
+
+#: Between an array's idempotency key and an element's position in the element's own key.
+KEY_SEP = "#"
+
+
+def array_env(array_id: int, index: int, indices: list[int]) -> dict[str, str]:
+    """What an element finds in its environment (gpuq's names, and Slurm's for scripts
+    written for sbatch --array)."""
+    values = {"ARRAY_JOB_ID": str(array_id), "ARRAY_TASK_ID": str(index),
+              "ARRAY_TASK_COUNT": str(len(indices)), "ARRAY_TASK_MIN": str(indices[0]),
+              "ARRAY_TASK_MAX": str(indices[-1])}
+    env = {f"GPUQ_{k}": v for k, v in values.items()}
+    env["GPUQ_ARRAY_INDEX"] = str(index)
+    env.update({f"SLURM_{k}": v for k, v in values.items()})
+    return env
+
+
+def _reserve_ids(session: Session, n: int) -> list[int]:
+    """``n`` new job ids, increasing (PostgreSQL: from the sequence, so a concurrent
+    submit cannot take one; SQLite: after the largest, under its write lock)."""
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(text("SELECT nextval(pg_get_serial_sequence('jobs', 'id')) "
+                                    "FROM generate_series(1, :n)"), {"n": n})
+        return sorted(r[0] for r in rows)
+    top = session.scalar(text("SELECT coalesce(max(id), 0) FROM jobs")) or 0
+    return list(range(top + 1, top + n + 1))
+
+
+def _replay(session: Session, user_id: int, key: str) -> list[tuple[int, str]] | None:
+    """The (id, name) of the elements an array with this key made before, in order."""
+    rows = session.execute(
+        select(Job.id, Job.name, Job.idempotency_key).where(
+            Job.user_id == user_id,
+            or_(Job.idempotency_key == key,
+                Job.idempotency_key.startswith(key + KEY_SEP, autoescape=True)))).all()
+    if not rows:
+        return None
+    def position(k: str) -> int:
+        return 0 if k == key else int(k.rsplit(KEY_SEP, 1)[1])
+    return [(i, n) for i, n, _ in sorted(rows, key=lambda r: position(r[2]))]
+
+
+def _replayed(session: Session, user_id: int, spec: JobArrayCreate) -> JobArrayRead | None:
+    if spec.idempotency_key is None:
+        return None
+    old = _replay(session, user_id, spec.idempotency_key)
+    if old is None:
+        return None
+    ids = [i for i, _ in old]
+    return JobArrayRead(array_job_id=ids[0], name=old[0][1].rsplit("[", 1)[0],
+                        indices=spec.indices[:len(ids)], ids=ids)
+
+
+def submit_array(session: Session, principal: Principal, spec: JobArrayCreate, *,
+                 now: datetime, settings: Settings) -> tuple[JobArrayRead, bool]:
+    """Create every element PENDING; returns (the array, created). A seen idempotency
+    key returns the array it made before."""
+    if principal.user is None:
+        raise Forbidden("only user and admin tokens can submit jobs")
+    old = _replayed(session, principal.user.id, spec)
+    if old is not None:
+        return old, False
+    ok = check_submit(session, principal, spec, settings=settings)
+    indices = spec.indices
+    ids = _reserve_ids(session, len(indices))
+    base = job_fields(spec, ok, now=now)
+    name = base["name"][:120]
+    rows, events = [], []
+    for pos, (job_id, index) in enumerate(zip(ids, indices, strict=True)):
+        key = spec.idempotency_key
+        if key is not None and pos:
+            key = f"{key}{KEY_SEP}{pos}"
+        rows.append({**base, "id": job_id, "name": f"{name}[{index}]", "idempotency_key": key,
+                     "environment": {**spec.environment,
+                                     **array_env(ids[0], index, indices)}})
+        events.append({"job_id": job_id, "time": now, "old_state": None,
+                       "new_state": JobState.PENDING.value, "reason": "submitted (array)"})
+    try:
+        with session.begin_nested():
+            session.execute(insert(Job), rows)
+            session.execute(insert(JobEvent), events)
+    except IntegrityError:
+        # The same key raced in from a parallel retry: answer with the array it made.
+        old = _replayed(session, principal.user.id, spec)
+        if old is None:
+            raise
+        return old, False
+    return JobArrayRead(array_job_id=ids[0], name=name, indices=indices, ids=ids), True
