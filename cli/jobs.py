@@ -13,9 +13,11 @@ from cli.render import (
     ACTIVE_STATES,
     ALL_STATES,
     BORROW_NOTE,
+    IDLE_NOTE,
     TERMINAL_STATES,
     borrowing,
     echo_table,
+    idle,
     job_detail,
     jobs_table,
 )
@@ -57,6 +59,8 @@ def queue(env: Env, me: bool, user: str | None, account: str | None, states: tup
         echo_table(jobs_table(jobs, datetime.now(UTC)))
         if any(borrowing(j) for j in jobs):
             click.echo(BORROW_NOTE)
+        if any(idle(j) for j in jobs):
+            click.echo(IDLE_NOTE)
 
 
 @click.command("show")

@@ -11,12 +11,14 @@ from cli import services
 from cli.admin import admin
 from cli.client import DEFAULT_TIMEOUT_S, EXIT_INTERRUPTED
 from cli.context import Env
+from cli.eff import eff
 from cli.fairshare import share
 from cli.jobs import cancel, queue, show
 from cli.logs import logs
 from cli.nodes import nodes, whoami
 from cli.sim import sim
 from cli.submit import submit
+from cli.usage_report import usage
 from cli.why import why
 
 
@@ -49,7 +51,8 @@ def cli(ctx: click.Context, server: str | None, token: str | None, timeout_s: fl
     ctx.obj = Env(server=server, token=token, timeout_s=timeout_s)
 
 
-for _command in (submit, show, why, cancel, logs, nodes, share, whoami, admin, sim):
+for _command in (submit, show, eff, usage, why, cancel, logs, nodes, share, whoami, admin,
+                 sim):
     cli.add_command(_command)
 cli.add_command(queue, "q")
 cli.add_command(queue, "queue")

@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from cli.accounting_render import accounting_rows
 from cli.units import format_duration, format_energy, format_mib
 
 ACTIVE_STATES = ("DISPATCHED", "RUNNING")
@@ -29,6 +30,9 @@ JOB_COLUMNS = ("JOBID", "NAME", "USER", "ACCOUNT", "STATE", "TIME", "GPUS", "NOD
 #: After the node of a job borrowing reserved GPUs in ``gpuq q``; ``BORROW_NOTE`` says why.
 BORROW_MARK = "*"
 BORROW_NOTE = "* borrowing GPUs reserved for another account's grant: may be preempted"
+#: After the node of a running job flagged idle in ``gpuq q``; ``IDLE_NOTE`` says why.
+IDLE_MARK = "!"
+IDLE_NOTE = "! GPUs idle (under the idle threshold for the idle window): `gpuq eff JOB`"
 QOS_TEXT = {"preemptible": "preemptible (may use idle reserved GPUs; preempted first)"}
 SCRIPT_LINES_SHOWN = 20
 
@@ -120,6 +124,10 @@ def borrowing(job: Job) -> bool:
     return bool(job.get("borrowed_grant") is not None and job["state"] in ACTIVE_STATES)
 
 
+def idle(job: Job) -> bool:
+    return bool((job.get("accounting") or {}).get("idle") and job["state"] in ACTIVE_STATES)
+
+
 def jobs_table(jobs: Iterable[Job], now: datetime) -> Table:
     """Like squeue; a QOS column when some job's QOS is not normal (blank for normal);
     ``BORROW_MARK`` after the node of a job borrowing reserved GPUs."""
@@ -134,7 +142,8 @@ def jobs_table(jobs: Iterable[Job], now: datetime) -> Table:
         table.add_row(str(j["id"]), j.get("name") or "", j.get("user") or "",
                       j.get("account") or "", *qos, state_label(j),
                       format_duration(elapsed_s(j, now)), gpus_label(j),
-                      where(j) + (BORROW_MARK if borrowing(j) else ""))
+                      where(j) + (BORROW_MARK if borrowing(j) else "")
+                      + (IDLE_MARK if idle(j) else ""))
     return table
 
 
@@ -206,6 +215,7 @@ def job_detail(job: Job, now: datetime) -> str:
         rows.append(("GPU energy", format_energy(job["gpu_energy_j"])))
     if job.get("max_gpu_memory_mib") is not None:
         rows.append(("GPU memory", f"{format_mib(job['max_gpu_memory_mib'])} peak"))
+    rows += accounting_rows(job)
     if job.get("priority_factors"):
         rows.append(("Priority", factors_text(job["priority_factors"])))
     else:

@@ -102,6 +102,29 @@ class Settings(BaseSettings):
     #: Bytes of job output kept per job on the server; beyond it the log is truncated.
     max_log_bytes: int = 256 * 1024 * 1024
 
+    # --- accounting, idle GPUs, metrics (scheduler/accounting.py, idle.py, metrics.py) ----
+    #: Grid carbon intensity, grams CO2e per kWh (about the world average); per node below.
+    carbon_intensity_g_per_kwh: float = Field(475.0, ge=0)
+    #: Node name -> grams CO2e per kWh, for nodes on another grid (or a greener contract).
+    carbon_intensity_by_node: dict[str, float] = Field(default_factory=dict)
+    #: A GPU under this utilisation, percent, is idle.
+    idle_utilization_pct: float = Field(5.0, ge=0, le=100)
+    #: A running job whose GPUs are all idle for this many seconds is flagged idle.
+    idle_window_s: float = Field(1800.0, gt=0)
+    #: What to do about an idle job, per QOS: none (flag only), notify (an event the owner
+    #: sees in `gpuq q`/`gpuq show`, and the webhook), cancel (after ``idle_cancel_grace_s``).
+    idle_actions: dict[str, Literal["none", "notify", "cancel"]] = Field(default_factory=dict)
+    #: The action for a QOS that ``idle_actions`` does not name.
+    idle_action_default: Literal["none", "notify", "cancel"] = "notify"
+    #: Seconds between flagging an idle job and cancelling it (QOS with action cancel).
+    idle_cancel_grace_s: float = Field(1800.0, ge=0)
+    #: When set, each idle flag and idle cancel is POSTed there as JSON (best effort).
+    idle_webhook_url: str = ""
+    #: ``GET /metrics`` without a token; off: an admin token or ``metrics_token``.
+    metrics_public: bool = False
+    #: A bearer token that may read ``/metrics`` only (for Prometheus); empty: none.
+    metrics_token: str = ""
+
     # --- the worker ----------------------------------------------------------------------
     server_url: str = "http://127.0.0.1:8642"
     node_name: str = Field(default_factory=lambda: os.uname().nodename)
@@ -182,3 +205,10 @@ class Settings(BaseSettings):
 
     def billing_weight(self, model: str) -> float:
         return self.gpu_billing_weights.get(model, 1.0)
+
+    def carbon_intensity(self, node: str | None) -> float:
+        """Grams CO2e per kWh of ``node``'s electricity."""
+        return self.carbon_intensity_by_node.get(node or "", self.carbon_intensity_g_per_kwh)
+
+    def idle_action(self, qos: str) -> str:
+        return self.idle_actions.get(qos, self.idle_action_default)

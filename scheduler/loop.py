@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
+from scheduler import idle, metrics
 from scheduler.context import Context
 from scheduler.db.models import GpuAllocation, Grant, Job, JobEvent, Node, SchedulerState
 from scheduler.policy import Decisions, Snapshot, schedule
@@ -185,6 +186,11 @@ def _charge_due(session: Session, now: datetime, interval_s: float) -> bool:
 
 def cycle(ctx: Context) -> CycleResult:
     """One scheduling cycle. Safe to call from tests with a manual clock."""
+    with metrics.cycle_timer():
+        return _cycle(ctx)
+
+
+def _cycle(ctx: Context) -> CycleResult:
     now = ctx.clock()
     result = CycleResult()
     with ctx.transaction() as session:
@@ -203,6 +209,8 @@ def cycle(ctx: Context) -> CycleResult:
         grant_service.refresh_states(session, now, ctx.settings)
         if _charge_due(session, now, ctx.settings.usage_charge_interval_s):
             charge(session, now=now, settings=ctx.settings)
+        idle_result = idle.enforce(session, now=now, settings=ctx.settings)
+        result.kills += idle_result.kills
         snapshot = build_snapshot(session, now, ctx.settings)
         decisions = schedule(snapshot)
         _apply(session, decisions, now, result, snapshot)
@@ -210,6 +218,10 @@ def cycle(ctx: Context) -> CycleResult:
     for job_id, node, for_job in result.preempted:
         log.info("job %s on %s: preempting for job %s", job_id, node, for_job)
         ctx.dispatcher.kill(node, job_id)
+    for job_id, node in result.kills:
+        log.info("job %s on %s: cancelled for idle GPUs", job_id, node)
+        ctx.dispatcher.kill(node, job_id)
+    idle.send_notices(ctx.settings.idle_webhook_url, idle_result.notices)
     for job_id, node in result.started:
         ctx.dispatcher.launch(node, job_id)
     if result.started or result.nodes_down:

@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from scheduler import accounting
 from scheduler.config import Settings
 from scheduler.db.models import Grant, Job, Membership, SchedulerState, UsageRecord
 from scheduler.policy.usage import billed_seconds, decay_factor
@@ -52,9 +53,12 @@ def charge_job(session: Session, job: Job, *, until: datetime, settings: Setting
     model = _model(job)
     billed = billed_seconds(job.gpus, seconds, settings.billing_weight(model))
     add_usage(session, user_id=job.user_id, account_id=job.account_id, billed=billed)
-    session.add(UsageRecord(job_id=job.id, user_id=job.user_id, account_id=job.account_id,
-                            start=start, end=until, gpu_seconds=job.gpus * seconds,
-                            billed_seconds=billed, gpu_model=model))
+    record = UsageRecord(job_id=job.id, user_id=job.user_id, account_id=job.account_id,
+                         start=start, end=until, gpu_seconds=job.gpus * seconds,
+                         billed_seconds=billed, gpu_model=model)
+    accounting.charge_interval(job, record, node=job.node.name if job.node else None,
+                               settings=settings)
+    session.add(record)
     job.charged_until = until
     if job.borrowed_grant_id is not None and job.borrowed_gpus:
         # Borrowed of a reservation grant: `gpuq admin grants` shows it.
@@ -82,6 +86,7 @@ def charge(session: Session, *, now: datetime, settings: Settings) -> None:
     for job in ended:
         if job.ended_at is not None:
             charge_job(session, job, until=job.ended_at, settings=settings)
+    accounting.close_ended(session, now=now, settings=settings)
 
 
 def import_usage(session: Session, *, user_id: int, account_id: int, billed: float,

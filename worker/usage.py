@@ -4,7 +4,10 @@ the energy they used since the run started.
 Energy is the card's cumulative counter now minus at launch (recorded in the run's
 ``usage.json``), summed over the run's GPUs. A GPU without a counter (or whose counter
 went backwards: a driver reload) counts the integral of its power over time instead,
-advanced at every sample (trapezoids). The record is kept in the run's directory, so a
+advanced at every sample (trapezoids: the mean of the power at the previous sample and
+now, times the time between them). Each GPU's figures are also sent on their own
+(``JobSample.gpus``, with how its energy was measured), so the scheduler sees a GPU of a
+job that stays at 0% while the others work. The record is kept in the run's directory, so a
 restarted daemon carries on; once the run has ended its last sample is sent as it is.
 Pure functions over plain dicts (the JSON content), the caller does the I/O.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from scheduler.api.schemas import JobSample
+from scheduler.api.schemas import JobGpuSample, JobSample
 from worker.gpus.base import GpuSample
 
 
@@ -43,6 +46,7 @@ def advance(record: Mapping[str, Any] | None, gpu_indices: Iterable[int],
     memory: list[float] = []
     power: list[float] = []
     energy: list[float] = []
+    per_gpu: list[JobGpuSample] = []
     for i in gpu_indices:
         s = by_index.get(i)
         g = rec["gpus"].get(str(i))
@@ -65,14 +69,19 @@ def advance(record: Mapping[str, Any] | None, gpu_indices: Iterable[int],
             power.append(power_now)
         start = g.get("energy_start_j")
         if s.energy_j is not None and start is not None and s.energy_j >= start:
-            energy.append(s.energy_j - float(start))
+            used, method = s.energy_j - float(start), "counter"
         else:
-            energy.append(float(g["integrated_j"]))
+            used, method = float(g["integrated_j"]), "power"
+        energy.append(used)
+        per_gpu.append(JobGpuSample(index=i, utilization_pct=s.utilization_pct,
+                                    memory_used_mib=s.memory_used_mib, power_w=power_now,
+                                    energy_j=round(used, 1), energy_method=method))
     sample = JobSample(
         utilization_pct=round(sum(utils) / len(utils), 1) if utils else None,
         memory_used_mib=round(sum(memory), 1) if memory else None,
         power_w=round(sum(power), 1) if power else None,
-        energy_j=round(sum(energy), 1) if energy else None)
+        energy_j=round(sum(energy), 1) if energy else None,
+        gpus=per_gpu or None)
     rec["sample"] = sample.model_dump()
     return rec, sample
 

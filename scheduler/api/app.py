@@ -8,7 +8,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from scheduler import __version__
-from scheduler.api.routes import admin, audit, fairshare, grants, health, jobs, nodes
+from scheduler.api.routes import (
+    admin,
+    audit,
+    fairshare,
+    grants,
+    health,
+    jobs,
+    metrics,
+    nodes,
+    usage,
+)
 from scheduler.context import Context
 from scheduler.errors import ServiceError
 
@@ -27,6 +37,6 @@ def create_app(ctx: Context) -> FastAPI:
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
 
-    for module in (health, jobs, nodes, fairshare, admin, grants, audit):
+    for module in (health, jobs, nodes, fairshare, admin, grants, audit, usage, metrics):
         app.include_router(module.router)
     return app

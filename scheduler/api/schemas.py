@@ -134,6 +134,48 @@ class JobEventRead(BaseModel):
     reason: str
 
 
+class GpuAccounting(BaseModel):
+    """One GPU of a job, over its runs (from the worker's samples)."""
+
+    index: int
+    utilization_mean_pct: float | None = None
+    utilization_peak_pct: float | None = None
+    memory_peak_mib: float | None = None
+    #: The GPU's memory, MiB (for the headroom).
+    memory_mib: int | None = None
+    energy_j: float | None = None
+    energy_method: str | None = None
+
+
+class JobAccounting(BaseModel):
+    """What a job used and wasted (``gpuq show``, ``gpuq eff``)."""
+
+    gpu_hours: float
+    billed_gpu_hours: float
+    #: Energy of its GPUs, kWh: NVML's energy counter where the card has one, else the
+    #: integral of the sampled power.
+    energy_kwh: float | None = None
+    #: ``counter``, ``power`` or ``mixed``: how the energy was measured.
+    energy_method: str | None = None
+    #: Charged energy x the node's grid intensity, kg CO2e.
+    carbon_kg: float
+    carbon_intensity_g_per_kwh: float | None = None
+    #: Time-weighted over the samples and the job's GPUs.
+    utilization_mean_pct: float | None = None
+    utilization_peak_pct: float | None = None
+    #: GPU-hours its GPUs spent under the idle threshold.
+    idle_gpu_hours: float = 0.0
+    gpus: list[GpuAccounting] = Field(default_factory=list)
+    #: Flagged idle now: every GPU under ``idle_utilization_pct`` for ``idle_window_s``.
+    idle: bool = False
+    idle_since: datetime | None = None
+    idle_flagged_at: datetime | None = None
+    #: none | notified | cancel-pending | cancelled ("" : never flagged).
+    idle_action: str = ""
+    #: When the job's accounting was closed (after its end was charged).
+    final: bool = False
+
+
 class JobRead(BaseModel):
     id: int
     name: str
@@ -158,6 +200,8 @@ class JobRead(BaseModel):
     gpu_energy_j: float | None = None
     #: Highest GPU memory the job held (sum over its GPUs), MiB.
     max_gpu_memory_mib: float | None = None
+    #: Accounting (charged so far while it runs; final once it has ended and been charged).
+    accounting: JobAccounting | None = None
     nice: int = 0
     qos: str = "normal"
     #: The last cycle's priority factors (pending jobs).
@@ -229,6 +273,20 @@ class NodeRegister(Strict):
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=1024)
 
 
+class JobGpuSample(Strict):
+    """One GPU of a job's sample (units in the names)."""
+
+    index: int = Field(..., ge=0)
+    utilization_pct: float | None = None
+    memory_used_mib: float | None = None
+    power_w: float | None = None
+    #: Energy of this GPU since the run started, joules.
+    energy_j: float | None = None
+    #: ``counter``: NVML's cumulative energy counter; ``power``: the integral of the
+    #: sampled power (trapezoids between samples), for cards without a counter.
+    energy_method: Literal["counter", "power"] | None = None
+
+
 class JobSample(Strict):
     """What the job's GPUs are doing, measured by the worker (units in the names)."""
 
@@ -240,6 +298,8 @@ class JobSample(Strict):
     power_w: float | None = None
     #: Energy the job's GPUs used since the job started, joules.
     energy_j: float | None = None
+    #: The same per GPU (additive: older workers send none).
+    gpus: list[JobGpuSample] | None = Field(None, max_length=1024)
 
 
 class WorkerJob(Strict):

@@ -241,6 +241,29 @@ class Job(Base):
     #: The part of ``gpu_energy_j`` used by earlier attempts (set when requeued).
     gpu_energy_earlier_j: Mapped[float] = mapped_column(Float, default=0.0)
     max_gpu_memory_mib: Mapped[float | None] = mapped_column(Float)
+
+    # --- accounting (scheduler/accounting.py) ---------------------------------------------
+    #: GPU-seconds and billed GPU-seconds charged so far (the sum of its usage records).
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    billed_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    #: Carbon estimate charged so far, grams CO2e (energy x the node's grid intensity).
+    carbon_g: Mapped[float] = mapped_column(Float, default=0.0)
+    #: From the GPU samples, over all attempts: GPU-seconds sampled, the part of them the
+    #: GPUs were busy (utilisation x time), and GPU-seconds under the idle threshold.
+    gpu_sampled_s: Mapped[float] = mapped_column(Float, default=0.0)
+    gpu_busy_s: Mapped[float] = mapped_column(Float, default=0.0)
+    idle_gpu_s: Mapped[float] = mapped_column(Float, default=0.0)
+    gpu_util_peak_pct: Mapped[float | None] = mapped_column(Float)
+    #: Per GPU figures, what was charged already, the last sample's time: see accounting.py.
+    gpu_stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: Every GPU of the running job under ``idle_utilization_pct`` since this time.
+    idle_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Flagged idle (``idle_window_s`` reached); cleared when its GPUs get busy again.
+    idle_flagged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: What was done about it: "" | none | notified | cancel-pending | cancelled.
+    idle_action: Mapped[str] = mapped_column(String(16), default="")
+    #: The job's accounting was closed (it ended and was charged up to its end).
+    accounted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -293,6 +316,13 @@ class UsageRecord(Base):
     gpu_seconds: Mapped[float] = mapped_column(Float)
     billed_seconds: Mapped[float] = mapped_column(Float)
     gpu_model: Mapped[str] = mapped_column(String(64), default="")
+    #: Charged with the interval (deltas of the job's totals): GPU energy, joules; its
+    #: carbon estimate, grams CO2e; GPU-seconds sampled, busy, and under the idle threshold.
+    energy_j: Mapped[float] = mapped_column(Float, default=0.0)
+    carbon_g: Mapped[float] = mapped_column(Float, default=0.0)
+    sampled_gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    busy_gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    idle_gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class JobSample(Base):

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from scheduler import accounting, metrics
 from scheduler.api.schemas import (
     GpuProcess,
     GpuRead,
@@ -87,11 +88,12 @@ def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
         seen = reported.get((job.id, job.attempt))
         if seen is not None:
             if job.state == JobState.DISPATCHED.value and seen.state == "RUNNING":
+                metrics.observe_dispatch(job, now)
                 transition(session, job, JobState.RUNNING, now=now,
                            reason="running (seen in heartbeat)")
             if seen.sample is not None:
                 record_sample(session, job, seen.sample, now=now,
-                              every_s=settings.job_sample_interval_s)
+                              every_s=settings.job_sample_interval_s, settings=settings)
             continue
         if job.cancel_requested_at is not None:
             transition(session, job, JobState.CANCELLED, now=now,
@@ -135,13 +137,15 @@ def _record_gpus(node: Node, body: Heartbeat) -> None:
 
 
 def record_sample(session: Session, job: Job, sample: WireJobSample, *, now: datetime,
-                  every_s: float) -> None:
+                  every_s: float, settings: Settings | None = None) -> None:
     """Keep the job's running totals at every heartbeat, and a row at most every
     ``every_s`` seconds (enough for accounting, bounded for week-long jobs)."""
     if sample.energy_j is not None:
         job.gpu_energy_j = job.gpu_energy_earlier_j + sample.energy_j
     if sample.memory_used_mib is not None:
         job.max_gpu_memory_mib = max(job.max_gpu_memory_mib or 0.0, sample.memory_used_mib)
+    if settings is not None:
+        accounting.observe(session, job, sample, now=now, settings=settings)
     last = session.scalar(select(JobSample.time).where(JobSample.job_id == job.id)
                           .order_by(JobSample.id.desc()).limit(1))
     if last is None or (now - last).total_seconds() >= every_s:
@@ -186,6 +190,8 @@ def report_state(session: Session, job: Job, body: JobStateReport, *, now: datet
         return job.state
     if new == JobState.RUNNING and job.state != JobState.DISPATCHED.value:
         return job.state  # a late RUNNING after the end, or before dispatch: ignore
+    if new == JobState.RUNNING:
+        metrics.observe_dispatch(job, now)
     if (new != JobState.RUNNING and job.preempt_requested_at is not None
             and job.cancel_requested_at is None):
         end_preempted(session, job, now=now, how=body.reason or new.value.lower(),

@@ -37,7 +37,7 @@ def test_endpoints_round_trip(server: FakeServer, transport: httpx.MockTransport
     assert server.heartbeats[0]["jobs"] == [{
         "job_id": 5, "attempt": 2, "state": "RUNNING",
         "sample": {"utilization_pct": None, "memory_used_mib": None, "power_w": 250.0,
-                   "energy_j": None}}]
+                   "energy_j": None, "gpus": None}}]
     server.specs[4] = make_spec(job_id=4, attempt=3, unix_user="alice_l")
     spec = c.launch_spec(4)
     assert spec is not None and (spec.job_id, spec.attempt, spec.unix_user) == (4, 3, "alice_l")

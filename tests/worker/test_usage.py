@@ -22,8 +22,8 @@ def test_means_sums_and_counter_energy() -> None:
                                    sample(1, util=100.0, energy=9.0),
                                    sample(2, util=80.0, mem=3000.0, power=150.0,
                                           energy=7400.0)], now_s=102.0)
-    assert s == JobSample(utilization_pct=60.0, memory_used_mib=4000.0, power_w=400.0,
-                          energy_j=1000.0)
+    assert s.model_copy(update={"gpus": None}) == JobSample(
+        utilization_pct=60.0, memory_used_mib=4000.0, power_w=400.0, energy_j=1000.0)
     assert last_sample(rec) == s
 
 
@@ -43,6 +43,30 @@ def test_a_counter_that_went_backwards_falls_back_to_power() -> None:
 
 def test_unknown_readings_and_a_missing_record() -> None:
     rec, s = advance(None, [0, 1], [sample(0, util=None, mem=None, power=None)], now_s=5.0)
-    assert s == JobSample(energy_j=0.0)
+    assert s.model_copy(update={"gpus": None}) == JobSample(energy_j=0.0)
     assert set(rec["gpus"]) == {"0", "1"}
     assert last_sample(None) is None and last_sample({"sample": None}) is None
+
+
+def test_a_known_sim_trace_gives_the_exact_energy_both_ways(tmp_path) -> None:  # noqa: ANN001
+    """GPU 0 reports NVML's energy counter, GPU 1 has none (its power is integrated): a
+    known trace gives the same joules either way, and per-GPU utilisation."""
+    from worker.gpus.sim import FAULTS_FILE, SimulatedBackend, write_faults
+    from worker.usage import start_record
+
+    now = [1000.0]
+    faults = tmp_path / FAULTS_FILE
+    write_faults(faults, trace={0: {"utilization_pct": 80, "power_w": 250},
+                                1: {"utilization_pct": 0, "power_w": 50}},
+                 no_energy_counter=[1])
+    b = SimulatedBackend("2xA100-80GB", node="n", clock=lambda: now[0], faults_file=faults)
+    rec = start_record([0, 1], b.samples(), now[0])
+    for _ in range(60):  # an hour, a sample a minute
+        now[0] += 60
+        rec, s = advance(rec, [0, 1], b.samples(), now[0])
+    assert s.energy_j == 300 * 3600  # 0.3 kWh
+    per = {g.index: g for g in s.gpus or []}
+    assert per[0].energy_j == 250 * 3600 and per[0].energy_method == "counter"
+    assert per[1].energy_j == 50 * 3600 and per[1].energy_method == "power"
+    assert (per[0].utilization_pct, per[1].utilization_pct) == (80.0, 0.0)
+    assert s.utilization_pct == 40.0 and s.power_w == 300.0

@@ -20,10 +20,18 @@ through a JSON file, read again at every sample: by default
       "unhealthy": {"3": "XID 79: GPU has fallen off the bus"}
     }
 
+      "trace":     {"1": {"utilization_pct": 0, "power_w": 75, "memory_used_mib": 512}},
+      "no_energy_counter": [2]
+
 ``foreign`` maps a GPU index to pids that are on that GPU without gpuq having started
 them; a pid that no longer exists (or is a zombie) is left out, so the GPU is free again
 as soon as the hand-run process ends. ``unhealthy`` maps a GPU index to the reason it is
-unhealthy; remove the entry to heal the GPU. Both keys are optional; a missing file means
+unhealthy; remove the entry to heal the GPU. ``trace`` pins what a GPU shows (busy or not)
+from now until the file changes: its utilisation, power and memory in use (each optional;
+a missing one keeps the usual behaviour); its energy counter grows by exactly that power x
+time, so a test that rewrites the file plays a known power/utilisation trace and knows
+the energy to the joule. ``no_energy_counter`` lists GPUs that report no energy counter
+(``energy_j`` is ``None``, as on cards without one). Every key is optional; a missing file means
 no faults, and a file that cannot be parsed is reported once in the log and ignored.
 ``write_faults`` writes the file atomically. ``fail``/``recover`` inject a fault from the
 daemon's own process.
@@ -110,6 +118,29 @@ class Faults:
 
     foreign: dict[int, tuple[int, ...]] = field(default_factory=dict)
     unhealthy: dict[int, str] = field(default_factory=dict)
+    trace: dict[int, Trace] = field(default_factory=dict)
+    no_energy_counter: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class Trace:
+    """What a GPU shows while the faults file says so (``None``: the usual value)."""
+
+    utilization_pct: float | None = None
+    power_w: float | None = None
+    memory_used_mib: float | None = None
+
+
+def _trace(key: Any, raw: Any) -> Trace:
+    if not isinstance(raw, dict):
+        raise ValueError(f"trace[{key!r}] must be an object")
+    values: dict[str, float | None] = {}
+    for name in ("utilization_pct", "power_w", "memory_used_mib"):
+        v = raw.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v < 0):
+            raise ValueError(f"trace[{key!r}].{name} must be a number >= 0")
+        values[name] = float(v) if v is not None else None
+    return Trace(**values)
 
 
 def parse_faults(data: Any) -> Faults:
@@ -127,7 +158,13 @@ def parse_faults(data: Any) -> Faults:
         foreign[_gpu_index(key)] = tuple(pids)
     unhealthy = {_gpu_index(k): (v if isinstance(v, str) and v else "injected fault")[:MAX_REASON]
                  for k, v in unhealthy_raw.items() if v}
-    return Faults(foreign=foreign, unhealthy=unhealthy)
+    trace_raw, no_counter = data.get("trace") or {}, data.get("no_energy_counter") or []
+    if not isinstance(trace_raw, dict) or not isinstance(no_counter, list):
+        raise ValueError("'trace' must map GPU indices to objects; 'no_energy_counter' must "
+                         "list GPU indices")
+    return Faults(foreign=foreign, unhealthy=unhealthy,
+                  trace={_gpu_index(k): _trace(k, v) for k, v in trace_raw.items()},
+                  no_energy_counter=frozenset(_gpu_index(i) for i in no_counter))
 
 
 def _gpu_index(key: Any) -> int:
@@ -141,11 +178,15 @@ def _gpu_index(key: Any) -> int:
 
 
 def write_faults(path: Path | str, *, foreign: Mapping[int, Iterable[int]] | None = None,
-                 unhealthy: Mapping[int, str] | None = None) -> None:
+                 unhealthy: Mapping[int, str] | None = None,
+                 trace: Mapping[int, Mapping[str, float]] | None = None,
+                 no_energy_counter: Iterable[int] = ()) -> None:
     """Write the faults file atomically (for tests and demos; any process may)."""
     path = Path(path)
     body = {"foreign": {str(i): [int(p) for p in pids] for i, pids in (foreign or {}).items()},
-            "unhealthy": {str(i): str(r) for i, r in (unhealthy or {}).items()}}
+            "unhealthy": {str(i): str(r) for i, r in (unhealthy or {}).items()},
+            "trace": {str(i): dict(t) for i, t in (trace or {}).items()},
+            "no_energy_counter": [int(i) for i in no_energy_counter]}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -281,7 +322,10 @@ class SimulatedBackend:
         t0, dt = self._last_s, max(0.0, now - self._last_s)
         if dt > 0:
             for g in self._gpus:
-                if self._busy(g.index):
+                traced = self._faults.trace.get(g.index)
+                if traced is not None and traced.power_w is not None:
+                    self._energy_j[g.index] += traced.power_w * dt
+                elif self._busy(g.index):
                     phase = float(g.index)
                     swing = WOBBLE_S * (math.cos(t0 / WOBBLE_S + phase)
                                         - math.cos(now / WOBBLE_S + phase))
@@ -300,12 +344,19 @@ class SimulatedBackend:
             power, temp = BUSY_POWER_W + POWER_SWING_W * wobble, BUSY_TEMPERATURE_C + 3.0 * wobble
         else:
             util, mem, power, temp = 0.0, 0.0, IDLE_POWER_W, IDLE_TEMPERATURE_C
+        traced = self._faults.trace.get(g.index)
+        if traced is not None:
+            util = traced.utilization_pct if traced.utilization_pct is not None else util
+            power = traced.power_w if traced.power_w is not None else power
+            mem = traced.memory_used_mib if traced.memory_used_mib is not None else mem
+        counter = (None if g.index in self._faults.no_energy_counter
+                   else round(self._energy_j[g.index], 1))
         unique = tuple(dict.fromkeys(pids))
         share = round(mem / len(unique), 1) if unique else None
         reason = self._health_reason(g.index)
         return GpuSample(index=g.index, utilization_pct=round(util, 1),
                          memory_used_mib=round(mem, 1), power_w=round(power, 1),
-                         energy_j=round(self._energy_j[g.index], 1),
+                         energy_j=counter,
                          temperature_c=round(temp, 1), healthy=reason is None,
                          health_reason=reason,
                          processes=tuple(GpuProcess(pid=p, used_memory_mib=share)

@@ -1,0 +1,176 @@
+"""Prometheus metrics (``GET /metrics``).
+
+Two kinds:
+
+* measured in the server process as things happen (process-wide, ``PROCESS``): the
+  scheduling cycle's duration, and the dispatch latency (from the loop dispatching a job
+  to its node reporting it running);
+* read from the database at every scrape (``StateCollector``): jobs by state and account,
+  GPUs by state, running GPUs and fair-share per account, power per node, idle GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+
+from scheduler.context import Context
+from scheduler.db.models import Account, GpuAllocation, Job, Node
+from scheduler.states import JobState, NodeState
+
+PROCESS = CollectorRegistry(auto_describe=True)
+CYCLE_SECONDS = Histogram(
+    "gpuq_schedule_cycle_seconds", "Duration of one scheduling cycle (wall clock)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=PROCESS)
+DISPATCH_LATENCY = Histogram(
+    "gpuq_dispatch_latency_seconds",
+    "From the loop dispatching a job to its node reporting it running",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120), registry=PROCESS)
+QUEUE_STATES = (JobState.PENDING, JobState.DISPATCHED, JobState.RUNNING)
+GPU_STATES = ("free", "allocated", "occupied", "unhealthy", "unavailable")
+
+
+@contextlib.contextmanager
+def cycle_timer() -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        CYCLE_SECONDS.observe(time.perf_counter() - start)
+
+
+def observe_dispatch(job: Job, now: datetime) -> None:
+    """A job just went RUNNING: how long after its dispatch."""
+    if job.dispatched_at is not None:
+        DISPATCH_LATENCY.observe(max(0.0, (now - job.dispatched_at).total_seconds()))
+
+
+class StateCollector:
+    """Gauges read from the database at scrape time."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self.ctx.transaction() as session:
+            names = dict(session.execute(select(Account.id, Account.name)).all())
+            jobs = GaugeMetricFamily("gpuq_jobs", "Jobs in the queue, by state and account",
+                                     labels=["state", "account"])
+            counts = session.execute(
+                select(Job.state, Job.account_id, func.count())
+                .where(Job.state.in_([s.value for s in QUEUE_STATES]))
+                .group_by(Job.state, Job.account_id)).all()
+            for state, account_id, n in counts:
+                jobs.add_metric([state, names.get(account_id, "?")], n)
+            yield jobs
+
+            running = GaugeMetricFamily("gpuq_account_running_gpus",
+                                        "GPUs held by running jobs, by account",
+                                        labels=["account"])
+            held = session.execute(
+                select(Job.account_id, func.count(GpuAllocation.id))
+                .join(GpuAllocation, GpuAllocation.job_id == Job.id)
+                .group_by(Job.account_id)).all()
+            for account_id, n in held:
+                running.add_metric([names.get(account_id, "?")], n)
+            yield running
+
+            yield from self._gpus(session)
+            yield from self._idle(session, names)
+        yield from self._fairshare()
+
+    def _gpus(self, session) -> Iterator[GaugeMetricFamily]:  # noqa: ANN001
+        allocated = set(session.execute(select(GpuAllocation.node_id,
+                                               GpuAllocation.gpu_index)).all())
+        by_state: Counter[str] = Counter({s: 0 for s in GPU_STATES})
+        power = GaugeMetricFamily("gpuq_node_power_watts",
+                                  "Power drawn by the node's GPUs (last heartbeat)",
+                                  labels=["node"])
+        up = GaugeMetricFamily("gpuq_node_up", "1 when the node is up", labels=["node"])
+        for node in session.scalars(select(Node)):
+            alive = node.state == NodeState.UP.value
+            up.add_metric([node.name], 1.0 if alive else 0.0)
+            watts = [float(g.last_sample.get("power_w")) for g in node.gpus
+                     if alive and isinstance((g.last_sample or {}).get("power_w"), int | float)]
+            if watts:
+                power.add_metric([node.name], sum(watts))
+            for g in node.gpus:
+                if (node.id, g.index) in allocated:
+                    state = "allocated"
+                elif not alive or node.drain:
+                    state = "unavailable"
+                elif not g.healthy:
+                    state = "unhealthy"
+                elif g.foreign_processes:
+                    state = "occupied"
+                else:
+                    state = "free"
+                by_state[state] += 1
+        gpus = GaugeMetricFamily("gpuq_gpus", "GPUs by state (occupied: a process gpuq did "
+                                 "not start; unavailable: node down or drained)",
+                                 labels=["state"])
+        for state, n in by_state.items():
+            gpus.add_metric([state], n)
+        yield gpus
+        yield power
+        yield up
+
+    def _idle(self, session, names: dict[int, str]) -> Iterator[GaugeMetricFamily]:  # noqa: ANN001
+        idle = GaugeMetricFamily("gpuq_idle_gpus", "GPUs held by running jobs flagged idle",
+                                 labels=["account"])
+        idle_jobs = GaugeMetricFamily("gpuq_idle_jobs", "Running jobs flagged idle",
+                                      labels=["account"])
+        rows = session.execute(
+            select(Job.account_id, func.count(), func.sum(Job.gpus))
+            .where(Job.state == JobState.RUNNING.value, Job.idle_flagged_at.is_not(None))
+            .group_by(Job.account_id)).all()
+        for account_id, n, gpus in rows:
+            idle.add_metric([names.get(account_id, "?")], float(gpus or 0))
+            idle_jobs.add_metric([names.get(account_id, "?")], n)
+        yield idle
+        yield idle_jobs
+
+    def _fairshare(self) -> Iterator[GaugeMetricFamily]:
+        from scheduler.policy import classic_fairshare, fair_tree
+        from scheduler.snapshot import tree_views
+
+        with self.ctx.transaction() as session:
+            accounts, assocs, usage = tree_views(session, self.ctx.clock())
+        algorithm = classic_fairshare if self.ctx.settings.fairshare_algorithm == "classic" \
+            else fair_tree
+        table = algorithm(accounts, assocs, usage)
+        factor = GaugeMetricFamily("gpuq_fairshare_factor",
+                                   "Fair-share factor of each user association (0..1)",
+                                   labels=["account", "user"])
+        level = GaugeMetricFamily("gpuq_account_level_fs",
+                                  "LevelFS of each account (>1: under-served; +Inf: no usage)",
+                                  labels=["account"])
+        for r in table.rows:
+            if r.user and r.fairshare is not None:
+                factor.add_metric([r.account or "", r.user], float(r.fairshare))
+            elif not r.user and r.level_fs is not None:
+                lf = float(r.level_fs)
+                level.add_metric([r.name], math.inf if math.isinf(lf) else lf)
+        yield factor
+        yield level
+
+
+class _Process:
+    def collect(self) -> Iterator[object]:
+        yield from PROCESS.collect()
+
+
+def exposition(ctx: Context) -> bytes:
+    """The text format of every metric, read now."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Process())  # type: ignore[arg-type]
+    registry.register(StateCollector(ctx))  # type: ignore[arg-type]
+    return generate_latest(registry)
