@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from scheduler import accounting
 from scheduler.api.schemas import JobAhead, JobCreate, JobEventRead, JobRead, WhyRead
 from scheduler.auth import Principal
 from scheduler.config import Settings
-from scheduler.db.models import Account, Job, JobEvent, User
+from scheduler.db.models import Account, Gpu, Job, JobEvent, Node, User
 from scheduler.errors import Forbidden, Invalid, NotFound
 from scheduler.policy.filters import INSTALLED, first_failure
 from scheduler.policy.snapshot import JobView
@@ -69,8 +72,25 @@ def check_qos(principal: Principal, user: User, qos: str) -> None:
                         f"or preemptible", field="qos")
 
 
+def _fits_somewhere(session: Session, spec: JobCreate) -> bool:
+    """Some registered node has the GPUs, CPUs and memory installed (the ``INSTALLED``
+    filters as one query, so that a submit does not load every node and GPU)."""
+    gpus = select(func.count(Gpu.id)).where(Gpu.node_id == Node.id)
+    if spec.gpu_model is not None:
+        gpus = gpus.where(Gpu.model == spec.gpu_model)
+    need = max(spec.gpus, 1 if spec.gpu_model is not None else 0)
+    q = select(Node.id).where(
+        Node.state != NodeState.UNKNOWN.value,
+        gpus.scalar_subquery() >= need,
+        or_(Node.cpus == 0, Node.cpus >= spec.cpus),
+        or_(Node.memory_mib == 0, Node.memory_mib >= spec.memory_mib)).limit(1)
+    return session.scalar(q) is not None
+
+
 def check_runnable(session: Session, spec: JobCreate) -> None:
     """Refuse a job that no registered node could ever run, saying why."""
+    if _fits_somewhere(session, spec):
+        return
     nodes = [n for n in node_views(session, []) if n.state != NodeState.UNKNOWN.value]
     probe = JobView(id=0, gpus=spec.gpus, submitted_at=0.0, gpu_model=spec.gpu_model,
                     cpus=spec.cpus, memory_mib=spec.memory_mib)
@@ -98,18 +118,23 @@ def check_runnable(session: Session, spec: JobCreate) -> None:
                   f"{max(n.memory_mib for n in nodes)} MiB", field="memory_mib")
 
 
-def submit(session: Session, principal: Principal, spec: JobCreate, *, now: datetime,
-           settings: Settings) -> tuple[Job, bool]:
-    """Create a PENDING job; returns (job, created). A seen idempotency key returns the
-    job it made before, so a retried submit never makes two jobs."""
+@dataclass(frozen=True)
+class Accepted:
+    """What a submit's checks settled: who, which account, QOS and time limit."""
+
+    user: User
+    account: Account
+    qos: str
+    time_limit_s: int
+
+
+def check_submit(session: Session, principal: Principal, spec: JobCreate, *,
+                 settings: Settings) -> Accepted:
+    """Every check a submit makes (one job or an array), or the 4xx that says what to
+    change."""
     user = principal.user
     if user is None:
         raise Forbidden("only user and admin tokens can submit jobs")
-    if spec.idempotency_key is not None:
-        old = session.scalar(select(Job).where(Job.user_id == user.id,
-                                               Job.idempotency_key == spec.idempotency_key))
-        if old is not None:
-            return old, False
     if spec.nice < 0 and not principal.is_admin:
         raise Invalid("only admins may give a negative nice (it raises priority)",
                       field="nice")
@@ -126,10 +151,15 @@ def submit(session: Session, principal: Principal, spec: JobCreate, *, now: date
         raise Invalid(f"{limit} s is over the maximum time limit of "
                       f"{settings.max_time_limit_s} s", field="time_limit_s")
     check_runnable(session, spec)
-    job = Job(
+    return Accepted(user, account, qos, limit)
+
+
+def job_fields(spec: JobCreate, ok: Accepted, *, now: datetime) -> dict[str, Any]:
+    """The new PENDING job's columns."""
+    return dict(
         name=spec.name or (spec.command[0].rsplit("/", 1)[-1] if spec.command else "script"),
-        user_id=user.id,
-        account_id=account.id,
+        user_id=ok.user.id,
+        account_id=ok.account.id,
         idempotency_key=spec.idempotency_key,
         command=spec.command,
         script=spec.script,
@@ -139,15 +169,31 @@ def submit(session: Session, principal: Principal, spec: JobCreate, *, now: date
         gpu_model=spec.gpu_model,
         cpus=spec.cpus,
         memory_mib=spec.memory_mib,
-        time_limit_s=limit,
+        time_limit_s=ok.time_limit_s,
         requeue=spec.requeue,
         nice=spec.nice,
-        qos=qos,
+        qos=ok.qos,
         state=JobState.PENDING.value,
         reason="Submitted",
         gpu_indices=[],
         submitted_at=now,
     )
+
+
+def submit(session: Session, principal: Principal, spec: JobCreate, *, now: datetime,
+           settings: Settings) -> tuple[Job, bool]:
+    """Create a PENDING job; returns (job, created). A seen idempotency key returns the
+    job it made before, so a retried submit never makes two jobs."""
+    user = principal.user
+    if user is None:
+        raise Forbidden("only user and admin tokens can submit jobs")
+    if spec.idempotency_key is not None:
+        old = session.scalar(select(Job).where(Job.user_id == user.id,
+                                               Job.idempotency_key == spec.idempotency_key))
+        if old is not None:
+            return old, False
+    ok = check_submit(session, principal, spec, settings=settings)
+    job = Job(**job_fields(spec, ok, now=now))
     try:
         with session.begin_nested():
             session.add(job)
@@ -160,6 +206,10 @@ def submit(session: Session, principal: Principal, spec: JobCreate, *, now: date
             raise
         return old, False
     record_submit(session, job, now=now, reason="submitted")
+    # What to_read shows, from the checks' rows: no lazy loads for them.
+    set_committed_value(job, "user", ok.user)
+    set_committed_value(job, "account", ok.account)
+    set_committed_value(job, "node", None)
     return job, True
 
 
@@ -203,8 +253,6 @@ def cancel(session: Session, principal: Principal, job: Job, *, now: datetime) -
 
 def list_jobs(session: Session, *, states: list[str] | None, user: str | None,
               account: str | None, node: str | None, limit: int) -> list[Job]:
-    from scheduler.db.models import Node
-
     q = select(Job).options(selectinload(Job.user), selectinload(Job.account),
                             selectinload(Job.node))
     if states:
