@@ -9,9 +9,10 @@ eligible GPUs E_g (grants.py):
 - D_g = max(0, need_g - free_g): the reserved GPUs lent out right now.
 
 D_g is spread over the non-grantee active jobs holding E_g GPUs (not counting GPUs that a
-pending job has claimed, nor jobs being preempted: those are on their way back), preferring (1) last cycle's
-borrowers of g, so labels do not flap, (2) preemptible-QOS jobs, (3) the most recently
-started, then the higher id; each gets ``Borrow(g, min(its E_g GPUs, what is left of D_g))``.
+pending job has claimed, nor jobs being preempted: those are on their way back),
+preferring (1) last cycle's borrowers of g, so labels do not flap, (2) preemptible-QOS
+jobs, (3) the most recently started, then the higher id; each gets
+``Borrow(g, min(its E_g GPUs, what is left of D_g))``.
 So the GPUs labelled borrowed from g never exceed need_g. Grants are served in id order and
 a job has at most one label: with overlapping grants, a job labelled for a lower id is
 passed over by the next grant.
