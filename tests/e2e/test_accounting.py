@@ -1,0 +1,72 @@
+"""Accounting for real: `gpuq server` on PostgreSQL, a `gpuq worker` whose simulated GPUs
+play a known power/utilisation trace, a job run by its supervisor, and the real CLI
+(`gpuq eff`, `gpuq usage`) and `/metrics` read back."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from datetime import datetime
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import Cluster, wait_for
+from worker.gpus.sim import FAULTS_FILE, write_faults
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+BUSY_W, IDLE_W = 250.0, 50.0
+
+
+def test_a_jobs_energy_carbon_and_idle_gpu_through_the_cli(redis_cluster: Cluster) -> None:
+    c = redis_cluster
+    node = f"acct-{uuid.uuid4().hex[:6]}"
+    state = c.tmp / "worker" / node
+    state.mkdir(parents=True)
+    # GPU 0 works at 80 % and 250 W (it has an energy counter); GPU 1 sits at 0 % and 50 W
+    # and has no counter (its energy is integrated from the sampled power).
+    write_faults(state / FAULTS_FILE,
+                 trace={0: {"utilization_pct": 80, "power_w": BUSY_W},
+                        1: {"utilization_pct": 0, "power_w": IDLE_W}},
+                 no_energy_counter=[1])
+    c.add_worker(node, "2xA100-80GB")
+    c.add_user("alice", "lab1")
+    r = c.gpuq("submit", "--parsable", "--gpus", "2", "--", sys.executable, "-c",
+               "import time; time.sleep(6)")
+    job_id = int(r.stdout.strip())
+    job = c.wait_state(job_id, {"COMPLETED", "FAILED"}, 60)
+    assert job["state"] == "COMPLETED", job
+
+    def accounted() -> dict | None:
+        acct = c.job(job_id).get("accounting")
+        return acct if acct and acct["final"] else None
+
+    acct = wait_for(accounted, 60, "the job's final accounting")
+    ran_s = (datetime.fromisoformat(job["ended_at"])
+             - datetime.fromisoformat(job["started_at"])).total_seconds()
+    # Energy: the samples cover the run up to a heartbeat (1 s) at each end.
+    expected_kwh = (BUSY_W + IDLE_W) * ran_s / 3.6e6
+    assert acct["energy_kwh"] == pytest.approx(expected_kwh, rel=0.35), (acct, ran_s)
+    assert acct["energy_method"] == "mixed"
+    per_gpu = {g["index"]: g for g in acct["gpus"]}
+    assert per_gpu[0]["utilization_mean_pct"] == pytest.approx(80, abs=1)
+    assert per_gpu[1]["utilization_peak_pct"] == 0
+    # kg CO2e at the default 475 g/kWh (the API rounds to the gram/1000)
+    assert acct["carbon_kg"] == pytest.approx(acct["energy_kwh"] * 475 / 1000, abs=1e-6)
+
+    eff = c.gpuq("eff", str(job_id)).stdout
+    assert "0%" in eff and "--gpus 1" in eff, eff  # the idle GPU is called out
+
+    report = json.loads(c.gpuq("usage", "--json", "--since", "1d").stdout)
+    assert report["total"]["jobs"] == 1
+    assert report["total"]["gpu_hours"] == pytest.approx(acct["gpu_hours"], rel=1e-6)
+    assert report["total"]["energy_kwh"] == pytest.approx(acct["energy_kwh"], rel=1e-6)
+
+    metrics = httpx.get(c.url + "/metrics", timeout=10,
+                        headers={"Authorization": f"Bearer {c.admin_token}"})
+    assert metrics.status_code == 200
+    names = {f.name for f in text_string_to_metric_families(metrics.text)}
+    assert any(n.startswith("gpuq_") for n in names), names
