@@ -108,8 +108,14 @@ class Http:
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        self.conn.request(method, path, body=data, headers=self.headers)
-        r = self.conn.getresponse()
+        try:
+            self.conn.request(method, path, body=data, headers=self.headers)
+            r = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # The server closed an idle keep-alive connection: open a new one, once.
+            self.conn.close()
+            self.conn.request(method, path, body=data, headers=self.headers)
+            r = self.conn.getresponse()
         raw = r.read()
         return r.status, json.loads(raw) if raw else None
 

@@ -1,0 +1,218 @@
+"""A department's load at once: many nodes heartbeating, a long queue, people listing it.
+
+Starts a real ``gpuq server`` (PostgreSQL, Redis broker, its loop running), registers 200
+simulated nodes of 8 GPUs that only talk HTTP, fills them with 8-GPU jobs and queues
+10,000 more (one job array), then for a while:
+
+- each node sends a heartbeat every second (reporting the jobs it was told to run);
+- 20 clients list the queue once a second, as ``gpuq q`` does (``GET /v1/jobs?active=true``);
+- once a second a probe job is submitted, and the time until the loop has looked at it
+  (its reason is no longer ``Submitted``) is the loop's lag.
+
+Targets (2-core machine): API p99 < 100 ms (heartbeats and listings), and the loop keeps
+up: its lag does not grow (the last third's median lag is at most twice the first
+third's plus 0.5 s, and every probe was seen).
+
+Run from the repository root:
+
+  python -m bench.load                      # 200 nodes, 10,000 pending, 20 clients, 30 s
+  python -m bench.load --json               # one JSON object
+  python -m bench.load --smoke              # CI: a tiny cluster for a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from typing import Any
+
+from bench.harness import Http, fake_node, machine, server, summary_ms, verdict
+
+TARGET_P99_MS = 100.0
+NODES, PENDING, CLIENTS, SECONDS = 200, 10_000, 20, 30.0
+GPUS_PER_NODE = 8
+
+
+def _job(**kw: Any) -> dict[str, Any]:
+    return {"command": ["/bin/true"], "workdir": "/tmp", "gpus": GPUS_PER_NODE,
+            "environment": {"PATH": "/usr/bin:/bin"}, **kw}
+
+
+class Fleet:
+    """Simulated nodes: each heartbeats every second with the jobs it was told to run."""
+
+    def __init__(self, url: str, tokens: dict[str, str], threads: int) -> None:
+        self.url, self.tokens = url, tokens
+        self.latencies: list[float] = []
+        self.errors = 0
+        names = sorted(tokens)
+        self.groups = [names[i::threads] for i in range(threads)]
+
+    def run(self, until: float) -> None:
+        ts = [threading.Thread(target=self._group, args=(g, until)) for g in self.groups]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    def _group(self, names: list[str], until: float) -> None:
+        conns = {n: Http(self.url, self.tokens[n]) for n in names}
+        running: dict[str, set[int]] = {n: set() for n in names}
+        next_at = time.perf_counter()
+        while next_at < until:
+            for n in names:
+                body = {"jobs": [{"job_id": j, "attempt": 1, "state": "RUNNING"}
+                                 for j in sorted(running[n])],
+                        "gpus": [{"index": i, "utilization_pct": 90.0, "power_w": 300.0}
+                                 for i in range(GPUS_PER_NODE)]}
+                t0 = time.perf_counter()
+                status, reply = conns[n].request("POST", f"/v1/nodes/{n}/heartbeat", body)
+                self.latencies.append(time.perf_counter() - t0)
+                if status != 200:
+                    self.errors += 1
+                    continue
+                running[n].update(reply["launch"])
+                running[n].difference_update(k["job_id"] for k in reply["kill"])
+            next_at += 1.0
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+        for c in conns.values():
+            c.__exit__()
+
+
+def listers(url: str, token: str, clients: int, until: float) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = [0]
+
+    def client(offset: float) -> None:
+        with Http(url, token) as h:
+            time.sleep(offset)
+            next_at = time.perf_counter()
+            while next_at < until:
+                t0 = time.perf_counter()
+                status, _ = h.request("GET", "/v1/jobs?active=true")
+                latencies.append(time.perf_counter() - t0)
+                errors[0] += status != 200
+                next_at += 1.0
+                time.sleep(max(0.0, next_at - time.perf_counter()))
+
+    ts = [threading.Thread(target=client, args=(i / clients,)) for i in range(clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return latencies, errors[0]
+
+
+def probes(url: str, token: str, until: float) -> list[float | None]:
+    """One probe a second: seconds until the loop gave it a reason (None: never)."""
+    lags: list[float | None] = []
+    with Http(url, token) as h:
+        while time.perf_counter() < until:
+            t0 = time.perf_counter()
+            status, job = h.request("POST", "/v1/jobs", _job())
+            assert status == 201, job
+            lag = None
+            while time.perf_counter() < t0 + 30:
+                if h.request("GET", f"/v1/jobs/{job['id']}")[1]["reason"] != "Submitted":
+                    lag = time.perf_counter() - t0
+                    break
+                time.sleep(0.02)
+            lags.append(lag)
+            time.sleep(max(0.0, t0 + 1.0 - time.perf_counter()))
+    return lags
+
+
+def run(nodes: int, pending: int, clients: int, seconds: float) -> dict[str, Any]:
+    with server({"GPUQ_SCHEDULE_INTERVAL_S": "5", "GPUQ_NODE_DOWN_AFTER_S": "60",
+                 "GPUQ_DISPATCH_RESEND_AFTER_S": "2"}, redis_db=12) as cluster:
+        tokens = {f"n{i:03d}": fake_node(cluster, f"n{i:03d}", GPUS_PER_NODE)
+                  for i in range(nodes)}
+        token = cluster.add_user("bench")
+        with Http(cluster.url, token) as h:
+            # Fill every node, then queue ``pending`` more that must wait.
+            for n in (nodes, pending):
+                status, out = h.request("POST", "/v1/jobs/array", _job(array=f"0-{n - 1}"))
+                assert status == 201, out
+        fleet = Fleet(cluster.url, tokens, threads=min(20, nodes))
+        until = time.perf_counter() + seconds
+        lists: list[Any] = []
+        lags: list[Any] = []
+        threads = [threading.Thread(target=fleet.run, args=(until,)),
+                   threading.Thread(target=lambda: lists.extend(
+                       listers(cluster.url, token, clients, until))),
+                   threading.Thread(target=lambda: lags.extend(
+                       probes(cluster.url, token, until)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        list_lat, list_errors = lists
+    seen = [x for x in lags if x is not None]
+    third = max(1, len(lags) // 3)
+    first = [x for x in lags[:third] if x is not None] or [0.0]
+    last = [x for x in lags[-third:] if x is not None] or [float("inf")]
+    keeps_up = (len(seen) == len(lags) and
+                statistics.median(last) <= 2 * statistics.median(first) + 0.5)
+    api = summary_ms(fleet.latencies + list_lat)
+    return {
+        "benchmark": "load", "machine": machine(),
+        "nodes": nodes, "pending": pending, "clients": clients, "seconds": seconds,
+        "heartbeat": {**summary_ms(fleet.latencies), "errors": fleet.errors},
+        "list": {**summary_ms(list_lat), "errors": list_errors},
+        "api": api,
+        "loop_lag_s": {"probes": len(lags), "seen": len(seen),
+                       "first_third_median": round(statistics.median(first), 3),
+                       "last_third_median": round(statistics.median(last), 3),
+                       "max": round(max(seen), 3) if seen else None},
+        "target": {"api_p99_ms": TARGET_P99_MS, "nodes": NODES, "pending": PENDING,
+                   "clients": CLIENTS},
+        "met": {"api_p99_ms": api["p99_ms"] < TARGET_P99_MS, "loop_keeps_up": keeps_up},
+    }
+
+
+def print_human(r: dict[str, Any], smoke: bool) -> None:
+    m = r["machine"]
+    print(f"load: {r['nodes']} nodes heartbeating every 1 s, {r['pending']} pending, "
+          f"{r['clients']} clients listing every 1 s, {r['seconds']:.0f} s; {m['cpus']} CPUs, "
+          f"load {m['loadavg_1m']} ({m['date']})")
+    print(f"{'calls':<11} {'n':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>8}")
+    for key in ("heartbeat", "list", "api"):
+        s = r[key]
+        print(f"{key:<11} {s['n']:>6} {s['p50_ms']:>7.1f} {s['p95_ms']:>7.1f} "
+              f"{s['p99_ms']:>7.1f} {s['max_ms']:>8.1f}")
+    lag = r["loop_lag_s"]
+    note = " (smoke run: not the target's measurement)" if smoke else ""
+    print(f"loop lag (submit -> looked at): {lag['seen']}/{lag['probes']} probes seen, "
+          f"median first third {lag['first_third_median']} s, last third "
+          f"{lag['last_third_median']} s, max {lag['max']} s")
+    print(f"target: API p99 < {TARGET_P99_MS:.0f} ms: {r['api']['p99_ms']:.1f} ms "
+          f"{verdict(r['met']['api_p99_ms'])}; loop keeps up: "
+          f"{verdict(r['met']['loop_keeps_up'])}{note}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, default=NODES)
+    ap.add_argument("--pending", type=int, default=PENDING)
+    ap.add_argument("--clients", type=int, default=CLIENTS)
+    ap.add_argument("--seconds", type=float, default=SECONDS)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--smoke", action="store_true", help="a tiny run for CI")
+    args = ap.parse_args()
+    if args.smoke:
+        r = run(3, 50, 2, 3.0)
+    else:
+        r = run(args.nodes, args.pending, args.clients, args.seconds)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print_human(r, args.smoke)
+    return 0 if args.smoke or all(r["met"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Each service benchmark, run tiny (``--smoke --json``), so that it never rots: it runs,
+prints one JSON object with its figures, and the figures are sane. Not timing targets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def smoke(module: str) -> dict[str, Any]:
+    r = subprocess.run([sys.executable, "-m", module, "--smoke", "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def sane_ms(s: dict[str, Any], n: int) -> None:
+    assert s["n"] >= n
+    assert 0 < s["p50_ms"] <= s["p99_ms"] <= s["max_ms"] < 60_000
+
+
+@pytest.mark.usefixtures("pg_url", "redis_url")  # skip (or fail in CI) without the services
+def test_submit() -> None:
+    r = smoke("bench.submit")
+    assert r["benchmark"] == "submit" and r["machine"]["cpus"] >= 1
+    assert [lv["clients"] for lv in r["levels"]] == [1, 4]
+    for lv in r["levels"]:
+        assert lv["accepted"] > 0 and lv["errors"] == 0 and lv["per_s"] > 0
+        sane_ms(lv["latency"], 1)
+    assert r["array"]["jobs"] == 50 and r["array"]["seconds"] > 0
+    assert set(r["met"]) == {"submits_per_s", "array_s"}
+    assert r["target"]["submits_per_s"] == 1000
+
+
+@pytest.mark.usefixtures("pg_url", "redis_url")
+def test_dispatch() -> None:
+    r = smoke("bench.dispatch")
+    assert [x["deployment"] for x in r["results"]] == ["redis", "up"]
+    for x in r["results"]:
+        for key in ("total", "dispatch", "start"):
+            sane_ms(x[key], 3)
+    assert set(r["met"]) == {"p50_ms", "p99_ms", "jobs"}
+    assert r["target"]["p50_ms"] == 50 and r["target"]["p99_ms"] == 200
+
+
+@pytest.mark.usefixtures("pg_url", "redis_url")
+def test_load() -> None:
+    r = smoke("bench.load")
+    assert r["nodes"] == 3 and r["pending"] == 50
+    assert r["heartbeat"]["errors"] == 0 and r["list"]["errors"] == 0
+    sane_ms(r["heartbeat"], 3)
+    sane_ms(r["list"], 2)
+    lag = r["loop_lag_s"]
+    assert lag["probes"] >= 1 and lag["seen"] == lag["probes"]
+    assert set(r["met"]) == {"api_p99_ms", "loop_keeps_up"}
+
+
+def test_policy_cycle() -> None:
+    r = smoke("bench.policy_cycle")
+    assert r["results"] and all(x["median_s"] > 0 for x in r["results"])
