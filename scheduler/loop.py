@@ -230,8 +230,17 @@ def _cycle(ctx: Context) -> CycleResult:
 
 
 class SchedulerLoop:
-    """Runs ``cycle`` in a thread: on ``wake()`` (after ``schedule_coalesce_s``) and every
-    ``schedule_interval_s``."""
+    """Runs ``cycle`` in a thread: on ``wake()`` and every ``schedule_interval_s``.
+
+    A wake-up on a quiet loop runs a cycle at once (no coalescing delay for a lone
+    submit); in a burst of events the cycles are spaced ``schedule_coalesce_s`` apart, so
+    the burst's events share them. A token bucket says which: ``BURST_CYCLES`` cycles may
+    run back to back, one more per ``schedule_coalesce_s``.
+    """
+
+    #: Cycles a quiet loop runs at once on wake-ups (a job's submit, its start report and
+    #: its end each wake it): beyond these, one per coalescing delay.
+    BURST_CYCLES = 3.0
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -256,12 +265,22 @@ class SchedulerLoop:
     def _run(self) -> None:
         settings = self.ctx.settings
         wait_s = settings.schedule_interval_s
+        coalesce_s = settings.schedule_coalesce_s
+        tokens, last = self.BURST_CYCLES, time.monotonic()
         while not self._stop.is_set():
             woken = self._wake.wait(wait_s)
             if self._stop.is_set():
                 return
-            if woken:
-                time.sleep(settings.schedule_coalesce_s)
+            now = time.monotonic()
+            if coalesce_s > 0:
+                tokens = min(self.BURST_CYCLES, tokens + (now - last) / coalesce_s)
+                last = now
+                if woken and tokens < 1.0:
+                    # A burst: wait for the rest of the coalescing delay.
+                    if self._stop.wait((1.0 - tokens) * coalesce_s):
+                        return
+                    tokens, last = 1.0, time.monotonic()
+                tokens -= 1.0
             self._wake.clear()
             wait_s = settings.schedule_interval_s
             try:

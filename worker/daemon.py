@@ -188,6 +188,7 @@ def run(settings: Settings) -> None:
     identity = identity_policy(settings.worker_run_as,
                                allow_root=settings.worker_allow_root_jobs)
     api = NodeClient(settings.server_url, settings.node_name, token)
+    daemon: Daemon | None = None
     try:
         daemon = Daemon(settings, backend, api, identity=identity)
         _install_signals(daemon)
@@ -206,5 +207,7 @@ def run(settings: Settings) -> None:
             daemon.stop_threads()
         log.info("worker stopped")
     finally:
+        if daemon is not None:
+            daemon.manager.close()
         api.close()
         backend.close()

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,10 @@ class JobManager:
         self._identity, self._gpus = identity, gpus
         self._python, self._wall = python, wall
         self._lock = threading.Lock()
-        self._children: dict[RunKey, subprocess.Popen[bytes]] = {}
+        self._children: dict[RunKey, subprocess.Popen[bytes] | _Forked] = {}
+        self._forker_lock = threading.Lock()
+        self._forker: subprocess.Popen[bytes] | None = None
+        self._forker_done: weakref.finalize | None = None
         self.reporter = Reporter(api, chunk_bytes=chunk_bytes)
 
     def _cgroup_root(self, setting: str) -> str:
@@ -170,17 +174,57 @@ class JobManager:
                 return
             time.sleep(0.02)
 
-    def _spawn(self, key: RunKey, d: Path) -> None:
+    def _supervisor_env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in SUPERVISOR_ENV if k in os.environ}
         src = str(Path(worker.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-        with open(d / jd.SUPERVISOR_LOG, "ab") as out:
-            proc = subprocess.Popen([self._python, "-m", "worker.supervisor", str(d)],
-                                    stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    close_fds=True, cwd="/", env=env)
+        return env
+
+    def _spawn(self, key: RunKey, d: Path) -> None:
+        """Start the run's supervisor: forked by the fork server (``python -m
+        worker.supervisor --serve``, started once), else as a new Python process."""
+        proc: subprocess.Popen[bytes] | _Forked | None = self._fork_supervisor(d)
+        if proc is None:
+            with open(d / jd.SUPERVISOR_LOG, "ab") as out:
+                proc = subprocess.Popen([self._python, "-m", "worker.supervisor", str(d)],
+                                        stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True,
+                                        close_fds=True, cwd="/", env=self._supervisor_env())
         with self._lock:
             self._children[key] = proc
+
+    def _fork_supervisor(self, d: Path) -> _Forked | None:
+        """Ask the fork server for a supervisor of ``d`` (starting the server first if it
+        is not running); ``None`` if it cannot (the caller starts one itself)."""
+        if "\n" in str(d):
+            return None
+        with self._forker_lock:
+            try:
+                if self._forker is None or self._forker.poll() is not None:
+                    self._forker = subprocess.Popen(
+                        [self._python, "-m", "worker.supervisor", "--serve"],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+                        close_fds=True, cwd="/", env=self._supervisor_env())
+                    self._forker_done = weakref.finalize(self, _stop_forker, self._forker)
+                assert self._forker.stdin is not None and self._forker.stdout is not None
+                self._forker.stdin.write(f"{d}\n".encode())
+                self._forker.stdin.flush()
+                answer = self._forker.stdout.readline().decode().strip()
+                return _Forked(int(answer))
+            except (OSError, ValueError) as e:
+                log.warning("the supervisor fork server failed (%s); starting the "
+                            "supervisor as a new process", e or type(e).__name__)
+                if self._forker is not None:
+                    _stop_forker(self._forker)
+                    self._forker = None
+                return None
+
+    def close(self) -> None:
+        """Stop the fork server (the supervisors it started keep running)."""
+        with self._forker_lock:
+            if self._forker is not None:
+                _stop_forker(self._forker)
+                self._forker = None
 
     def kill(self, job_id: int, attempt: int, grace_s: float | None = None) -> bool:
         """Cancel one run: its supervisor sends SIGTERM, then SIGKILL after the grace
@@ -379,6 +423,53 @@ class JobManager:
                 d = jd.find_run(self.jobs_dir, key)
                 if proc.poll() is not None and (d is None or (d / jd.STATE).exists()):
                     del self._children[key]
+
+
+class _Forked:
+    """A supervisor the fork server started (its child, not ours): ``poll()`` says
+    whether it is still there, as ``Popen.poll`` does (the exit status is not known)."""
+
+    def __init__(self, pid: int) -> None:
+        if pid <= 0:
+            raise ValueError(f"bad pid {pid}")
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                with open(f"/proc/{self.pid}/stat", "rb") as f:
+                    gone = f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+            except FileNotFoundError:
+                gone = os.path.isdir("/proc/self") or not _pid_exists(self.pid)
+            except (OSError, IndexError):
+                gone = not _pid_exists(self.pid)
+            if gone:
+                self.returncode = -1
+        return self.returncode
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_forker(proc: subprocess.Popen[bytes]) -> None:
+    """Close the fork server's stdin (it exits at EOF) and reap it."""
+    for stream in (proc.stdin, proc.stdout):
+        with contextlib.suppress(OSError):
+            if stream is not None:
+                stream.close()
+    try:
+        proc.wait(timeout=2.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _job_cgroup(state: dict[str, Any] | None) -> JobCgroup | None:

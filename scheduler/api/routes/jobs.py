@@ -27,10 +27,13 @@ def submit_job(body: JobCreate, ctx: Ctx, principal: UserOrAdmin) -> Response | 
         job, created = svc.submit(session, principal, body, now=ctx.clock(),
                                   settings=ctx.settings)
         out = svc.to_read(job, principal)
+    # Serialised once, here: returning the model would have FastAPI validate it again
+    # against ``response_model`` before serialising it.
+    body_json = out.model_dump_json()
     if not created:
-        return JSONResponse(out.model_dump(mode="json"), status_code=200)
+        return Response(body_json, status_code=200, media_type="application/json")
     ctx.wake()
-    return out
+    return Response(body_json, status_code=201, media_type="application/json")
 
 
 @router.post("/array", status_code=201, response_model=JobArrayRead,
