@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import insert, or_, select, text
+from sqlalchemy import JSON, insert, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,6 +31,47 @@ def array_env(array_id: int, index: int, indices: list[int]) -> dict[str, str]:
     env["GPUQ_ARRAY_INDEX"] = str(index)
     env.update({f"SLURM_{k}": v for k, v in values.items()})
     return env
+
+
+def bulk_insert(session: Session, model: type[Job] | type[JobEvent],
+                rows: list[dict[str, Any]]) -> None:
+    """Insert many rows at once: PostgreSQL's COPY (one round trip for 10,000 jobs, where
+    an executemany sends a statement per row: 1.4 s -> see the commit); elsewhere an
+    executemany. Column defaults are applied here, as the ORM would."""
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(insert(model), rows)
+        return
+    from psycopg.types.json import Json
+
+    table = model.__table__
+    defaults: dict[str, Any] = {}
+    for col in table.columns:
+        d = col.default
+        if d is not None and (getattr(d, "is_scalar", False)
+                              or getattr(d, "is_callable", False)):
+            defaults[col.key] = d.arg  # a callable one is called per row below
+    # The columns the rows give or that have a default; the rest (a serial id, nullable
+    # columns) are the database's.
+    given = set(rows[0]) if rows else set()
+    cols = [c for c in table.columns if c.key in given or c.key in defaults]
+    json_cols = {c.key for c in cols if isinstance(c.type, JSON)}
+    names = ", ".join(f'"{c.name}"' for c in cols)
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            values = []
+            for col in cols:
+                key = col.key
+                if key in row:
+                    v = row[key]
+                else:
+                    v = defaults.get(key)
+                    if callable(v):
+                        v = v(None)
+                if v is not None and key in json_cols:
+                    v = Json(v)
+                values.append(v)
+            copy.write_row(values)
 
 
 def _reserve_ids(session: Session, n: int) -> list[int]:
@@ -94,8 +136,8 @@ def submit_array(session: Session, principal: Principal, spec: JobArrayCreate, *
                        "new_state": JobState.PENDING.value, "reason": "submitted (array)"})
     try:
         with session.begin_nested():
-            session.execute(insert(Job), rows)
-            session.execute(insert(JobEvent), events)
+            bulk_insert(session, Job, rows)
+            bulk_insert(session, JobEvent, events)
     except IntegrityError:
         # The same key raced in from a parallel retry: answer with the array it made.
         old = _replayed(session, principal.user.id, spec)
