@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
@@ -23,7 +24,7 @@ from scheduler.db.models import GpuAllocation, Grant, Job, JobEvent, Node, Sched
 from scheduler.policy import Decisions, Snapshot, schedule
 from scheduler.services import grants as grant_service
 from scheduler.services.nodes import mark_down
-from scheduler.snapshot import build_snapshot
+from scheduler.snapshot import build_snapshot_rows
 from scheduler.states import JobState, NodeState, set_pending_reason, transition
 from scheduler.usage import charge
 
@@ -54,9 +55,11 @@ def _take_lock(session: Session) -> bool:
 
 
 def _apply(session: Session, decisions: Decisions, now: datetime, result: CycleResult,
-           snapshot: Snapshot | None = None) -> None:
+           snapshot: Snapshot | None = None, rows: dict[int, Job] | None = None) -> None:
     """Re-check every start against the current rows before committing it (Nomad's
-    plan applier): the job is still pending, the node still up, its GPUs still free."""
+    plan applier): the job is still pending, the node still up, its GPUs still free.
+    ``rows``: the Job rows the snapshot was read from, written without loading again."""
+    rows = rows if rows is not None else {}
     for start in decisions.starts:
         # Read the rows as they are now, not as the snapshot loaded them, and lock the job:
         # on PostgreSQL an API transaction that is cancelling it commits first, and the
@@ -89,16 +92,37 @@ def _apply(session: Session, decisions: Decisions, now: datetime, result: CycleR
     started = {j for j, _ in result.started}
     _apply_preemptions(session, decisions, now, result)
     if snapshot is not None:  # what the jobs held before: claims and borrowing labels
-        _apply_claims(session, snapshot, decisions, started)
+        _apply_claims(session, snapshot, decisions, started, rows)
         _apply_borrowing(session, snapshot, decisions, started, now)
     for job_id, reason in decisions.pending_reasons.items():
         if job_id in started:
             continue
-        job = session.get(Job, job_id)
+        job = rows.get(job_id) or session.get(Job, job_id)
         if job is None:
             continue
         set_pending_reason(job, reason)
         _record_priority(job, decisions, job_id)
+    _recheck_pending(session, [j for i, j in rows.items() if i not in started])
+
+
+def _recheck_pending(session: Session, jobs: list[Job]) -> None:
+    """The pending rows this cycle changes (reason, priority, claim) were read by the
+    snapshot: lock them in one query and drop the changes to any that stopped pending
+    since (a cancel committed meanwhile keeps its reason)."""
+    changed = [j for j in jobs if sa_inspect(j).modified and j.state == JobState.PENDING.value]
+    if not changed:
+        return
+    ids = [j.id for j in changed]
+    still: set[int] = set()
+    with session.no_autoflush:
+        for i in range(0, len(ids), 5000):  # bounded bind parameters
+            still.update(session.scalars(
+                select(Job.id).where(Job.id.in_(ids[i:i + 5000]),
+                                     Job.state == JobState.PENDING.value)
+                .with_for_update(key_share=True)))
+    for job in changed:
+        if job.id not in still:
+            session.expire(job)
 
 
 def _apply_preemptions(session: Session, decisions: Decisions, now: datetime,
@@ -124,11 +148,11 @@ def _apply_preemptions(session: Session, decisions: Decisions, now: datetime,
 
 
 def _apply_claims(session: Session, snapshot: Snapshot, decisions: Decisions,
-                  started: set[int]) -> None:
+                  started: set[int], rows: dict[int, Job] | None = None) -> None:
     """Keep each pending job's claim as the policy says (new, kept or dropped)."""
     had = {j.id for j in snapshot.pending if j.claim is not None}
     for job_id in had | set(decisions.claims):
-        job = session.get(Job, job_id)
+        job = (rows or {}).get(job_id) or session.get(Job, job_id)
         if job is None:
             continue
         c = decisions.claims.get(job_id)
@@ -165,18 +189,33 @@ def _apply_borrowing(session: Session, snapshot: Snapshot, decisions: Decisions,
 
 def _record_priority(job: Job, decisions: Decisions, job_id: int) -> None:
     """Keep what `gpuq show` and `gpuq why` read: the factors and the estimated start.
-    Rounded, so an unchanged value writes nothing."""
+    Rounded, so an unchanged value writes nothing. The total alone drifts every cycle
+    (the age factor grows): it is rewritten when a factor changes at its rounding (the
+    age one does about once a minute with a week's maximum age) or it moved by 1 or
+    more, so 10,000 pending jobs are not all rewritten each cycle."""
     p = decisions.priorities.get(job_id)
     if p is not None:
         factors = {"total": round(p.total, 3), "fairshare": round(p.fairshare, 4),
                    "age": round(p.age, 4), "jobsize": round(p.jobsize, 4),
                    "qos": round(p.qos, 4), "nice": p.nice, "site": p.site}
-        if job.priority_factors != factors:
+        old = job.priority_factors
+        if old != factors and not _drift_only(old, factors):
             job.priority_factors = factors
     est = decisions.estimated_starts.get(job_id)
     when = datetime.fromtimestamp(round(est), UTC) if est is not None else None
     if job.estimated_start != when:
         job.estimated_start = when
+
+
+def _drift_only(old: dict | None, new: dict) -> bool:  # type: ignore[type-arg]
+    """Only the total differs, and by less than 1 (age drift under the age's rounding)."""
+    if not old or old.keys() != new.keys():
+        return False
+    try:
+        return (all(old[k] == new[k] for k in new if k != "total")
+                and abs(float(old["total"]) - new["total"]) < 1.0)
+    except (TypeError, ValueError):
+        return False
 
 
 def _charge_due(session: Session, now: datetime, interval_s: float) -> bool:
@@ -211,9 +250,9 @@ def _cycle(ctx: Context) -> CycleResult:
             charge(session, now=now, settings=ctx.settings)
         idle_result = idle.enforce(session, now=now, settings=ctx.settings)
         result.kills += idle_result.kills
-        snapshot = build_snapshot(session, now, ctx.settings)
+        snapshot, rows = build_snapshot_rows(session, now, ctx.settings)
         decisions = schedule(snapshot)
-        _apply(session, decisions, now, result, snapshot)
+        _apply(session, decisions, now, result, snapshot, rows)
         result.next_grant_change = grant_service.next_change(session, now)
     for job_id, node, for_job in result.preempted:
         log.info("job %s on %s: preempting for job %s", job_id, node, for_job)

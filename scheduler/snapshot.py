@@ -6,7 +6,7 @@ from collections import defaultdict
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, defer, selectinload
 
 from scheduler.config import Settings
 from scheduler.db.models import Account, Job, Membership, Node, User
@@ -145,13 +145,25 @@ def node_views(session: Session, active: list[Job]) -> list[NodeView]:
 
 def build_snapshot(session: Session, now: datetime, settings: Settings | None = None
                    ) -> Snapshot:
+    return build_snapshot_rows(session, now, settings)[0]
+
+
+#: What the snapshot and the cycle never read of a job: loaded only if something asks.
+_UNREAD = (Job.command, Job.script, Job.environment, Job.workdir, Job.gpu_stats)
+
+
+def build_snapshot_rows(session: Session, now: datetime, settings: Settings | None = None
+                        ) -> tuple[Snapshot, dict[int, Job]]:
+    """The snapshot, and the pending and active Job rows it was built from (the cycle
+    writes their reasons and priorities: held here, they are not loaded again)."""
     settings = settings or Settings()
     users = {uid: name for uid, name in session.execute(select(User.id, User.name))}
     account_names = {aid: name for aid, name in session.execute(select(Account.id,
                                                                       Account.name))}
     node_names = {nid: name for nid, name in session.execute(select(Node.id, Node.name))}
     states = [JobState.PENDING.value, *(s.value for s in ACTIVE)]
-    jobs = list(session.scalars(select(Job).where(Job.state.in_(states))))
+    jobs = list(session.scalars(select(Job).where(Job.state.in_(states))
+                                .options(*(defer(c) for c in _UNREAD))))
     active = [j for j in jobs if j.state != JobState.PENDING.value]
     pending = [j for j in jobs if j.state == JobState.PENDING.value]
     accounts, assocs, usage = tree_views(session, now)
@@ -172,4 +184,4 @@ def build_snapshot(session: Session, now: datetime, settings: Settings | None = 
         usage=usage,
         config=policy_config(settings),
         grants=grants,
-    )
+    ), {j.id: j for j in jobs}

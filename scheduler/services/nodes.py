@@ -6,7 +6,7 @@ import logging
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from scheduler import accounting, metrics
 from scheduler.api.schemas import (
@@ -70,13 +70,25 @@ def register(session: Session, node: Node, body: NodeRegister, *, now: datetime)
     node.state, node.state_reason = NodeState.UP.value, ""
 
 
+def node_for_heartbeat(session: Session, name: str) -> Node:
+    """The node with its GPUs, in one query (a heartbeat reads and updates them)."""
+    node = session.scalar(select(Node).where(Node.name == name)
+                          .options(joinedload(Node.gpus)))
+    return node if node is not None else get_or_create_node(session, name)
+
+
 def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
-              settings: Settings) -> HeartbeatReply:
-    """Take the node's word for what it runs and repair any difference with the database."""
+              settings: Settings) -> tuple[HeartbeatReply, bool]:
+    """Take the node's word for what it runs and repair any difference with the database.
+    Also says whether anything the scheduling policy reads changed (a job started, ended
+    or failed, the node came back, a GPU's health or foreign processes, a job flagged
+    idle): only then is a scheduling cycle worth waking up for."""
     node.last_heartbeat_at = now
+    changed = False
     if node.state == NodeState.DOWN.value and node.registered_at is not None:
         node.state, node.state_reason = NodeState.UP.value, ""
-    _record_gpus(node, body)
+        changed = True
+    changed |= _record_gpus(node, body)
 
     reported = {(j.job_id, j.attempt): j for j in body.jobs}
     current = {job_id: attempt for job_id, attempt in reported}
@@ -91,10 +103,16 @@ def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
                 metrics.observe_dispatch(job, now)
                 transition(session, job, JobState.RUNNING, now=now,
                            reason="running (seen in heartbeat)")
+                changed = True
             if seen.sample is not None:
+                flagged = job.idle_flagged_at
                 record_sample(session, job, seen.sample, now=now,
                               every_s=settings.job_sample_interval_s, settings=settings)
+                changed |= job.idle_flagged_at != flagged
             continue
+        if job.state == JobState.RUNNING.value or job.cancel_requested_at is not None \
+                or job.preempt_requested_at is not None:
+            changed = True  # it ends (or is requeued) below
         if job.cancel_requested_at is not None:
             transition(session, job, JobState.CANCELLED, now=now,
                        reason="cancelled before the node started it")
@@ -107,7 +125,11 @@ def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
             launch.append(job.id)
             job.dispatched_at = now  # wait a full interval before the next resend
 
-    by_id = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(list(current))))}
+    # The reported jobs not among the node's active ones (normally none) need a look.
+    by_id = {j.id: j for j in ours}
+    others = [job_id for job_id in current if job_id not in by_id]
+    if others:
+        by_id.update((j.id, j) for j in session.scalars(select(Job).where(Job.id.in_(others))))
     kill = []
     for (job_id, attempt), run in reported.items():
         if run.state != "RUNNING":
@@ -120,20 +142,26 @@ def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
             kill.append(JobRef(job_id=job_id, attempt=attempt,
                                grace_s=settings.preempt_grace_s))
     return HeartbeatReply(launch=sorted(launch),
-                          kill=sorted(kill, key=lambda r: (r.job_id, r.attempt)))
+                          kill=sorted(kill, key=lambda r: (r.job_id, r.attempt))), changed
 
 
-def _record_gpus(node: Node, body: Heartbeat) -> None:
+def _record_gpus(node: Node, body: Heartbeat) -> bool:
+    """Keep each GPU's last sample; True if a GPU's health or whether it has foreign
+    processes changed (what the policy reads of it)."""
     samples = {s.index: s for s in body.gpus}
+    changed = False
     for gpu in node.gpus:
         sample = samples.get(gpu.index)
         if sample is None:
             continue
+        changed |= (gpu.healthy != sample.healthy
+                    or bool(gpu.foreign_processes) != bool(sample.foreign_processes))
         gpu.last_sample = sample.model_dump(
             exclude={"index", "foreign_processes", "health_reason"})
         gpu.healthy = sample.healthy
         gpu.health_reason = None if sample.healthy else (sample.health_reason or "unhealthy")
         gpu.foreign_processes = [p.model_dump() for p in sample.foreign_processes]
+    return changed
 
 
 def record_sample(session: Session, job: Job, sample: WireJobSample, *, now: datetime,

@@ -55,11 +55,13 @@ def register(name: str, body: NodeRegister, ctx: Ctx, principal: NodeCaller) -> 
 def heartbeat(name: str, body: Heartbeat, ctx: Ctx, principal: NodeCaller) -> HeartbeatReply:
     _own(principal, name)
     with ctx.transaction() as session:
-        node = svc.get_or_create_node(session, name)
+        node = svc.node_for_heartbeat(session, name)
         if node.registered_at is None:
             raise HTTPException(409, f"node {name} has not registered; register first")
-        reply = svc.heartbeat(session, node, body, now=ctx.clock(), settings=ctx.settings)
-    ctx.wake()
+        reply, changed = svc.heartbeat(session, node, body, now=ctx.clock(),
+                                       settings=ctx.settings)
+    if changed:  # else the loop has nothing new to look at (its timer still runs)
+        ctx.wake()
     return reply
 
 
