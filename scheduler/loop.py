@@ -306,11 +306,19 @@ class SchedulerLoop:
         wait_s = settings.schedule_interval_s
         coalesce_s = settings.schedule_coalesce_s
         tokens, last = self.BURST_CYCLES, time.monotonic()
+        rest_until = 0.0
         while not self._stop.is_set():
             woken = self._wake.wait(wait_s)
             if self._stop.is_set():
                 return
             now = time.monotonic()
+            if woken and now < rest_until:
+                # Under constant wake-ups (heartbeats, submits) rest at least as long as
+                # the last cycle took: the loop is at most half busy, and the API keeps
+                # the other half of the process.
+                if self._stop.wait(rest_until - now):
+                    return
+                now = time.monotonic()
             if coalesce_s > 0:
                 tokens = min(self.BURST_CYCLES, tokens + (now - last) / coalesce_s)
                 last = now
@@ -323,7 +331,10 @@ class SchedulerLoop:
             self._wake.clear()
             wait_s = settings.schedule_interval_s
             try:
+                started = time.monotonic()
                 result = cycle(self.ctx)
+                ended = time.monotonic()
+                rest_until = ended + (ended - started)
                 if result.next_grant_change is not None:
                     # A grant starts or ends sooner than the timer: wake on time for it.
                     until = (result.next_grant_change - self.ctx.clock()).total_seconds()
