@@ -596,3 +596,32 @@ def test_a_kill_with_its_own_grace_period_waits_that_long_before_sigkill(
     assert (s["state"], s["exit_code"]) == ("CANCELLED", 128 + signal.SIGKILL)
     assert grace_s <= took < grace_s + 2.5, took
     poll_until_done(manager, 1, wait_for)
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_supervisors_come_from_the_fork_server_and_survive_its_loss(
+        server: FakeServer, manager: JobManager, make_spec: Any, wait_for: Any,
+        tmp_path: Path) -> None:
+    """A launch forks an already-imported supervisor from the fork server; if that server
+    dies, the next launch still starts (a new server, or a new Python process)."""
+    d = launch(server, manager, make_spec(command=["sleep", "30"]))
+    s = wait_for(lambda: (s := jd.read_json(d / jd.STATE)) and s["state"] == "RUNNING" and s,
+                 what="the first job running")
+    forker = manager._forker
+    assert forker is not None and forker.poll() is None
+    sup = int(s["supervisor_pid"])
+    assert _ppid(sup) == forker.pid, "the supervisor is the fork server's child"
+    forker.kill()
+    forker.wait()
+    d2 = launch(server, manager, make_spec(job_id=2, command=["true"]))
+    assert final_state(d2, wait_for)["state"] == "COMPLETED"
+    assert jd.supervisor_alive(d), "supervisors outlive the fork server"
+    assert manager.kill(1, 1)
+    poll_until_done(manager, 1, wait_for)
+    poll_until_done(manager, 2, wait_for)
+    manager.close()
+    assert manager._forker is None
