@@ -26,14 +26,13 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from datetime import datetime
 from typing import Any
 
-from bench.harness import Http, machine, server, summary_ms, verdict
+from bench.harness import Http, finish, machine, server, summary_ms, verdict
 from tests.e2e.conftest import wait_for
 
 TARGET_P50_MS = 50.0
@@ -128,11 +127,7 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="a few jobs on each, for CI")
     args = ap.parse_args()
     r = run(args.broker or ["redis", "up"], 3 if args.smoke else args.jobs)
-    if args.json:
-        print(json.dumps(r))
-    else:
-        print_human(r, args.smoke)
-    return 0 if args.smoke or all(r["met"].values()) else 1
+    return finish(r, as_json=args.json, smoke=args.smoke, human=print_human)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -143,3 +143,14 @@ def summary_ms(values_s: list[float]) -> dict[str, float]:
 
 def verdict(met: bool) -> str:
     return "met" if met else "MISSED"
+
+
+def finish(result: dict[str, Any], *, as_json: bool, smoke: bool,
+           human: Callable[[dict[str, Any], bool], None]) -> int:
+    """Print the figures (one JSON object, or the human table) and the exit status: 0 when
+    every target is met (always for a smoke run, whose figures are not the targets')."""
+    if as_json:
+        print(json.dumps(result))
+    else:
+        human(result, smoke)
+    return 0 if smoke or all(result["met"].values()) else 1

@@ -23,14 +23,13 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
 import time
 from typing import Any
 
-from bench.harness import Http, fake_node, machine, server, summary_ms, verdict
+from bench.harness import Http, fake_node, finish, machine, server, summary_ms, verdict
 
 TARGET_P99_MS = 100.0
 NODES, PENDING, CLIENTS, SECONDS = 200, 10_000, 20, 30.0
@@ -207,11 +206,7 @@ def main() -> int:
         r = run(3, 50, 2, 3.0)
     else:
         r = run(args.nodes, args.pending, args.clients, args.seconds)
-    if args.json:
-        print(json.dumps(r))
-    else:
-        print_human(r, args.smoke)
-    return 0 if args.smoke or all(r["met"].values()) else 1
+    return finish(r, as_json=args.json, smoke=args.smoke, human=print_human)
 
 
 if __name__ == "__main__":

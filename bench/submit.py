@@ -20,14 +20,13 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
 import uuid
 from typing import Any
 
-from bench.harness import Http, fake_node, machine, server, summary_ms, verdict
+from bench.harness import Http, fake_node, finish, machine, server, summary_ms, verdict
 
 TARGET_SUBMITS_PER_S = 1000.0
 TARGET_ARRAY_S = 1.0
@@ -144,11 +143,7 @@ def main() -> int:
         r = run((1, 4), 0.5, 50)
     else:
         r = run(tuple(args.clients), args.seconds, args.array_jobs)
-    if args.json:
-        print(json.dumps(r))
-    else:
-        print_human(r, args.smoke)
-    return 0 if args.smoke or all(r["met"].values()) else 1
+    return finish(r, as_json=args.json, smoke=args.smoke, human=print_human)
 
 
 if __name__ == "__main__":
