@@ -15,8 +15,8 @@ from cli.when import local, short_local
 
 Grant = Mapping[str, Any]
 GRANT_STATES = ("scheduled", "active", "expired", "revoked")
-GRANT_COLUMNS = ("ID", "ACCOUNT", "GRANT", "STATE", "WINDOW", "USED GPU-H", "BORROWED GPU-H",
-                 "PREEMPTIONS", "NOTE")
+GRANT_COLUMNS = ("ID", "ACCOUNT", "GRANT", "STATE", "WINDOW", "USED GPU-H", "KWH",
+                 "BORROWED GPU-H", "PREEMPTIONS", "NOTE")
 
 
 def _plural(n: int, word: str) -> str:
@@ -80,6 +80,7 @@ def grants_table(grants: Iterable[Grant]) -> Table:
         reservation = g["kind"] == "reservation"
         table.add_row(
             str(g["id"]), g["account"], what_text(g), g["state"], window_text(g), used_text(g),
+            f"{float(u['energy_kwh']):.1f}" if u.get("energy_kwh") is not None else "-",
             format_gpu_hours(u.get("borrowed_gpu_hours") or 0) if reservation else "-",
             str(int(u.get("preemptions") or 0)) if reservation else "-", g.get("note") or "")
     return table

@@ -144,7 +144,8 @@ def usage(**kw: float) -> dict:
 GRANTS = [
     make_grant(1, "qlab", start=T0 - timedelta(days=1), end=T0 + timedelta(days=30), gpus=8,
                gpu_model="A100-80GB", usage=usage(gpu_hours=120.0, reserved_gpu_hours=192.0,
-                                                  borrowed_gpu_hours=40.25, preemptions=3)),
+                                                  borrowed_gpu_hours=40.25, preemptions=3,
+                                                  energy_kwh=85.43)),
     make_grant(2, "lab2", kind="share", shares=100, gpu_hours=5000.0,
                start=T0 - timedelta(days=10), end=T0 + timedelta(days=20), note="ERC",
                usage=usage(gpu_hours=1000.0, billed_gpu_hours=1250.0, budget_gpu_hours=5000.0,
@@ -161,16 +162,16 @@ def test_grants_table_shows_each_grants_use(utc: None) -> None:
     """Active grants first, then scheduled, then ended ones; each by start."""
     text = render(grants_table(reversed(GRANTS)), width=250).splitlines()
     assert [line.split() for line in text] == [
-        ["ID", "ACCOUNT", "GRANT", "STATE", "WINDOW", "USED", "GPU-H", "BORROWED", "GPU-H",
-         "PREEMPTIONS", "NOTE"],
+        ["ID", "ACCOUNT", "GRANT", "STATE", "WINDOW", "USED", "GPU-H", "KWH", "BORROWED",
+         "GPU-H", "PREEMPTIONS", "NOTE"],
         ["2", "lab2", "+100", "shares,", "budget", "5000", "GPU-h", "active", "2024-12-22",
-         "12:00", "->", "2025-01-21", "12:00", "1250/5000", "(25%)", "-", "-", "ERC"],
+         "12:00", "->", "2025-01-21", "12:00", "1250/5000", "(25%)", "-", "-", "-", "ERC"],
         ["1", "qlab", "8", "GPUs", "of", "A100-80GB", "active", "2024-12-31", "12:00", "->",
-         "2025-01-31", "12:00", "120/192", "(62%)", "40.2", "3"],
+         "2025-01-31", "12:00", "120/192", "(62%)", "85.4", "40.2", "3"],
         ["4", "qlab", "2", "GPUs", "on", "gpu01", "scheduled", "2025-01-06", "12:00", "->",
-         "2025-01-07", "12:00", "0.0", "0.0", "0"],
+         "2025-01-07", "12:00", "0.0", "-", "0.0", "0"],
         ["3", "lab3", "+100", "shares", "expired", "2024-11-02", "12:00", "->", "2024-12-02",
-         "12:00", "7.5", "-", "-"],
+         "12:00", "7.5", "-", "-", "-"],
     ]
 
 
@@ -189,6 +190,7 @@ def test_grant_detail(utc: None) -> None:
         "Used:        120 GPU-hours of 192 reserved so far (62%)",
         "Borrowed:    40.2 GPU-hours by other accounts' jobs while idle; 3 preemptions to "
         "give them back",
+        "Energy:      85.4 kWh",
         "Created:     2024-12-30 12:00 UTC by root",
     ]
     share = grant_detail(GRANTS[1], T0).splitlines()
