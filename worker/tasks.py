@@ -39,6 +39,8 @@ class Handlers:
             outcome = f"ignored: the job is {spec.state}"
         elif spec.cancel_requested:
             outcome = "ignored: cancel requested"
+        elif spec.preempt_requested:
+            outcome = "ignored: being preempted"
         elif self.manager.launch(spec):
             outcome = f"launched attempt {spec.attempt}"
         else:

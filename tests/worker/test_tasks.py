@@ -48,6 +48,7 @@ def test_launches_a_dispatched_job_once(server: Any, handlers: Handlers,
     ({"state": "RUNNING"}, "ignored: the job is RUNNING"),
     ({"state": "CANCELLED"}, "ignored: the job is CANCELLED"),
     ({"cancel_requested": True}, "ignored: cancel requested"),
+    ({"preempt_requested": True, "kill_grace_s": 30.0}, "ignored: being preempted"),
 ])
 def test_does_not_launch_what_the_scheduler_no_longer_wants(
         server: Any, handlers: Handlers, make_spec: Any, fields: dict[str, Any],
@@ -138,3 +139,16 @@ def test_tasks_are_registered_by_name(handlers: Handlers, server: Any, make_spec
     assert {"gpuq.launch", "gpuq.kill"} <= set(app.tasks)
     server.specs[1] = make_spec(state="COMPLETED")
     assert app.tasks["gpuq.launch"](1) == "ignored: the job is COMPLETED"
+
+
+def test_a_preemption_kill_passes_the_schedulers_grace_period(
+        server: Any, handlers: Handlers, make_spec: Any, wait_for: Any) -> None:
+    server.specs[1] = make_spec(command=["sleep", "30"])
+    handlers.launch(1)
+    run_state(handlers, 1, 1, wait_for, "RUNNING")
+    server.specs[1] = make_spec(state="RUNNING", command=["sleep", "30"],
+                                preempt_requested=True, kill_grace_s=42.0)
+    assert handlers.kill(1) == "killing attempt 1"
+    run = handlers.manager.runs()[(1, 1)]
+    assert (run / jd.CANCEL).read_text() == "42.0\n"  # what the supervisor waits
+    run_state(handlers, 1, 1, wait_for, "CANCELLED")
