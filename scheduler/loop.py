@@ -245,9 +245,10 @@ def _cycle(ctx: Context) -> CycleResult:
                                  reason=f"no heartbeat for {secs} s"):
                 log.warning("job %s: NODE_FAIL on %s", job.id, node.name)
             result.nodes_down.append(node.name)
-        grant_service.refresh_states(session, now, ctx.settings)
-        if _charge_due(session, now, ctx.settings.usage_charge_interval_s):
+        charged = _charge_due(session, now, ctx.settings.usage_charge_interval_s)
+        if charged:
             charge(session, now=now, settings=ctx.settings)
+        grant_service.refresh_states(session, now, check_budgets=charged)
         idle_result = idle.enforce(session, now=now, settings=ctx.settings)
         result.kills += idle_result.kills
         snapshot, rows = build_snapshot_rows(session, now, ctx.settings)

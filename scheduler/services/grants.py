@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
 from scheduler import grants as pure
@@ -272,17 +272,20 @@ def revoke_grant(session: Session, grant: Grant, body: GrantRevoke, *, actor: Ac
 # --- what the scheduling loop calls -----------------------------------------------------
 
 
-def refresh_states(session: Session, now: datetime, settings: Settings | None = None) -> None:
+def refresh_states(session: Session, now: datetime, settings: Settings | None = None, *,
+                   check_budgets: bool = True) -> None:
     """Store every grant's state at ``now``: a share grant whose account used its budget in
     the window is exhausted; grants that start or end are audited ("grant.activate",
     "grant.expire") with the actor "gpuq". ``settings``: unused (usage records are
-    already billed), kept for the loop's call."""
+    already billed), kept for the loop's call. ``check_budgets``: sum the budgeted grants'
+    usage (the loop asks only after a charge pass: usage changes nowhere else)."""
     del settings
     rows = session.scalars(select(Grant).where(Grant.state.in_(LIVE_STATES))
                            .order_by(Grant.id))
     for grant in rows:
         before = None
-        if (grant.kind == SHARE and grant.gpu_hours is not None and grant.exhausted_at is None
+        if (check_budgets and grant.kind == SHARE and grant.gpu_hours is not None
+                and grant.exhausted_at is None
                 and grant.revoked_at is None and grant.start_at <= now < grant.end_at):
             used = usage(session, grant, now=now).billed_gpu_hours
             if used >= grant.gpu_hours:
@@ -327,9 +330,10 @@ def reservations(session: Session, now: datetime,
 
 def next_change(session: Session, now: datetime) -> datetime | None:
     """The next start or end of any grant not revoked, after ``now`` (None: none)."""
-    live = Grant.revoked_at.is_(None)
-    start = session.scalar(select(func.min(Grant.start_at)).where(live, Grant.start_at > now))
-    end = session.scalar(select(func.min(Grant.end_at)).where(live, Grant.end_at > now))
+    # One query: a grant that starts after now also ends after now.
+    start, end = session.execute(
+        select(func.min(case((Grant.start_at > now, Grant.start_at))), func.min(Grant.end_at))
+        .where(Grant.revoked_at.is_(None), Grant.end_at > now)).one()
     times = [_aware(t) for t in (start, end) if t is not None]
     return min(times) if times else None
 

@@ -191,7 +191,7 @@ def job_for_node(session: Session, node: Node, job_id: int, *, lock: bool = Fals
     return job
 
 
-def launch_spec(job: Job, settings: Settings | None = None) -> LaunchSpec:
+def launch_spec(job: Job, *, settings: Settings) -> LaunchSpec:
     uuids = {g.index: g.uuid for g in job.node.gpus} if job.node else {}
     return LaunchSpec(
         job_id=job.id, attempt=job.attempt, name=job.name, user=job.user.name,
@@ -202,13 +202,13 @@ def launch_spec(job: Job, settings: Settings | None = None) -> LaunchSpec:
         gpu_uuids=[uuids.get(i, "") for i in job.gpu_indices or []],
         cpus=job.cpus, memory_mib=job.memory_mib, time_limit_s=job.time_limit_s,
         preempt_requested=job.preempt_requested_at is not None,
-        kill_grace_s=(settings or Settings()).preempt_grace_s
+        kill_grace_s=settings.preempt_grace_s
         if job.preempt_requested_at is not None else None,
     )
 
 
 def report_state(session: Session, job: Job, body: JobStateReport, *, now: datetime,
-                 settings: Settings | None = None) -> str:
+                 settings: Settings) -> str:
     """Apply a node's report. Repeats, late reports and reports about an earlier attempt
     are accepted and change nothing."""
     if body.attempt != job.attempt:
@@ -223,7 +223,7 @@ def report_state(session: Session, job: Job, body: JobStateReport, *, now: datet
     if (new != JobState.RUNNING and job.preempt_requested_at is not None
             and job.cancel_requested_at is None):
         end_preempted(session, job, now=now, how=body.reason or new.value.lower(),
-                      settings=settings or Settings())
+                      settings=settings)
         return job.state
     reason = body.reason or {
         JobState.RUNNING: "started",
