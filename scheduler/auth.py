@@ -37,6 +37,8 @@ class Principal:
     token_id: int
     user: User | None = None
     node: Node | None = None
+    #: When the token stops working (None: never).
+    expires_at: datetime | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -89,14 +91,19 @@ def check_token(session: Session, secret: str, *, now: datetime) -> Principal:
     if row is None or row.revoked_at is not None:
         raise AuthError("invalid or revoked token")
     if row.expires_at is not None and row.expires_at <= now:
-        raise AuthError(f"token expired on {row.expires_at.strftime('%Y-%m-%dT%H:%M:%SZ')}; "
-                        f"ask an admin for a new one")
+        raise AuthError(expired_message(row.expires_at))
     if row.user is not None and row.user.disabled_at is not None:
         raise AuthError(f"user {row.user.name} is disabled; ask an admin")
     # Touch last_used at most once a minute: no write on every request.
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
         row.last_used_at = now
-    return Principal(role=row.role, token_id=row.id, user=row.user, node=row.node)
+    return Principal(role=row.role, token_id=row.id, user=row.user, node=row.node,
+                     expires_at=row.expires_at)
+
+
+def expired_message(expires_at: datetime) -> str:
+    return (f"token expired on {expires_at.strftime('%Y-%m-%dT%H:%M:%SZ')}; "
+            f"ask an admin for a new one")
 
 
 def authenticate(session: Session, secret: str, *, now: datetime) -> Principal | None:

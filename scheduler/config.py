@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     listen_port: int = 8642
     #: Where the first admin token is written (mode 0600). Empty: ``data_dir/admin.token``.
     admin_token_file: str = ""
+    #: Seconds an API process trusts a token it has checked (its user, accounts, QOS)
+    #: before looking it up again; an admin change empties the process's cache at once,
+    #: other ``--workers`` processes see it within this time. 0: look up every request.
+    auth_cache_s: float = Field(5.0, ge=0)
+    #: API processes (``gpuq server --workers N``). 1: one process, the scheduling loop a
+    #: thread in it. 2 or more (PostgreSQL only): the API in N forked processes sharing
+    #: the port, the loop in a process of its own, woken over LISTEN/NOTIFY (rule of
+    #: thumb: one per core on a busy cluster).
+    api_workers: int = Field(1, ge=1)
 
     # --- scheduling ----------------------------------------------------------------------
     gpu_billing_weights: dict[str, float] = Field(

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from scheduler import __version__
+from scheduler.api.callers import CallerCache
 from scheduler.api.routes import (
     admin,
     audit,
@@ -32,6 +33,7 @@ def create_app(ctx: Context) -> FastAPI:
         description="A fair-share GPU cluster scheduler for small research groups.",
     )
     app.state.ctx = ctx
+    app.state.callers = CallerCache(ctx.settings.auth_cache_s)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:

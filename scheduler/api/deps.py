@@ -2,37 +2,54 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from scheduler.auth import AuthError, Principal, check_token
+from scheduler.api.callers import CallerCache
+from scheduler.auth import AuthError, Principal, check_token, hash_token
 from scheduler.context import Context
 from scheduler.services.audit import Actor
 
 _bearer = HTTPBearer(auto_error=False, description="a gpuq token: gpuq_...")
 
 
-def get_ctx(request: Request) -> Context:
+async def get_ctx(request: Request) -> Context:
     return request.app.state.ctx
 
 
 Ctx = Annotated[Context, Depends(get_ctx)]
 
 
-def get_principal(
-    ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+async def get_principal(
+    request: Request, ctx: Ctx,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """The caller: from the caller cache (no thread, no query), else looked up in a
+    worker thread and cached (``scheduler/api/callers.py``)."""
     if creds is None or creds.scheme.lower() != "bearer":
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    cache: CallerCache = request.app.state.callers
+    key = hash_token(creds.credentials)
     try:
-        with ctx.transaction() as session:
-            principal = check_token(session, creds.credentials, now=ctx.clock())
-            if principal.user is not None:
-                _load_accounts(principal)
+        principal = cache.get(key, ctx.clock())
+        if principal is None:
+            principal = await run_in_threadpool(_look_up, ctx, cache, key, creds.credentials)
     except AuthError as e:
         raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
+    return principal
+
+
+def _look_up(ctx: Context, cache: CallerCache, key: str, secret: str) -> Principal:
+    generation = cache.generation
+    with ctx.transaction() as session:
+        principal = check_token(session, secret, now=ctx.clock())
+        if principal.user is not None:
+            _load_accounts(principal)
+    cache.put(key, principal, generation)
     return principal
 
 
@@ -48,7 +65,7 @@ def _load_accounts(principal: Principal) -> None:
 
 
 def require(*roles: str):  # noqa: ANN201 - a dependency factory
-    def dep(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def dep(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if principal.role not in roles:
             raise HTTPException(403, f"this needs a {' or '.join(roles)} token; "
                                      f"yours is a {principal.role} token")
@@ -63,10 +80,17 @@ NodeCaller = Annotated[Principal, Depends(require("node"))]
 AnyCaller = Annotated[Principal, Depends(get_principal)]
 
 
-def get_actor(principal: Admin) -> Actor:
-    """Who an admin change is audited as: the user behind the token, and the token."""
+def get_actor(principal: Admin, request: Request) -> Iterator[Actor]:
+    """Who an admin change is audited as: the user behind the token, and the token.
+    The caller cache is emptied before and after the change (committed by the route):
+    it may revoke a token, disable a user or change what a user may do."""
     name = principal.user.name if principal.user is not None else principal.role
-    return Actor(name, principal.token_id)
+    callers: CallerCache = request.app.state.callers
+    callers.clear()  # a lookup running during the change does not store what it read
+    try:
+        yield Actor(name, principal.token_id)
+    finally:
+        callers.clear()
 
 
 #: An admin caller, as the audit log names it (use it instead of ``Admin`` on changes).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -17,8 +17,8 @@ router = APIRouter(tags=["metrics"])
 _bearer = HTTPBearer(auto_error=False)
 
 
-def _allowed(ctx: Ctx,
-             creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+async def _allowed(request: Request, ctx: Ctx,
+                   creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     settings = ctx.settings
     if settings.metrics_public:
         return
@@ -26,7 +26,7 @@ def _allowed(ctx: Ctx,
     if settings.metrics_token and hmac.compare_digest(token.encode(),
                                                       settings.metrics_token.encode()):
         return
-    principal = get_principal(ctx, creds)
+    principal = await get_principal(request, ctx, creds)
     if not principal.is_admin:
         raise HTTPException(403, "/metrics needs an admin token or the metrics_token "
                                  "(or metrics_public = true in the server's settings)")
