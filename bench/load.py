@@ -5,7 +5,8 @@ simulated nodes of 8 GPUs that only talk HTTP, fills them with 8-GPU jobs and qu
 10,000 more (one job array), then for a while:
 
 - each node sends a heartbeat every second (reporting the jobs it was told to run);
-- 20 clients list the queue once a second, as ``gpuq q`` does (``GET /v1/jobs?active=true``);
+- 20 clients list the queue once a second, as ``gpuq q`` does
+  (``GET /v1/jobs?active=true&view=brief``);
 - once a second a probe job is submitted, and the time until the loop has looked at it
   (its reason is no longer ``Submitted``) is the loop's lag.
 
@@ -34,6 +35,8 @@ from bench.harness import Http, fake_node, finish, machine, server, summary_ms, 
 TARGET_P99_MS = 100.0
 NODES, PENDING, CLIENTS, SECONDS = 200, 10_000, 20, 30.0
 GPUS_PER_NODE = 8
+#: What ``gpuq q`` asks for (its table reads the brief listing).
+LIST_PATH = "/v1/jobs?active=true&view=brief"
 
 
 def _job(**kw: Any) -> dict[str, Any]:
@@ -92,7 +95,7 @@ def listers(url: str, token: str, clients: int, until: float) -> tuple[list[floa
             next_at = time.perf_counter()
             while next_at < until:
                 t0 = time.perf_counter()
-                status, _ = h.request("GET", "/v1/jobs?active=true")
+                status, _ = h.request("GET", LIST_PATH)
                 latencies.append(time.perf_counter() - t0)
                 errors[0] += status != 200
                 next_at += 1.0

@@ -33,11 +33,19 @@ from cli.render import (
 @click.option("-w", "--node", help="Only jobs on this node.")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Include ended jobs.")
 @click.option("-n", "--limit", type=click.IntRange(1, 10000), help="At most this many jobs.")
-@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the jobs as JSON: whole jobs, as `gpuq show --json` prints them.")
+@click.option("--brief", is_flag=True,
+              help="With --json: only what the table shows of each job (the API's JobBrief; "
+                   "much faster for a long queue).")
 @pass_env
 def queue(env: Env, me: bool, user: str | None, account: str | None, states: tuple[str, ...],
-          node: str | None, show_all: bool, limit: int | None, as_json: bool) -> None:
-    """Show the queue: everyone's pending and running jobs (like squeue)."""
+          node: str | None, show_all: bool, limit: int | None, as_json: bool,
+          brief: bool) -> None:
+    """Show the queue: everyone's pending and running jobs (like squeue).
+
+    The table reads the brief listing (``view=brief``); ``--json`` prints whole jobs
+    (``JobRead``, for scripts) unless ``--brief`` is given."""
     if me and user:
         raise click.UsageError("give --me or --user, not both")
     with env.client() as api:
@@ -52,6 +60,8 @@ def queue(env: Env, me: bool, user: str | None, account: str | None, states: tup
                            ("limit", limit)):
             if value is not None:
                 params[key] = value
+        if brief or not as_json:
+            params["view"] = "brief"
         jobs = api.get("/v1/jobs", params=params)
     if as_json:
         echo_json(jobs)

@@ -1,5 +1,6 @@
 """Human output: tables of jobs (like squeue) and one job in detail. Pure functions of the
-API's JSON (``JobRead`` dicts) and ``now``, so tests call them directly."""
+API's JSON (``JobRead`` dicts; the jobs table also takes ``JobBrief`` ones, what ``gpuq q``
+reads) and ``now``, so tests call them directly."""
 
 from __future__ import annotations
 
@@ -125,7 +126,9 @@ def borrowing(job: Job) -> bool:
 
 
 def idle(job: Job) -> bool:
-    return bool((job.get("accounting") or {}).get("idle") and job["state"] in ACTIVE_STATES)
+    """Flagged idle: ``idle`` of a ``JobBrief``, ``accounting.idle`` of a ``JobRead``."""
+    flagged = job["idle"] if "idle" in job else (job.get("accounting") or {}).get("idle")
+    return bool(flagged and job["state"] in ACTIVE_STATES)
 
 
 def jobs_table(jobs: Iterable[Job], now: datetime) -> Table:

@@ -723,3 +723,40 @@ class AuditRead(BaseModel):
     target: str
     before: dict[str, object] | None
     after: dict[str, object] | None
+
+
+# --- the brief queue listing -------------------------------------------------------------
+
+
+class JobBrief(BaseModel):
+    """A job as a queue listing shows it (``GET /v1/jobs?view=brief``, what ``gpuq q``
+    reads): the fields of ``JobRead`` of the same names, without the spec (command,
+    script, workdir, environment), the accounting, the priority factors or the events."""
+
+    id: int
+    name: str
+    user: str
+    account: str
+    state: str
+    #: Why it waits (pending) or how it ended; "" for none.
+    reason: str
+    qos: str
+    gpus: int
+    gpu_model: str | None
+    #: The node it runs on (or last ran on) and its GPUs there.
+    node: str | None
+    gpu_indices: list[int]
+    priority: int
+    time_limit_s: int
+    #: The user asked to cancel; the node has not confirmed yet.
+    cancel_requested: bool
+    #: A preemption was asked for: the node is stopping it.
+    preempt_requested: bool
+    #: Running on idle GPUs reserved for this grant (another account's): may be preempted.
+    borrowed_grant: int | None
+    #: Flagged idle: its GPUs have been under the idle threshold for the idle window
+    #: (``JobRead.accounting.idle``).
+    idle: bool
+    submitted_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -179,11 +180,18 @@ class Gpu(Base):
     node: Mapped[Node] = relationship(back_populates="gpus")
 
 
+#: The states of jobs in the queue (pending or on a node): ``ix_jobs_active_id``'s rows.
+ACTIVE_JOBS = text("state IN ('PENDING', 'DISPATCHED', 'RUNNING')")
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("user_id", "idempotency_key"),
         Index("ix_jobs_state", "state"),
+        #: The queue listing (``state IN (...) ORDER BY id DESC LIMIT n``) reads the active
+        #: jobs newest first through this, not backwards through every ended job's id.
+        Index("ix_jobs_active_id", "id", postgresql_where=ACTIVE_JOBS, sqlite_where=ACTIVE_JOBS),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(128))

@@ -22,6 +22,7 @@ from scheduler.api.schemas import (
     FairShareRow,
     GpuRead,
     JobAhead,
+    JobBrief,
     JobCreate,
     JobRead,
     NodeDrain,
@@ -48,6 +49,13 @@ def make_job(id: int = 1, **kw: Any) -> dict[str, Any]:
     )
     base.update(kw)
     return JobRead(**base).model_dump(mode="json")
+
+
+def brief(job: dict[str, Any]) -> dict[str, Any]:
+    """The ``JobBrief`` of a ``JobRead`` dict, as ``GET /v1/jobs?view=brief`` sends it."""
+    fields = {k: job[k] for k in JobBrief.model_fields if k in job}
+    fields["idle"] = bool((job.get("accounting") or {}).get("idle"))
+    return JobBrief(**fields).model_dump(mode="json")
 
 
 def make_gpu(index: int = 0, **kw: Any) -> dict[str, Any]:
@@ -251,6 +259,8 @@ def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract
     def list_jobs(request: Request, authorization: Auth = None) -> list[dict[str, Any]]:
         _role(authorization)
         state.queries.append(list(request.query_params.multi_items()))
+        if request.query_params.get("view") == "brief":
+            return [brief(j) for j in state.jobs.values()]
         return list(state.jobs.values())
 
     def get(job_id: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ def test_q_asks_for_active_jobs_by_default(api: FakeApi, gpuq) -> None:
     api.jobs[2] = make_job(2, state="PENDING", reason="Resources")
     r = gpuq("q")
     assert r.exit_code == 0, r.stderr
-    assert api.queries == [[("active", "true")]]
+    assert api.queries == [[("active", "true"), ("view", "brief")]]
     out = [line.split() for line in r.stdout.splitlines()]
     assert out[0][0] == "JOBID"
     assert out[1][:5] == ["1", "train", "alice", "lab1", "RUNNING"]
@@ -27,9 +27,9 @@ def test_q_filters(api: FakeApi, gpuq) -> None:
     assert gpuq("q", "--state", "running", "--state", "FAILED").exit_code == 0
     assert gpuq("q", "--me").exit_code == 0
     assert api.queries == [
-        [("user", "bob"), ("account", "lab1"), ("limit", "5")],
-        [("state", "RUNNING"), ("state", "FAILED")],
-        [("active", "true"), ("user", "alice")],
+        [("user", "bob"), ("account", "lab1"), ("limit", "5"), ("view", "brief")],
+        [("state", "RUNNING"), ("state", "FAILED"), ("view", "brief")],
+        [("active", "true"), ("user", "alice"), ("view", "brief")],
     ]
     r = gpuq("q", "--me", "-u", "bob")
     assert r.exit_code == 2 and "--me or --user" in r.stderr

@@ -128,4 +128,4 @@ def test_q_without_qos_or_borrowing_is_as_before() -> None:
 
 def test_q_state_filter_knows_preempted(api: FakeApi, gpuq) -> None:
     assert gpuq("q", "--state", "preempted").exit_code == 0
-    assert api.queries == [[("state", "PREEMPTED")]]
+    assert api.queries == [[("state", "PREEMPTED"), ("view", "brief")]]
