@@ -22,6 +22,7 @@ from scheduler.api.routes import (
 )
 from scheduler.context import Context
 from scheduler.errors import ServiceError
+from scheduler.group_commit import SubmitBatcher
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def create_app(ctx: Context) -> FastAPI:
     )
     app.state.ctx = ctx
     app.state.callers = CallerCache(ctx.settings.auth_cache_s)
+    app.state.submits = SubmitBatcher(ctx)
+    app.router.on_shutdown.append(app.state.submits.stop)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
@@ -131,9 +133,10 @@ class Accepted:
 
 
 def check_submit(session: Session, principal: Principal, spec: JobCreate, *,
-                 settings: Settings) -> Accepted:
+                 settings: Settings,
+                 runnable: Callable[[Session, JobCreate], None] | None = None) -> Accepted:
     """Every check a submit makes (one job or an array), or the 4xx that says what to
-    change."""
+    change. ``runnable`` replaces ``check_runnable`` (a batch remembers its answers)."""
     user = principal.user
     if user is None:
         raise Forbidden("only user and admin tokens can submit jobs")
@@ -152,7 +155,7 @@ def check_submit(session: Session, principal: Principal, spec: JobCreate, *,
     if limit > settings.max_time_limit_s:
         raise Invalid(f"{limit} s is over the maximum time limit of "
                       f"{settings.max_time_limit_s} s", field="time_limit_s")
-    check_runnable(session, spec)
+    (runnable or check_runnable)(session, spec)
     return Accepted(user, account, qos, limit)
 
 
@@ -263,14 +266,7 @@ def list_jobs(session: Session, *, states: list[str] | None, user: str | None,
                 Node.name.label("node_name"))
          .join(User, Job.user_id == User.id).join(Account, Job.account_id == Account.id)
          .outerjoin(Node, Job.node_id == Node.id))
-    if states:
-        q = q.where(Job.state.in_(states))
-    if user:
-        q = q.where(User.name == user)
-    if account:
-        q = q.where(Account.name == account)
-    if node:
-        q = q.where(Node.name == node)
+    q = _filtered(q, states=states, user=user, account=account, node=node)
     rows = session.execute(q.order_by(Job.id.desc()).limit(limit)).all()
     ran = {r.node_id for r in rows if r.node_id is not None and _ran(r)}
     gpus: dict[int, list[SimpleNamespace]] = {}
@@ -293,6 +289,52 @@ def list_jobs(session: Session, *, states: list[str] | None, user: str | None,
 #: The Job columns the listing reads (all but the idempotency key), by attribute name.
 _LISTED = [getattr(Job, a.key) for a in sa_inspect(Job).column_attrs
            if a.key != "idempotency_key"]
+
+
+def _filtered(q: Any, *, states: list[str] | None, user: str | None, account: str | None,
+              node: str | None) -> Any:
+    """The listing's filters (``q`` joins User, Account and, outer, Node)."""
+    if states:
+        q = q.where(Job.state.in_(states))
+    if user:
+        q = q.where(User.name == user)
+    if account:
+        q = q.where(Account.name == account)
+    if node:
+        q = q.where(Node.name == node)
+    return q
+
+
+#: What ``JobBrief`` shows, as labelled columns: the flags computed by the database.
+_BRIEF = (Job.id, Job.name, User.name.label("user"), Account.name.label("account"),
+          Job.state, Job.reason, Job.qos, Job.gpus, Job.gpu_model, Node.name.label("node"),
+          cast(Job.gpu_indices, Text).label("gpu_indices"), Job.priority, Job.time_limit_s,
+          Job.cancel_requested_at.is_not(None).label("cancel_requested"),
+          Job.preempt_requested_at.is_not(None).label("preempt_requested"),
+          Job.borrowed_grant_id.label("borrowed_grant"),
+          Job.idle_flagged_at.is_not(None).label("idle"),
+          Job.submitted_at, Job.started_at, Job.ended_at)
+
+
+def list_brief(session: Session, *, states: list[str] | None, user: str | None,
+               account: str | None, node: str | None, limit: int) -> list[dict[str, Any]]:
+    """The queue as ``JobBrief`` dicts, newest first (``gpuq q``): one query of just those
+    columns, the names joined in. Nothing in it is private, so it is the same for everyone."""
+    q = (select(*_BRIEF).join(User, Job.user_id == User.id)
+         .join(Account, Job.account_id == Account.id)
+         .outerjoin(Node, Job.node_id == Node.id))
+    q = _filtered(q, states=states, user=user, account=account, node=node)
+    # On the connection: a Core statement needs none of the ORM's result handling.
+    result = session.connection().execute(q.order_by(Job.id.desc()).limit(limit))
+    keys = tuple(result.keys())
+    rows = [dict(zip(keys, r, strict=True)) for r in result.all()]
+    for r in rows:
+        # The JSON as text, decoded only when not empty (most jobs are pending, on no GPU).
+        r["gpu_indices"] = [] if r["gpu_indices"] in _NO_GPUS else json.loads(r["gpu_indices"])
+    return rows
+
+
+_NO_GPUS = (None, "[]", "null")
 
 
 def _ran(job: Any) -> bool:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
+from pydantic_core import to_json
 
 from scheduler.api.array_schemas import JobArrayCreate, JobArrayRead
 from scheduler.api.deps import Ctx, UserOrAdmin
-from scheduler.api.schemas import JobCreate, JobRead, WhyRead
+from scheduler.api.schemas import JobBrief, JobCreate, JobRead, WhyRead
 from scheduler.services import arrays
 from scheduler.services import jobs as svc
 from scheduler.states import ACTIVE, JobState
@@ -24,19 +26,13 @@ _JOB_LIST = TypeAdapter(list[JobRead])
 
 @router.post("", status_code=201, response_model=JobRead,
              responses={200: {"model": JobRead, "description": "idempotent replay"}})
-def submit_job(body: JobCreate, ctx: Ctx, principal: UserOrAdmin) -> Response | JobRead:
+async def submit_job(body: JobCreate, request: Request, principal: UserOrAdmin) -> Response:
     """Submit a job. With an ``idempotency_key`` seen before, returns that job (200)."""
-    with ctx.transaction() as session:
-        job, created = svc.submit(session, principal, body, now=ctx.clock(),
-                                  settings=ctx.settings)
-        out = svc.to_read(job, principal)
-    # Serialised once, here: returning the model would have FastAPI validate it again
-    # against ``response_model`` before serialising it.
-    body_json = out.model_dump_json()
-    if not created:
-        return Response(body_json, status_code=200, media_type="application/json")
-    ctx.wake()
-    return Response(body_json, status_code=201, media_type="application/json")
+    # Written with the submits that arrive meanwhile, in one transaction; answered once it
+    # has committed (scheduler/group_commit.py). The answer comes serialised.
+    answer = await asyncio.wrap_future(request.app.state.submits.submit(principal, body))
+    return Response(answer.body, status_code=201 if answer.created else 200,
+                    media_type="application/json")
 
 
 @router.post("/array", status_code=201, response_model=JobArrayRead,
@@ -55,7 +51,7 @@ def submit_array(body: JobArrayCreate, ctx: Ctx, principal: UserOrAdmin
     return out
 
 
-@router.get("", response_model=list[JobRead])
+@router.get("", response_model=list[JobRead] | list[JobBrief])
 def list_jobs(
     ctx: Ctx,
     principal: UserOrAdmin,
@@ -65,12 +61,24 @@ def list_jobs(
     node: str | None = None,
     active: bool = False,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    view: Annotated[Literal["full", "brief"], Query(
+        description="full: JobRead objects; brief: JobBrief objects, what a queue listing "
+                    "shows (``gpuq q``), a fraction of the bytes and of the server's time",
+    )] = "full",
 ) -> Response:
-    """The queue: every user's jobs (the spec only for your own). ``active`` = PENDING,
-    DISPATCHED and RUNNING."""
+    """The queue, newest first: every user's jobs (the spec only for your own). ``active``
+    = PENDING, DISPATCHED and RUNNING. ``view=brief``: ``JobBrief`` objects instead."""
     states = [s.value for s in state or []]
     if active:
         states += [JobState.PENDING.value, *(s.value for s in ACTIVE)]
+    if view == "brief":
+        with ctx.transaction() as session:
+            briefs = svc.list_brief(session, states=states or None, user=user,
+                                    account=account, node=node, limit=limit)
+        # ``JobBrief`` dicts of the right types from the database: encoded by pydantic-core
+        # in one call with no validation pass (1,000 jobs: under 2 ms; validating them
+        # into ``JobBrief`` first costs 3 ms more). Dates come out as a model's do.
+        return Response(to_json(briefs), media_type="application/json")
     with ctx.transaction() as session:
         rows = svc.list_jobs(session, states=states or None, user=user, account=account,
                              node=node, limit=limit, principal=principal)

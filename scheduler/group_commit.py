@@ -1,0 +1,153 @@
+"""Group commit for single-job submits: the submits that arrive while one transaction is
+being written go into the next, together.
+
+One thread per API process takes every submit waiting in its queue (up to
+``MAX_BATCH``), checks and inserts them in one transaction (``services/submit_many.py``)
+and answers each. There is no waiting for a batch to fill: a lone submit is written at
+once, as before; under load the batches grow by themselves (while one commits, the next
+queues), so 32 clients cost one transaction and a few statements instead of 32 of each.
+
+A submit is answered only after its transaction has committed: an accepted job is never
+lost. If a batch fails as a whole (a database error, an idempotency key that a parallel
+retry took meanwhile), each of its submits is written again alone with ``jobs.submit``,
+so one bad submit cannot fail the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from scheduler.api.schemas import JobCreate
+from scheduler.auth import Principal
+from scheduler.context import Context
+from scheduler.services import jobs as svc
+from scheduler.services.submit_many import Created, submit_many
+
+log = logging.getLogger(__name__)
+
+#: The most submits written in one transaction.
+MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A submit's answer: the job as JSON, and whether it was made now (201) or found by
+    its idempotency key (200)."""
+
+    body: bytes
+    created: bool
+
+
+@dataclass
+class _Submit:
+    principal: Principal
+    spec: JobCreate
+    future: Future[Answer] = field(default_factory=Future)
+
+
+class SubmitBatcher:
+    """Queue a submit with ``submit``; the batcher thread writes and answers it."""
+
+    def __init__(self, ctx: Context, *, max_batch: int = MAX_BATCH) -> None:
+        self.ctx = ctx
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Submit | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        #: Batches written and submits in them (for tests and the curious).
+        self.batches = 0
+        self.submits = 0
+
+    def submit(self, principal: Principal, spec: JobCreate) -> Future[Answer]:
+        """The submit's answer, once its transaction has committed (or its error: a
+        ``ServiceError`` for a refused submit)."""
+        self._ensure_thread()
+        item = _Submit(principal, spec)
+        self._queue.put(item)
+        return item.future
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Answer what is queued, then end the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="gpuq-submits",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                self._write(batch)
+            except Exception as e:  # noqa: BLE001 - never leave a caller waiting
+                log.exception("submit batch failed")
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(e)
+            if stop:
+                return
+
+    def _write(self, batch: list[_Submit]) -> None:
+        ctx = self.ctx
+        now = ctx.clock()
+        try:
+            with ctx.transaction() as session:
+                outcomes = submit_many(session, [(s.principal, s.spec) for s in batch],
+                                       now=now, settings=ctx.settings)
+        except Exception:  # noqa: BLE001 - written again one by one below
+            log.warning("a batch of %d submits failed as a whole; writing each alone",
+                        len(batch), exc_info=True)
+            outcomes = [None] * len(batch)
+        self.batches += 1
+        self.submits += len(batch)
+        made = False
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Created):
+                item.future.set_result(Answer(outcome.body, True))
+                made = True
+            elif outcome is not None:
+                item.future.set_exception(outcome)
+            else:
+                made |= self._alone(item)
+        if made:
+            ctx.wake()
+
+    def _alone(self, item: _Submit) -> bool:
+        """Write one submit in its own transaction (a retry, or after a failed batch)."""
+        ctx = self.ctx
+        try:
+            with ctx.transaction() as session:
+                job, created = svc.submit(session, item.principal, item.spec,
+                                          now=ctx.clock(), settings=ctx.settings)
+                body = svc.to_read(job, item.principal).model_dump_json().encode()
+        except Exception as e:  # noqa: BLE001 - the caller gets it
+            item.future.set_exception(e)
+            return False
+        item.future.set_result(Answer(body, created))
+        return created
