@@ -46,6 +46,9 @@ def _logging(level: str) -> None:
 @click.option("--database-url", help="SQLAlchemy URL, e.g. postgresql+psycopg://gpuq@db/gpuq.")
 @click.option("--broker-url", help="Celery broker, e.g. redis://127.0.0.1:6379/0.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--workers", "api_workers", type=click.IntRange(min=1),
+              help="API processes [1]. 2 or more (PostgreSQL only): the API in that many "
+                   "processes, the scheduling loop in one of its own; about one per core.")
 @click.option("--log-level", default="info", show_default=True)
 def server(log_level: str, **opts: Any) -> None:
     """Run the scheduler: the API server and the scheduling loop.
@@ -55,9 +58,14 @@ def server(log_level: str, **opts: Any) -> None:
     from GPUQ_* variables and the file named by GPUQ_CONFIG.
     """
     _logging(log_level)
+    from scheduler.prefork import SetupError
     from scheduler.server import run
 
-    run(_settings(**opts))
+    try:
+        code = run(_settings(**opts))
+    except SetupError as e:  # --workers on SQLite, the port taken: one clear line
+        raise click.ClickException(str(e)) from None
+    sys.exit(code)
 
 
 @click.command()

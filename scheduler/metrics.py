@@ -7,19 +7,30 @@ Two kinds:
   to its node reporting it running);
 * read from the database at every scrape (``StateCollector``): jobs by state and account,
   GPUs by state, running GPUs and fair-share per account, power per node, idle GPUs.
+
+With ``gpuq server --workers N`` (scheduler/prefork.py) the histograms are observed in
+several processes (the cycle in the loop's, the dispatch latency in the API's):
+prometheus_client's multiprocess mode keeps each process's values in files under
+``PROMETHEUS_MULTIPROC_DIR``, which the supervisor empties and sets before anything imports
+prometheus_client (the library picks its value store at import). ``enable_multiprocess``
+then makes ``exposition`` sum those files (``MultiProcessCollector``) instead of reading
+``PROCESS``; the database gauges are read once, by the process serving the scrape.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
 from scheduler.context import Context
@@ -36,6 +47,21 @@ DISPATCH_LATENCY = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120), registry=PROCESS)
 QUEUE_STATES = (JobState.PENDING, JobState.DISPATCHED, JobState.RUNNING)
 GPU_STATES = ("free", "allocated", "occupied", "unhealthy", "unavailable")
+#: The multiprocess mode's directory, once ``enable_multiprocess`` was called.
+_multiprocess_dir: Path | None = None
+
+
+def enable_multiprocess(path: Path) -> None:
+    """Sum the histograms of every process that writes under ``path`` at each scrape.
+    ``PROMETHEUS_MULTIPROC_DIR`` must have named ``path`` before prometheus_client was
+    first imported, or this process's own values would not be in the files."""
+    global _multiprocess_dir
+    if (os.environ.get("PROMETHEUS_MULTIPROC_DIR") != str(path)
+            or not getattr(values.ValueClass, "_multiprocess", False)):
+        raise RuntimeError(
+            f"prometheus_client is not in multiprocess mode on {path}: "
+            "PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is imported")
+    _multiprocess_dir = path
 
 
 @contextlib.contextmanager
@@ -171,6 +197,9 @@ class _Process:
 def exposition(ctx: Context) -> bytes:
     """The text format of every metric, read now."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Process())  # type: ignore[arg-type]
+    if _multiprocess_dir is not None:
+        MultiProcessCollector(registry, path=str(_multiprocess_dir))
+    else:
+        registry.register(_Process())  # type: ignore[arg-type]
     registry.register(StateCollector(ctx))  # type: ignore[arg-type]
     return generate_latest(registry)

@@ -1,0 +1,108 @@
+"""Wake-ups across processes over PostgreSQL LISTEN/NOTIFY (scheduler/wakeups.py): a NOTIFY
+from another connection wakes the listener, a burst of wake() makes few NOTIFYs, and both
+ends reconnect when their connections are killed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from scheduler.wakeups import CHANNEL, WakeListener, WakeSender, conninfo
+from tests.e2e.conftest import wait_for
+
+pytestmark = pytest.mark.postgres
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+        self.event = threading.Event()
+
+    def __call__(self) -> None:
+        self.n += 1
+        self.event.set()
+
+
+@pytest.fixture
+def dsn(pg_url: str) -> str:
+    # A database of its own per test: other tests' NOTIFYs never reach this listener.
+    return conninfo(pg_url)
+
+
+@pytest.fixture
+def listener(dsn: str) -> Iterator[tuple[WakeListener, Counter]]:
+    woken = Counter()
+    lst = WakeListener(dsn, woken, poll_s=0.1)
+    lst.start()
+    assert lst.listening.wait(10), "the listener did not connect"
+    wait_for(lambda: woken.n >= 1, 5, "the wake-up after connecting")
+    woken.event.clear()
+    yield lst, woken
+    lst.stop()
+
+
+def test_conninfo_is_libpq_uri() -> None:
+    assert conninfo("postgresql+psycopg://u:p%40ss@db:5433/gpuq") == \
+        "postgresql://u:p%40ss@db:5433/gpuq"
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        conninfo("sqlite:///x.db")
+
+
+def test_a_notify_from_another_connection_wakes_the_listener(
+        dsn: str, listener: tuple[WakeListener, Counter]) -> None:
+    lst, woken = listener
+    before = woken.n
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"NOTIFY {CHANNEL}")
+    assert woken.event.wait(5), "no wake-up"
+    assert woken.n == before + 1 and lst.received == 1
+
+
+def test_a_burst_of_wakeups_coalesces_and_none_is_lost(
+        dsn: str, listener: tuple[WakeListener, Counter]) -> None:
+    lst, woken = listener
+    sender = WakeSender(dsn)
+    sender.start()
+    try:
+        for _ in range(2000):
+            sender.wake()
+        wait_for(lambda: lst.received >= 1, 5, "the burst's wake-up")
+        time.sleep(0.3)  # any NOTIFY still on its way
+        # A NOTIFY is one round trip: the 2000 calls take less time than a few of them.
+        assert 1 <= sender.sent <= 20, sender.sent
+        assert lst.received == sender.sent
+        # After the burst, a lone wake-up is still delivered.
+        sent = sender.sent
+        sender.wake()
+        wait_for(lambda: lst.received == sent + 1, 5, "the lone wake-up")
+    finally:
+        sender.stop()
+
+
+def test_both_ends_reconnect_after_their_connections_are_killed(
+        dsn: str, listener: tuple[WakeListener, Counter]) -> None:
+    lst, woken = listener
+    sender = WakeSender(dsn)
+    sender.start()
+    try:
+        sender.wake()
+        wait_for(lambda: lst.received == 1, 5, "the first wake-up")
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND application_name = 'gpuq-wakeups'").fetchone()
+        assert killed == (2,)
+        wait_for(lambda: not lst.listening.is_set() or woken.n > 1, 5, "the listener to notice")
+        wait_for(lst.listening.is_set, 10, "the listener to reconnect")
+        # The sender finds out its connection is gone when it sends; it reconnects and
+        # sends again, so the wake-up arrives.
+        received = lst.received
+        sender.wake()
+        wait_for(lambda: lst.received > received, 10, "a wake-up after reconnecting")
+    finally:
+        sender.stop()
