@@ -34,6 +34,8 @@ from bench.harness import Http, fake_node, finish, machine, server, summary_ms, 
 
 TARGET_P99_MS = 100.0
 NODES, PENDING, CLIENTS, SECONDS = 200, 10_000, 20, 30.0
+#: API processes: one per core, as the README advises for a busy cluster.
+WORKERS = 2
 GPUS_PER_NODE = 8
 #: What ``gpuq q`` asks for (its table reads the brief listing).
 LIST_PATH = "/v1/jobs?active=true&view=brief"
@@ -128,9 +130,11 @@ def probes(url: str, token: str, until: float) -> list[float | None]:
     return lags
 
 
-def run(nodes: int, pending: int, clients: int, seconds: float) -> dict[str, Any]:
+def run(nodes: int, pending: int, clients: int, seconds: float,
+        workers: int = WORKERS) -> dict[str, Any]:
     with server({"GPUQ_SCHEDULE_INTERVAL_S": "5", "GPUQ_NODE_DOWN_AFTER_S": "60",
-                 "GPUQ_DISPATCH_RESEND_AFTER_S": "2"}, redis_db=12) as cluster:
+                 "GPUQ_DISPATCH_RESEND_AFTER_S": "2", "GPUQ_API_WORKERS": str(workers)},
+                redis_db=12) as cluster:
         tokens = {f"n{i:03d}": fake_node(cluster, f"n{i:03d}", GPUS_PER_NODE)
                   for i in range(nodes)}
         token = cluster.add_user("bench")
@@ -163,6 +167,7 @@ def run(nodes: int, pending: int, clients: int, seconds: float) -> dict[str, Any
     return {
         "benchmark": "load", "machine": machine(),
         "nodes": nodes, "pending": pending, "clients": clients, "seconds": seconds,
+        "workers": workers,
         "heartbeat": {**summary_ms(fleet.latencies), "errors": fleet.errors},
         "list": {**summary_ms(list_lat), "errors": list_errors},
         "api": api,
@@ -179,7 +184,8 @@ def run(nodes: int, pending: int, clients: int, seconds: float) -> dict[str, Any
 def print_human(r: dict[str, Any], smoke: bool) -> None:
     m = r["machine"]
     print(f"load: {r['nodes']} nodes heartbeating every 1 s, {r['pending']} pending, "
-          f"{r['clients']} clients listing every 1 s, {r['seconds']:.0f} s; {m['cpus']} CPUs, "
+          f"{r['clients']} clients listing every 1 s, {r['seconds']:.0f} s; "
+          f"gpuq server --workers {r['workers']}; {m['cpus']} CPUs, "
           f"load {m['loadavg_1m']} ({m['date']})")
     print(f"{'calls':<11} {'n':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>8}")
     for key in ("heartbeat", "list", "api"):
@@ -202,13 +208,15 @@ def main() -> int:
     ap.add_argument("--pending", type=int, default=PENDING)
     ap.add_argument("--clients", type=int, default=CLIENTS)
     ap.add_argument("--seconds", type=float, default=SECONDS)
+    ap.add_argument("--workers", type=int, default=WORKERS,
+                    help="API processes of the server (gpuq server --workers)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--smoke", action="store_true", help="a tiny run for CI")
     args = ap.parse_args()
     if args.smoke:
-        r = run(3, 50, 2, 3.0)
+        r = run(3, 50, 2, 3.0, args.workers)
     else:
-        r = run(args.nodes, args.pending, args.clients, args.seconds)
+        r = run(args.nodes, args.pending, args.clients, args.seconds, args.workers)
     return finish(r, as_json=args.json, smoke=args.smoke, human=print_human)
 
 

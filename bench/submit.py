@@ -32,6 +32,8 @@ TARGET_SUBMITS_PER_S = 1000.0
 TARGET_ARRAY_S = 1.0
 TARGET_ARRAY_JOBS = 10_000
 CLIENTS = (1, 2, 4, 8, 16, 32)
+#: API processes: one per core, as the README advises for a busy cluster.
+WORKERS = 2
 
 
 def job_body(key: str | None = None) -> dict[str, Any]:
@@ -92,8 +94,10 @@ def submit_array(url: str, token: str, n: int) -> dict[str, Any]:
             "replay_seconds": round(replay, 3)}
 
 
-def run(clients: tuple[int, ...], seconds: float, array_jobs: int) -> dict[str, Any]:
-    with server({"GPUQ_SCHEDULE_INTERVAL_S": "5"}) as cluster:
+def run(clients: tuple[int, ...], seconds: float, array_jobs: int,
+        workers: int = WORKERS) -> dict[str, Any]:
+    with server({"GPUQ_SCHEDULE_INTERVAL_S": "5",
+                 "GPUQ_API_WORKERS": str(workers)}) as cluster:
         fake_node(cluster, "bench-node")
         token = cluster.add_user("bench")
         levels = [submit_level(cluster.url, token, c, seconds) for c in clients]
@@ -102,6 +106,7 @@ def run(clients: tuple[int, ...], seconds: float, array_jobs: int) -> dict[str, 
     return {
         "benchmark": "submit",
         "machine": machine(),
+        "workers": workers,
         "levels": levels,
         "best": {"clients": best["clients"], "per_s": best["per_s"]},
         "array": array,
@@ -115,7 +120,8 @@ def run(clients: tuple[int, ...], seconds: float, array_jobs: int) -> dict[str, 
 
 def print_human(r: dict[str, Any], smoke: bool) -> None:
     m = r["machine"]
-    print(f"submit throughput: HTTP API, PostgreSQL, Redis broker; {m['cpus']} CPUs, "
+    print(f"submit throughput: HTTP API (gpuq server --workers {r['workers']}), PostgreSQL, "
+          f"Redis broker; {m['cpus']} CPUs, "
           f"{m['platform']}, load {m['loadavg_1m']} ({m['date']})")
     print(f"{'clients':>7} {'jobs/s':>8} {'accepted':>8} {'errors':>6} {'p50 ms':>7} "
           f"{'p99 ms':>7}")
@@ -136,13 +142,15 @@ def main() -> int:
     ap.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
     ap.add_argument("--seconds", type=float, default=5.0, help="per concurrency level")
     ap.add_argument("--array-jobs", type=int, default=TARGET_ARRAY_JOBS)
+    ap.add_argument("--workers", type=int, default=WORKERS,
+                    help="API processes of the server (gpuq server --workers)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--smoke", action="store_true", help="a tiny, quick run for CI")
     args = ap.parse_args()
     if args.smoke:
-        r = run((1, 4), 0.5, 50)
+        r = run((1, 4), 0.5, 50, args.workers)
     else:
-        r = run(tuple(args.clients), args.seconds, args.array_jobs)
+        r = run(tuple(args.clients), args.seconds, args.array_jobs, args.workers)
     return finish(r, as_json=args.json, smoke=args.smoke, human=print_human)
 
 

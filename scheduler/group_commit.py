@@ -25,7 +25,7 @@ from scheduler.api.schemas import JobCreate
 from scheduler.auth import Principal
 from scheduler.context import Context
 from scheduler.services import jobs as svc
-from scheduler.services.submit_many import Created, submit_many
+from scheduler.services.submit_many import Created, Runnable, submit_many
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class SubmitBatcher:
         self._queue: queue.SimpleQueue[_Submit | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._runnable = Runnable()
         #: Batches written and submits in them (for tests and the curious).
         self.batches = 0
         self.submits = 0
@@ -119,7 +120,8 @@ class SubmitBatcher:
         try:
             with ctx.transaction() as session:
                 outcomes = submit_many(session, [(s.principal, s.spec) for s in batch],
-                                       now=now, settings=ctx.settings)
+                                       now=now, settings=ctx.settings,
+                                       runnable=self._runnable)
         except Exception:  # noqa: BLE001 - written again one by one below
             log.warning("a batch of %d submits failed as a whole; writing each alone",
                         len(batch), exc_info=True)

@@ -78,8 +78,9 @@ def _reserve_ids(session: Session, n: int) -> list[int]:
     """``n`` new job ids, increasing (PostgreSQL: from the sequence, so a concurrent
     submit cannot take one; SQLite: after the largest, under its write lock)."""
     if session.get_bind().dialect.name == "postgresql":
-        rows = session.execute(text("SELECT nextval(pg_get_serial_sequence('jobs', 'id')) "
-                                    "FROM generate_series(1, :n)"), {"n": n})
+        rows = session.connection().execute(
+            text("SELECT nextval(pg_get_serial_sequence('jobs', 'id')) "
+                 "FROM generate_series(1, :n)"), {"n": n})
         return sorted(r[0] for r in rows)
     top = session.scalar(text("SELECT coalesce(max(id), 0) FROM jobs")) or 0
     return list(range(top + 1, top + n + 1))

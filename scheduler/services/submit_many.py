@@ -10,6 +10,7 @@ them with the job they made before. Like every service this never commits.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,11 +48,14 @@ Outcome = Created | ServiceError | None
 
 
 def submit_many(session: Session, items: Sequence[tuple[Principal, JobCreate]], *,
-                now: datetime, settings: Settings) -> list[Outcome]:
+                now: datetime, settings: Settings,
+                runnable: Runnable | None = None) -> list[Outcome]:
+    """One outcome per item, in order (see ``Outcome``); ``runnable`` carries what the
+    batches before knew about job shapes the nodes can run."""
     outcomes: list[Outcome] = [None] * len(items)
     taken = _taken_keys(session, items)
     seen: set[tuple[int, str]] = set()
-    runnable = _Runnable()
+    runnable = (runnable or Runnable()).new_batch()
     accepted: list[tuple[int, dict[str, Any], Accepted]] = []
     for i, (principal, spec) in enumerate(items):
         user = principal.user
@@ -94,29 +98,42 @@ def _taken_keys(session: Session, items: Sequence[tuple[Principal, JobCreate]]
             if p.user is not None and s.idempotency_key is not None}
     if not keys:
         return set()
-    rows = session.execute(select(Job.user_id, Job.idempotency_key).where(
+    # Core, not the ORM session: no ORM objects come back (and no autoflush).
+    rows = session.connection().execute(select(Job.user_id, Job.idempotency_key).where(
         tuple_(Job.user_id, Job.idempotency_key).in_(list(keys))))
     return {(u, k) for u, k in rows}
 
 
-class _Runnable:
-    """``check_runnable``, asked once per job shape in a batch (the same shape gets the
-    same answer within one transaction)."""
+class Runnable:
+    """``check_runnable`` with memory: a job shape that some node can run is not asked
+    again for ``ttl_s`` seconds (nodes come and go rarely; a job accepted in that window
+    for a node that just left waits, as it would had the node left a moment later). A
+    refusal is remembered only within one batch: a node that registers is seen at once."""
 
-    def __init__(self) -> None:
-        self.answers: dict[tuple[Any, ...], ServiceError | None] = {}
+    def __init__(self, ttl_s: float = 2.0) -> None:
+        self.ttl_s = ttl_s
+        self._runs: dict[tuple[Any, ...], float] = {}   # shape -> until (monotonic)
+        self._refused: dict[tuple[Any, ...], ServiceError] = {}
+
+    def new_batch(self) -> Runnable:
+        self._refused = {}
+        return self
 
     def __call__(self, session: Session, spec: JobCreate) -> None:
         shape = (spec.gpus, spec.gpu_model, spec.cpus, spec.memory_mib)
-        if shape not in self.answers:
+        if self._runs.get(shape, 0.0) > time.monotonic():
+            return
+        refusal = self._refused.get(shape)
+        if refusal is None:
             try:
                 check_runnable(session, spec)
-                self.answers[shape] = None
+                if len(self._runs) > 1000:
+                    self._runs.clear()
+                self._runs[shape] = time.monotonic() + self.ttl_s
+                return
             except ServiceError as e:
-                self.answers[shape] = e
-        refusal = self.answers[shape]
-        if refusal is not None:
-            raise refusal
+                self._refused[shape] = refusal = e
+        raise refusal
 
 
 def _column_defaults() -> dict[str, Any]:

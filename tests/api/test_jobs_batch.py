@@ -19,7 +19,7 @@ from scheduler.db.models import Job, JobEvent
 from scheduler.errors import Invalid
 from scheduler.group_commit import SubmitBatcher
 from scheduler.services import jobs as svc
-from scheduler.services.submit_many import Created, submit_many
+from scheduler.services.submit_many import Created, Runnable, submit_many
 from tests.api.conftest import Api
 
 
@@ -162,3 +162,28 @@ def test_the_api_answers_201_then_200_for_a_replay(api: Api, people: dict) -> No
     r = api.client.post("/v1/jobs", headers=h, json={**body, "idempotency_key": None,
                                                       "gpus": 16})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "gpus"]
+
+
+def test_runnable_remembers_what_runs_not_what_was_refused(api: Api, people: dict) -> None:
+    """A shape some node runs is not asked again for a while; a refused one is asked
+    again in the next batch, so a node that registers meanwhile is seen at once."""
+    runnable = Runnable(ttl_s=60)
+    eight = [(people["alice"], _spec(gpus=8))]
+    with api.ctx.transaction() as s:
+        (out,) = submit_many(s, eight, now=api.clock(), settings=api.ctx.settings,
+                             runnable=runnable)
+    assert isinstance(out, Invalid) and "largest node has 4" in out.message
+    api.node("gpu02", gpus=8)
+    with api.ctx.transaction() as s:
+        (out,) = submit_many(s, eight, now=api.clock(), settings=api.ctx.settings,
+                             runnable=runnable)
+    assert isinstance(out, Created)
+    with api.ctx.transaction() as s:  # remembered: no query needed for this shape
+        s.execute(text("UPDATE nodes SET state = 'UNKNOWN'"))
+        (out,) = submit_many(s, eight, now=api.clock(), settings=api.ctx.settings,
+                             runnable=runnable)
+        assert isinstance(out, Created)
+        (out,) = submit_many(s, eight, now=api.clock(), settings=api.ctx.settings,
+                             runnable=Runnable())
+        assert isinstance(out, Invalid)
+        s.rollback()
