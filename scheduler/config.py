@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     preempt_grace_s: float = 60.0
     #: A job's GPU samples are stored at most this often, in seconds (totals: every beat).
     job_sample_interval_s: float = 60.0
+    #: A GPU's last sample (utilisation, power, memory: shown by ``gpuq nodes`` and
+    #: /metrics) is stored at most this often, in seconds; health and foreign processes
+    #: are stored at every heartbeat that changes them.
+    gpu_sample_interval_s: float = Field(10.0, ge=0)
     #: Default and maximum job time limit, in seconds.
     default_time_limit_s: int = 24 * 3600
     max_time_limit_s: int = 14 * 24 * 3600

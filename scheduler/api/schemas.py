@@ -385,6 +385,8 @@ class GpuRead(BaseModel):
     #: Processes gpuq did not start; while there are any, no job is given this GPU.
     foreign_processes: list[GpuProcess] = Field(default_factory=list)
     sample: dict[str, float | bool | None]
+    #: When ``sample`` was taken (samples are kept every ``gpu_sample_interval_s``).
+    sampled_at: datetime | None = None
 
 
 class NodeRead(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload, selectinload
@@ -88,7 +89,7 @@ def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
     if node.state == NodeState.DOWN.value and node.registered_at is not None:
         node.state, node.state_reason = NodeState.UP.value, ""
         changed = True
-    changed |= _record_gpus(node, body)
+    changed |= _record_gpus(node, body, now=now, every_s=settings.gpu_sample_interval_s)
 
     reported = {(j.job_id, j.attempt): j for j in body.jobs}
     current = {job_id: attempt for job_id, attempt in reported}
@@ -145,9 +146,12 @@ def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
                           kill=sorted(kill, key=lambda r: (r.job_id, r.attempt))), changed
 
 
-def _record_gpus(node: Node, body: Heartbeat) -> bool:
-    """Keep each GPU's last sample; True if a GPU's health or whether it has foreign
-    processes changed (what the policy reads of it)."""
+def _record_gpus(node: Node, body: Heartbeat, *, now: datetime, every_s: float) -> bool:
+    """Keep each GPU's health and foreign processes as reported, and its last sample
+    (utilisation, power, memory: what ``gpuq nodes`` and /metrics show) at most every
+    ``every_s`` seconds: 200 nodes x 8 GPUs beating every second would otherwise rewrite
+    1,600 rows a second for figures nobody reads that often. True if a GPU's health or
+    whether it has foreign processes changed (what the policy reads of it)."""
     samples = {s.index: s for s in body.gpus}
     changed = False
     for gpu in node.gpus:
@@ -156,12 +160,30 @@ def _record_gpus(node: Node, body: Heartbeat) -> bool:
             continue
         changed |= (gpu.healthy != sample.healthy
                     or bool(gpu.foreign_processes) != bool(sample.foreign_processes))
-        gpu.last_sample = sample.model_dump(
-            exclude={"index", "foreign_processes", "health_reason"})
-        gpu.healthy = sample.healthy
-        gpu.health_reason = None if sample.healthy else (sample.health_reason or "unhealthy")
-        gpu.foreign_processes = [p.model_dump() for p in sample.foreign_processes]
+        reason = None if sample.healthy else (sample.health_reason or "unhealthy")
+        foreign = [p.model_dump() for p in sample.foreign_processes]
+        if gpu.healthy != sample.healthy or gpu.health_reason != reason:
+            gpu.healthy, gpu.health_reason = sample.healthy, reason
+        if (gpu.foreign_processes or []) != foreign:
+            gpu.foreign_processes = foreign
+        if _sample_due(gpu.last_sample, now, every_s):
+            gpu.last_sample = {**sample.model_dump(
+                exclude={"index", "foreign_processes", "health_reason"}),
+                "sampled_at": now.isoformat()}
     return changed
+
+
+def _sampled_at(last: dict[str, Any] | None) -> datetime | None:
+    at = (last or {}).get("sampled_at")
+    try:
+        return datetime.fromisoformat(at) if isinstance(at, str) else None
+    except ValueError:
+        return None
+
+
+def _sample_due(last: dict[str, Any] | None, now: datetime, every_s: float) -> bool:
+    at = _sampled_at(last)
+    return at is None or (now - at).total_seconds() >= every_s
 
 
 def record_sample(session: Session, job: Job, sample: WireJobSample, *, now: datetime,
@@ -274,7 +296,9 @@ def list_nodes(session: Session) -> list[NodeRead]:
                           healthy=g.healthy, health_reason=g.health_reason,
                           job_id=holders.get((node.id, g.index)),
                           foreign_processes=[GpuProcess(**p) for p in g.foreign_processes or []],
-                          sample=dict(g.last_sample or {})) for g in node.gpus],
+                          sample={k: v for k, v in (g.last_sample or {}).items()
+                                  if k != "sampled_at"},
+                          sampled_at=_sampled_at(g.last_sample)) for g in node.gpus],
         ))
     return out
 

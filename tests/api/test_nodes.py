@@ -209,3 +209,26 @@ def test_log_is_truncated_past_the_limit(api: Api, alice: dict[str, str]) -> Non
     assert api.ok("POST", f"{url}?offset=10", h, content=b"more") == {"size": 14}
     body = api.client.get(f"/v1/jobs/{job_id}/log", headers=alice).content
     assert body.startswith(b"01234567") and b"truncated" in body and b"more" not in body
+
+
+def test_gpu_samples_are_kept_every_interval_health_at_once(api: Api) -> None:
+    """A GPU's sample is stored at most every gpu_sample_interval_s (10 s by default);
+    a change of health is stored (and seen) at the very heartbeat that reports it."""
+    h = api.node("gpu01", gpus=1)
+
+    def beat(watts: float, healthy: bool = True) -> dict:
+        api.ok("POST", "/v1/nodes/gpu01/heartbeat", h, json={"jobs": [], "gpus": [
+            {"index": 0, "power_w": watts, "utilization_pct": 50.0, "healthy": healthy,
+             "health_reason": None if healthy else "XID 79"}]})
+        (node,) = api.ok("GET", "/v1/nodes", api.admin)
+        return node["gpus"][0]
+
+    first = beat(100.0)
+    assert first["sample"]["power_w"] == 100.0 and first["sampled_at"] is not None
+    api.clock.advance(5)
+    assert beat(200.0)["sample"]["power_w"] == 100.0  # within the interval: kept
+    sick = beat(200.0, healthy=False)
+    assert not sick["healthy"] and sick["health_reason"] == "XID 79"
+    api.clock.advance(5)
+    later = beat(300.0, healthy=False)
+    assert later["sample"]["power_w"] == 300.0 and later["sampled_at"] > first["sampled_at"]
