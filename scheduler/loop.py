@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from scheduler import idle, metrics
@@ -24,8 +25,8 @@ from scheduler.db.models import GpuAllocation, Grant, Job, JobEvent, Node, Sched
 from scheduler.policy import Decisions, Snapshot, schedule
 from scheduler.services import grants as grant_service
 from scheduler.services.nodes import mark_down
-from scheduler.snapshot import build_snapshot_rows
-from scheduler.states import JobState, NodeState, set_pending_reason, transition
+from scheduler.snapshot import PENDING_COLUMNS, build_snapshot_rows
+from scheduler.states import JobState, NodeState, transition
 from scheduler.usage import charge
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,15 @@ def _take_lock(session: Session) -> bool:
 
 
 def _apply(session: Session, decisions: Decisions, now: datetime, result: CycleResult,
-           snapshot: Snapshot | None = None, rows: dict[int, Job] | None = None) -> None:
+           snapshot: Snapshot | None = None, rows: dict[int, Any] | None = None) -> None:
     """Re-check every start against the current rows before committing it (Nomad's
     plan applier): the job is still pending, the node still up, its GPUs still free.
-    ``rows``: the Job rows the snapshot was read from, written without loading again."""
+    ``rows``: the job rows (``snapshot.PENDING_COLUMNS``) the snapshot was read from: what the
+    pending jobs hold, compared with what this cycle would write (read here without them).
+
+    Only the jobs the cycle acts on (started, preempted, borrowing changes) are ORM objects;
+    the pending jobs' reasons, priorities and claims are written by set-based UPDATEs, and
+    only where a value changes (see ``_write_pending``)."""
     rows = rows if rows is not None else {}
     for start in decisions.starts:
         # Read the rows as they are now, not as the snapshot loaded them, and lock the job:
@@ -91,38 +97,76 @@ def _apply(session: Session, decisions: Decisions, now: datetime, result: CycleR
         result.started.append((job.id, node.name))
     started = {j for j, _ in result.started}
     _apply_preemptions(session, decisions, now, result)
+    writes = _PendingWrites()
     if snapshot is not None:  # what the jobs held before: claims and borrowing labels
-        _apply_claims(session, snapshot, decisions, started, rows)
+        _apply_claims(session, snapshot, decisions, started, rows, writes)
         _apply_borrowing(session, snapshot, decisions, started, now)
-    for job_id, reason in decisions.pending_reasons.items():
-        if job_id in started:
+    waiting = [i for i in decisions.pending_reasons if i not in started]
+    held = _pending_rows(session, waiting, rows)
+    for job_id in waiting:
+        job = held.get(job_id)
+        if job is None or job.state != JobState.PENDING.value:
             continue
-        job = rows.get(job_id) or session.get(Job, job_id)
-        if job is None:
-            continue
-        set_pending_reason(job, reason)
-        _record_priority(job, decisions, job_id)
-    _recheck_pending(session, [j for i, j in rows.items() if i not in started])
+        reason = decisions.pending_reasons[job_id]
+        if job.reason != reason:
+            writes.reasons[reason].append(job_id)
+        changes = _record_priority(job, decisions, job_id)
+        if changes:
+            writes.columns[job_id].update(changes)
+    # The ORM's changes (starts, preemptions, borrowing labels) go now, not at whatever
+    # query autoflushes next; then the pending rows' changes, set-based.
+    session.flush()
+    _write_pending(session, writes)
 
 
-def _recheck_pending(session: Session, jobs: list[Job]) -> None:
-    """The pending rows this cycle changes (reason, priority, claim) were read by the
-    snapshot: lock them in one query and drop the changes to any that stopped pending
-    since (a cancel committed meanwhile keeps its reason)."""
-    changed = [j for j in jobs if sa_inspect(j).modified and j.state == JobState.PENDING.value]
-    if not changed:
-        return
-    ids = [j.id for j in changed]
-    still: set[int] = set()
-    with session.no_autoflush:
-        for i in range(0, len(ids), 5000):  # bounded bind parameters
-            still.update(session.scalars(
-                select(Job.id).where(Job.id.in_(ids[i:i + 5000]),
-                                     Job.state == JobState.PENDING.value)
-                .with_for_update(key_share=True)))
-    for job in changed:
-        if job.id not in still:
-            session.expire(job)
+@dataclass
+class _PendingWrites:
+    """What the cycle changes of jobs that stay pending: job ids by their new reason, and
+    other columns (priority_factors, estimated_start, claim) by job id."""
+
+    reasons: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    columns: dict[int, dict[str, Any]] = field(default_factory=lambda: defaultdict(dict))
+
+
+#: Bound parameters per IN list (SQLite's limit is 32,766; PostgreSQL's 65,535).
+_CHUNK = 5000
+
+
+def _pending_rows(session: Session, ids: list[int], rows: dict[int, Any]) -> dict[int, Any]:
+    """The rows (``PENDING_COLUMNS``) of these jobs: from ``rows``, the others read now."""
+    missing = [i for i in ids if i not in rows]
+    if not missing:
+        return rows
+    held = dict(rows)
+    for i in range(0, len(missing), _CHUNK):
+        held.update((r.id, r) for r in session.execute(
+            select(*PENDING_COLUMNS).where(Job.id.in_(missing[i:i + _CHUNK]))))
+    return held
+
+
+def _write_pending(session: Session, writes: _PendingWrites) -> None:
+    """Write the pending jobs' changes: one UPDATE per new reason (``id IN (...)``), one
+    executemany per set of changed columns. Each row is written only while it is still
+    PENDING, as it is when the UPDATE reaches it, not as the snapshot read it: a job
+    cancelled since keeps its reason. On PostgreSQL an API transaction holding the row
+    (``lock_job``, a cancel not yet committed) makes the UPDATE wait for its commit, and
+    the condition is then checked on the committed row (READ COMMITTED)."""
+    jobs = Job.__table__
+    pending = jobs.c.state == JobState.PENDING.value
+    for reason, ids in writes.reasons.items():
+        ids.sort()
+        for i in range(0, len(ids), _CHUNK):
+            session.execute(update(jobs).where(jobs.c.id.in_(ids[i:i + _CHUNK]), pending)
+                            .values(reason=reason))
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for job_id in sorted(writes.columns):
+        values = writes.columns[job_id]
+        keys = tuple(sorted(values))
+        groups[keys].append({"b_id": job_id, **{f"b_{k}": values[k] for k in keys}})
+    for keys, params in groups.items():
+        stmt = (update(jobs).where(jobs.c.id == bindparam("b_id"), pending)
+                .values({k: bindparam(f"b_{k}", type_=jobs.c[k].type) for k in keys}))
+        session.execute(stmt, params)
 
 
 def _apply_preemptions(session: Session, decisions: Decisions, now: datetime,
@@ -148,19 +192,29 @@ def _apply_preemptions(session: Session, decisions: Decisions, now: datetime,
 
 
 def _apply_claims(session: Session, snapshot: Snapshot, decisions: Decisions,
-                  started: set[int], rows: dict[int, Job] | None = None) -> None:
-    """Keep each pending job's claim as the policy says (new, kept or dropped)."""
+                  started: set[int], rows: dict[int, Any] | None = None,
+                  writes: _PendingWrites | None = None) -> None:
+    """Keep each pending job's claim as the policy says (new, kept or dropped). A job
+    started this cycle drops it with its start (its ORM object); the others' changes go
+    to ``writes`` (written only while they are pending), or, without it, to their ORM
+    objects."""
     had = {j.id for j in snapshot.pending if j.claim is not None}
-    for job_id in had | set(decisions.claims):
-        job = (rows or {}).get(job_id) or session.get(Job, job_id)
-        if job is None:
-            continue
+    ids = sorted(had | set(decisions.claims))
+    held = (_pending_rows(session, [i for i in ids if i not in started], rows or {})
+            if writes is not None else {})
+    for job_id in ids:
         c = decisions.claims.get(job_id)
         want = None if c is None or job_id in started else {
             "node": c.node, "gpus": list(c.gpu_indices), "victims": list(c.victims),
             "grant": c.grant}
-        if job.claim != want:
-            job.claim = want
+        if job_id in started or writes is None:
+            job = session.get(Job, job_id)
+            if job is not None and job.claim != want:
+                job.claim = want
+            continue
+        row = held.get(job_id)
+        if row is not None and row.claim != want:
+            writes.columns[job_id]["claim"] = want
 
 
 def _apply_borrowing(session: Session, snapshot: Snapshot, decisions: Decisions,
@@ -187,12 +241,15 @@ def _apply_borrowing(session: Session, snapshot: Snapshot, decisions: Decisions,
                                  new_state=job.state, reason=why))
 
 
-def _record_priority(job: Job, decisions: Decisions, job_id: int) -> None:
+def _record_priority(job: Any, decisions: Decisions, job_id: int) -> dict[str, Any]:
     """Keep what `gpuq show` and `gpuq why` read: the factors and the estimated start.
     Rounded, so an unchanged value writes nothing. The total alone drifts every cycle
     (the age factor grows): it is rewritten when a factor changes at its rounding (the
     age one does about once a minute with a week's maximum age) or it moved by 1 or
-    more, so 10,000 pending jobs are not all rewritten each cycle."""
+    more, so 10,000 pending jobs are not all rewritten each cycle.
+
+    ``job``: what the job holds (a row or a Job); returns the columns to write."""
+    changes: dict[str, Any] = {}
     p = decisions.priorities.get(job_id)
     if p is not None:
         factors = {"total": round(p.total, 3), "fairshare": round(p.fairshare, 4),
@@ -200,11 +257,12 @@ def _record_priority(job: Job, decisions: Decisions, job_id: int) -> None:
                    "qos": round(p.qos, 4), "nice": p.nice, "site": p.site}
         old = job.priority_factors
         if old != factors and not _drift_only(old, factors):
-            job.priority_factors = factors
+            changes["priority_factors"] = factors
     est = decisions.estimated_starts.get(job_id)
     when = datetime.fromtimestamp(round(est), UTC) if est is not None else None
     if job.estimated_start != when:
-        job.estimated_start = when
+        changes["estimated_start"] = when
+    return changes
 
 
 def _drift_only(old: dict | None, new: dict) -> bool:  # type: ignore[type-arg]
@@ -212,7 +270,7 @@ def _drift_only(old: dict | None, new: dict) -> bool:  # type: ignore[type-arg]
     if not old or old.keys() != new.keys():
         return False
     try:
-        return (all(old[k] == new[k] for k in new if k != "total")
+        return ({**old, "total": new["total"]} == new  # one comparison of the others
                 and abs(float(old["total"]) - new["total"]) < 1.0)
     except (TypeError, ValueError):
         return False
