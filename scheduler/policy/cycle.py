@@ -12,7 +12,12 @@ cycle: starts only use resources up, holds and the reservation only grow, and a 
 asks for no less (same GPU model; no fewer GPUs, CPUs, MiB; with backfill no shorter time
 limit) than one that did not fit does not fit either. So:
 
-- a job of a shape (GPUs, model, CPUs, memory) that already failed takes its reason;
+- a job of a shape (GPUs, model, CPUs, memory) that already failed takes its reason. Only
+  its *kind* may change, one way: a job that fitted the reserved node now but would have
+  delayed the reservation ("Reservation") finds that node too full once a later job that
+  ends by the reserved start (or takes only spare resources) starts there ("Resources").
+  So such a cached failure holds only while the job still fits the reserved node now (one
+  node's check), and is taken for a Resources failure when it does not;
 - a job *dominated* by a failed one fails without a search. Its reason's kind is exact
   (which nodes could ever run it, who holds them, whether only the reservation stands in
   the way), and the per-node counts of a "Resources" reason are those of the first job of its
@@ -53,7 +58,8 @@ class _Cycle:
         #: Per node class, the first (most urgent) job that holds one of its nodes.
         self.first_holder: list[int | None] = [None] * len(self.cluster.reps)
         self.guard: Guard | None = None
-        #: shape -> (shortest time limit that failed, reason, the key of its estimate or None)
+        #: shape -> (shortest time limit that failed, reason, the key of its estimate or None);
+        #: the limit is -inf unless only the reservation stopped it (a "would delay" reason)
         self.failed: dict[Shape, tuple[float, str, ReasonKey | None]] = {}
         #: model -> failed (gpus, cpus, memory, time limit), none dominating another
         self.frontier: dict[str | None, list[tuple[int, int, int, float]]] = {}
@@ -77,9 +83,13 @@ class _Cycle:
             shape = (job.gpus, job.gpu_model, job.cpus, job.memory_mib)
             hit = failed.get(shape)
             if hit is not None and job.time_limit_s >= hit[0]:
-                reasons_[job.id] = hit[1]
-                if hit[2] is not None:
-                    waiting[hit[2]][1].append(job.id)
+                if hit[0] == -math.inf or self._fits_the_reserved_node(job):
+                    reasons_[job.id] = hit[1]
+                    if hit[2] is not None:
+                        waiting[hit[2]][1].append(job.id)
+                else:  # the reserved node has filled up since: it fits nowhere now
+                    self._fail_dominated(job, shape)
+                    self._remember_failure(job, -math.inf)
                 continue
             if self._dominated(job):
                 self._fail_dominated(job, shape)
@@ -178,6 +188,14 @@ class _Cycle:
                 reason = reasons.resources(job, c.survey(job, c.static_fit(job)).misses)
                 self.resources_reason[key] = reason
         self._record(job, shape, limit, reason, reason, estimable=True, key=key)
+
+    def _fits_the_reserved_node(self, job: JobView) -> bool:
+        """Whether a job of a shape that only the reservation stopped still fits the reserved
+        node now (then only the reservation still stops it: nothing frees up during a cycle,
+        and the spare there only shrinks)."""
+        guard = self.guard
+        assert guard is not None
+        return self.cluster.fits_now(guard.node, job)
 
     def _only_the_reservation_stops(self, job: JobView, guard: Guard,
                                     classes: list[int]) -> bool:

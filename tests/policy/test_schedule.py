@@ -137,6 +137,24 @@ class TestDominatedRequests:
         d = schedule(make_snapshot(nodes, jobs, running=running, now=NOW))
         assert [s.job_id for s in d.starts] == [3]
 
+    def test_a_blocked_shape_whose_gpus_a_later_job_took_now_lacks_resources(self) -> None:
+        # Job 2 fits n1 now but would delay job 1. Job 3 ends by the reserved start, so it
+        # takes n1's free GPUs. Job 4, of job 2's shape, then fits nowhere at all: that is a
+        # Resources reason, not job 2's cached "would delay" (found by hypothesis, comparing
+        # the cycle with a search of every job).
+        node = make_node("n1", gpus=4, free={2, 3})
+        running = [make_running(100, "n1", [0, 1], started_at=NOW, time_limit_s=60)]
+        jobs = [make_job(1, gpus=4, time_limit_s=60, priority=9),
+                make_job(2, time_limit_s=600, priority=8),
+                make_job(3, gpus=2, time_limit_s=60, priority=7),
+                make_job(4, time_limit_s=600, priority=6),
+                make_job(5, cpus=2, time_limit_s=600, priority=5)]  # dominated by job 2
+        d = schedule(make_snapshot([node], jobs, running=running, now=NOW))
+        assert [s.job_id for s in d.starts] == [3]
+        assert d.pending_reasons[2] == "Reservation: would delay job 1 (reserved on n1 in 60 s)"
+        assert d.pending_reasons[4] == d.pending_reasons[5] == \
+            "Resources: no node has 1 free GPU now (1 node: too few free GPUs)"
+
     def test_a_bigger_job_waits_behind_the_most_urgent_holder(self) -> None:
         nodes = [make_node("a", gpus=8, model=A100, free={0}),
                  make_node("b", gpus=8, model=H100, free={0})]
