@@ -4,7 +4,8 @@ Starts a real ``gpuq server`` (PostgreSQL, Redis broker, its loop running), regi
 simulated nodes of 8 GPUs that only talk HTTP, fills them with 8-GPU jobs and queues
 10,000 more (one job array), then for a while:
 
-- each node sends a heartbeat every second (reporting the jobs it was told to run);
+- each node sends a heartbeat every second (reporting the jobs it was told to run), the
+  nodes' phases spread evenly over the second as independent daemons' are;
 - 20 clients list the queue once a second, as ``gpuq q`` does
   (``GET /v1/jobs?active=true&view=brief``);
 - once a second a probe job is submitted, and the time until the loop has looked at it
@@ -47,28 +48,37 @@ def _job(**kw: Any) -> dict[str, Any]:
 
 
 class Fleet:
-    """Simulated nodes: each heartbeats every second with the jobs it was told to run."""
+    """Simulated nodes: each heartbeats every second with the jobs it was told to run.
+    Their phases are spread evenly over the second, as independent worker daemons'
+    are (each started at its own moment), not fired together at the top of each second."""
 
     def __init__(self, url: str, tokens: dict[str, str], threads: int) -> None:
         self.url, self.tokens = url, tokens
         self.latencies: list[float] = []
         self.errors = 0
         names = sorted(tokens)
-        self.groups = [names[i::threads] for i in range(threads)]
+        phase = {n: i / len(names) for i, n in enumerate(names)}
+        self.groups = [[(n, phase[n]) for n in names[i::threads]] for i in range(threads)]
 
     def run(self, until: float) -> None:
-        ts = [threading.Thread(target=self._group, args=(g, until)) for g in self.groups]
+        start = time.perf_counter()
+        ts = [threading.Thread(target=self._group, args=(g, start, until))
+              for g in self.groups]
         for t in ts:
             t.start()
         for t in ts:
             t.join()
 
-    def _group(self, names: list[str], until: float) -> None:
-        conns = {n: Http(self.url, self.tokens[n]) for n in names}
-        running: dict[str, set[int]] = {n: set() for n in names}
-        next_at = time.perf_counter()
-        while next_at < until:
-            for n in names:
+    def _group(self, nodes: list[tuple[str, float]], start: float, until: float) -> None:
+        conns = {n: Http(self.url, self.tokens[n]) for n, _ in nodes}
+        running: dict[str, set[int]] = {n: set() for n, _ in nodes}
+        second = 0
+        while start + second < until:
+            for n, phase in nodes:
+                at = start + second + phase
+                if at >= until:
+                    break
+                time.sleep(max(0.0, at - time.perf_counter()))
                 body = {"jobs": [{"job_id": j, "attempt": 1, "state": "RUNNING"}
                                  for j in sorted(running[n])],
                         "gpus": [{"index": i, "utilization_pct": 90.0, "power_w": 300.0}
@@ -81,8 +91,7 @@ class Fleet:
                     continue
                 running[n].update(reply["launch"])
                 running[n].difference_update(k["job_id"] for k in reply["kill"])
-            next_at += 1.0
-            time.sleep(max(0.0, next_at - time.perf_counter()))
+            second += 1
         for c in conns.values():
             c.__exit__()
 
