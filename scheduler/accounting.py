@@ -44,7 +44,9 @@ def _stats(job: Job) -> dict[str, Any]:
     return {"at": raw.get("at"), "attempt": raw.get("attempt"),
             "gpus": {k: dict(v) for k, v in (raw.get("gpus") or {}).items()},
             "charged": dict(raw.get("charged") or {}),
-            "intensity": raw.get("intensity")}
+            "intensity": raw.get("intensity"),
+            # When the job's last ``JobSample`` row was stored (``record_sample``'s).
+            "sample_at": raw.get("sample_at")}
 
 
 def _total(job: Job, key: str) -> float:

@@ -6,7 +6,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from scheduler import accounting, metrics
@@ -76,6 +76,94 @@ def node_for_heartbeat(session: Session, name: str) -> Node:
     node = session.scalar(select(Node).where(Node.name == name)
                           .options(joinedload(Node.gpus)))
     return node if node is not None else get_or_create_node(session, name)
+
+
+_NODES, _GPUS, _JOBS = Node.__table__, Gpu.__table__, Job.__table__
+_ACTIVE_STATES = sorted(s.value for s in ACTIVE)
+#: The node and its GPUs, one row per GPU (Core: no ORM objects to build or flush).
+_STEADY_NODE = (select(_NODES.c.id, _NODES.c.state, _NODES.c.registered_at, _GPUS.c.id,
+                       _GPUS.c.index, _GPUS.c.healthy, _GPUS.c.health_reason,
+                       _GPUS.c.foreign_processes, _GPUS.c.last_sample)
+                .select_from(_NODES.outerjoin(_GPUS, _GPUS.c.node_id == _NODES.c.id))
+                .where(_NODES.c.name == bindparam("name")))
+_STEADY_JOBS = (select(_JOBS.c.id, _JOBS.c.attempt, _JOBS.c.state,
+                       _JOBS.c.cancel_requested_at, _JOBS.c.preempt_requested_at)
+                .where(_JOBS.c.node_id == bindparam("node_id"),
+                       _JOBS.c.state.in_(_ACTIVE_STATES)))
+_BEAT_NODE = (update(_NODES).where(_NODES.c.id == bindparam("node_id"))
+              .values(last_heartbeat_at=bindparam("now")))
+_GPU_SAMPLE = (update(_GPUS).where(_GPUS.c.id == bindparam("gpu_id"))
+               .values(last_sample=bindparam("sample")))
+_STEADY_REPLY = HeartbeatReply(launch=[], kill=[])
+
+
+def steady_heartbeat(session: Session, name: str, body: Heartbeat, *, now: datetime,
+                     settings: Settings) -> tuple[HeartbeatReply, bool] | None:
+    """A heartbeat that changes nothing but the node's last heartbeat, its GPUs' samples
+    when due and the samples of its jobs (nearly all of them), written without loading
+    the node and its GPUs as ORM objects. ``None``, with nothing read locked or written,
+    when the heartbeat is not that case: then ``heartbeat`` does it all.
+
+    Steady: the node is UP and registered; no GPU's health, health reason or foreign
+    processes changes; the node reports exactly the runs (job, attempt) the database
+    has active on it, each once and RUNNING, and all of them are RUNNING there with no
+    cancel or preemption requested. Then ``heartbeat`` would change the same and reply
+    with nothing to launch or kill. The job rows are read without a lock when no job has
+    a sample (nothing is written to them); jobs with samples are read as ``heartbeat``
+    reads them (locked, FOR NO KEY UPDATE) and ``record_sample`` writes them."""
+    conn = session.connection()
+    rows = conn.execute(_STEADY_NODE, {"name": name}).all()
+    if not rows:
+        return None
+    node_id, state, registered_at = rows[0][0], rows[0][1], rows[0][2]
+    if state != NodeState.UP.value or registered_at is None:
+        return None
+    samples = {s.index: s for s in body.gpus}
+    due: list[dict[str, Any]] = []
+    for _, _, _, gpu_id, index, healthy, health_reason, foreign, last in rows:
+        sample = samples.get(index) if gpu_id is not None else None
+        if sample is None:
+            continue
+        reason = None if sample.healthy else (sample.health_reason or "unhealthy")
+        if healthy != sample.healthy or health_reason != reason \
+                or (foreign or []) != [p.model_dump() for p in sample.foreign_processes]:
+            return None
+        if _sample_due(last, now, settings.gpu_sample_interval_s):
+            due.append({"gpu_id": gpu_id, "sample": {**sample.model_dump(
+                exclude={"index", "foreign_processes", "health_reason"}),
+                "sampled_at": now.isoformat()}})
+
+    reported = {(j.job_id, j.attempt): j for j in body.jobs}
+    if len(reported) != len(body.jobs) or any(j.state != "RUNNING" for j in body.jobs):
+        return None
+    sampled = [j for j in body.jobs if j.sample is not None]
+    ours: list[Job] = []
+    if sampled:
+        ours = list(session.scalars(
+            select(Job).where(Job.node_id == node_id, Job.state.in_(_ACTIVE_STATES))
+            .with_for_update(key_share=True).execution_options(populate_existing=True)))
+        have = [(j.id, j.attempt, j.state, j.cancel_requested_at, j.preempt_requested_at)
+                for j in ours]
+    else:
+        have = [tuple(r) for r in conn.execute(_STEADY_JOBS, {"node_id": node_id})]
+    if len(have) != len(reported) or any(
+            (job_id, attempt) not in reported or state != JobState.RUNNING.value
+            or cancel is not None or preempt is not None
+            for job_id, attempt, state, cancel, preempt in have):
+        return None
+
+    conn.execute(_BEAT_NODE, {"node_id": node_id, "now": now})
+    if due:
+        conn.execute(_GPU_SAMPLE, due)
+    changed = False
+    for job in ours:
+        seen = reported[(job.id, job.attempt)]
+        if seen.sample is not None:
+            flagged = job.idle_flagged_at
+            record_sample(session, job, seen.sample, now=now,
+                          every_s=settings.job_sample_interval_s, settings=settings)
+            changed |= job.idle_flagged_at != flagged
+    return _STEADY_REPLY, changed
 
 
 def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
@@ -196,13 +284,20 @@ def record_sample(session: Session, job: Job, sample: WireJobSample, *, now: dat
         job.max_gpu_memory_mib = max(job.max_gpu_memory_mib or 0.0, sample.memory_used_mib)
     if settings is not None:
         accounting.observe(session, job, sample, now=now, settings=settings)
-    last = session.scalar(select(JobSample.time).where(JobSample.job_id == job.id)
-                          .order_by(JobSample.id.desc()).limit(1))
+    # The time of the job's last row: kept in its gpu_stats (saves a query a heartbeat);
+    # read from the table for a job whose gpu_stats does not have it yet.
+    stats = job.gpu_stats or {}
+    try:
+        last = datetime.fromisoformat(stats["sample_at"])
+    except (KeyError, TypeError, ValueError):
+        last = session.scalar(select(JobSample.time).where(JobSample.job_id == job.id)
+                              .order_by(JobSample.id.desc()).limit(1))
     if last is None or (now - last).total_seconds() >= every_s:
         session.add(JobSample(job_id=job.id, attempt=job.attempt, time=now,
                               utilization_pct=sample.utilization_pct,
                               memory_used_mib=sample.memory_used_mib, power_w=sample.power_w,
                               energy_j=sample.energy_j))
+        job.gpu_stats = {**stats, "sample_at": now.isoformat()}
 
 
 def job_for_node(session: Session, node: Node, job_id: int, *, lock: bool = False) -> Job:

@@ -232,3 +232,126 @@ def test_gpu_samples_are_kept_every_interval_health_at_once(api: Api) -> None:
     api.clock.advance(5)
     later = beat(300.0, healthy=False)
     assert later["sample"]["power_w"] == 300.0 and later["sampled_at"] > first["sampled_at"]
+
+
+def _full_beats(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the heartbeats that went through the full reconciliation."""
+    from scheduler.services import nodes as svc
+
+    calls: list[int] = []
+    full = svc.heartbeat
+
+    def counted(*args: object, **kw: object) -> object:
+        calls.append(1)
+        return full(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(svc, "heartbeat", counted)
+    return calls
+
+
+def _running(api: Api, alice: dict[str, str]) -> tuple[int, dict]:
+    job_id, h = _dispatched(api, alice, gpus=2)
+    api.ok("POST", f"/v1/nodes/gpu01/jobs/{job_id}/events", h, json={"state": "RUNNING"})
+    return job_id, h
+
+
+def test_a_steady_heartbeat_writes_only_the_beat_and_due_samples(
+        api: Api, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import select
+
+    from scheduler.db.models import JobSample, Node
+
+    job_id, h = _running(api, alice)
+    full = _full_beats(monkeypatch)
+    before = api.job(job_id)
+
+    def beat(watts: float, *, sample: bool = False) -> dict:
+        run: dict = {"job_id": job_id, "state": "RUNNING"}
+        if sample:
+            run["sample"] = {"utilization_pct": 80.0, "power_w": watts, "energy_j": watts,
+                             "gpus": [{"index": 0, "utilization_pct": 80.0},
+                                      {"index": 1, "utilization_pct": 80.0}]}
+        return api.ok("POST", "/v1/nodes/gpu01/heartbeat", h, json={
+            "jobs": [run], "gpus": [{"index": i, "power_w": watts} for i in range(4)]})
+
+    def seen() -> tuple:
+        with api.ctx.transaction() as s:
+            node = s.scalar(select(Node).where(Node.name == "gpu01"))
+            rows = s.scalars(select(JobSample.time).where(JobSample.job_id == job_id)).all()
+            return (node.last_heartbeat_at, [g.last_sample.get("power_w") for g in node.gpus],
+                    len(rows))
+
+    api.clock.advance(1)
+    assert beat(100.0) == {"launch": [], "kill": []}
+    at, watts, _ = seen()
+    assert at == api.clock() and watts == [100.0] * 4  # never sampled before: due
+    api.clock.advance(2)
+    beat(200.0)
+    at, watts, _ = seen()
+    assert at == api.clock() and watts == [100.0] * 4  # within the interval: kept
+    api.clock.advance(api.ctx.settings.gpu_sample_interval_s)
+    beat(300.0)
+    assert seen()[1] == [300.0] * 4
+    after = api.job(job_id)
+    assert after == before and full == []  # the job is untouched, all steady
+
+    # Job samples: totals every beat, a row at most every job_sample_interval_s.
+    beat(400.0, sample=True)
+    api.clock.advance(1)
+    beat(500.0, sample=True)
+    assert seen()[2] == 1
+    api.clock.advance(api.ctx.settings.job_sample_interval_s)
+    beat(600.0, sample=True)
+    assert seen()[2] == 2 and full == []
+    acc = api.job(job_id)["accounting"]
+    assert acc["energy_kwh"] == round(600.0 / 3.6e6, 6) and acc["utilization_peak_pct"] == 80.0
+    assert api.job(job_id)["state"] == "RUNNING"
+
+
+@pytest.mark.parametrize("case", ["new job", "missing job", "cancel", "dispatched now running",
+                                  "gpu unhealthy", "foreign process", "ended report"])
+def test_a_heartbeat_that_is_not_steady_is_reconciled(
+        api: Api, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    if case == "dispatched now running":
+        job_id, h = _dispatched(api, alice, gpus=2)
+    else:
+        job_id, h = _running(api, alice)
+    full = _full_beats(monkeypatch)
+    jobs = [{"job_id": job_id, "state": "RUNNING"}]
+    gpus: list[dict] = [{"index": i} for i in range(4)]
+    if case == "new job":
+        jobs.append({"job_id": 4242, "state": "RUNNING"})
+    elif case == "missing job":
+        jobs = []
+    elif case == "cancel":
+        api.ok("POST", f"/v1/jobs/{job_id}/cancel", alice)
+    elif case == "gpu unhealthy":
+        gpus[3] = {"index": 3, "healthy": False, "health_reason": "XID 79"}
+    elif case == "foreign process":
+        gpus[3] = {"index": 3, "foreign_processes": [{"pid": 7, "user": "bob"}]}
+    elif case == "ended report":
+        jobs = [{"job_id": job_id, "state": "COMPLETED"}]
+    reply = api.ok("POST", "/v1/nodes/gpu01/heartbeat", h, json={"jobs": jobs, "gpus": gpus})
+    assert full == [1]
+    job = api.job(job_id)
+    (node,) = api.ok("GET", "/v1/nodes", alice)
+    if case == "new job":
+        assert reply["kill"] == [{"job_id": 4242, "attempt": 1, "grace_s": None}]
+    elif case == "missing job":
+        assert job["state"] == "NODE_FAIL" and reply == {"launch": [], "kill": []}
+    elif case == "cancel":
+        assert reply["kill"] == [{"job_id": job_id, "attempt": 1, "grace_s": None}]
+    elif case == "dispatched now running":
+        assert job["state"] == "RUNNING" and reply == {"launch": [], "kill": []}
+    elif case == "gpu unhealthy":
+        assert not node["gpus"][3]["healthy"] and node["gpus"][3]["health_reason"] == "XID 79"
+    elif case == "foreign process":
+        assert node["gpus"][3]["foreign_processes"][0]["pid"] == 7
+    else:
+        assert job["state"] == "RUNNING" and reply == {"launch": [], "kill": []}
+    if case in ("gpu unhealthy", "foreign process", "ended report"):
+        assert job["state"] == "RUNNING" and reply == {"launch": [], "kill": []}
+    # The next identical beat is steady again where nothing is left to reconcile.
+    if case in ("dispatched now running", "gpu unhealthy", "foreign process"):
+        api.ok("POST", "/v1/nodes/gpu01/heartbeat", h, json={"jobs": jobs, "gpus": gpus})
+        assert full == [1]

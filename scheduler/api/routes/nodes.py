@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from scheduler.api.deps import Ctx, NodeCaller, UserOrAdmin
 from scheduler.api.schemas import (
@@ -52,17 +52,23 @@ def register(name: str, body: NodeRegister, ctx: Ctx, principal: NodeCaller) -> 
 
 
 @router.post("/{name}/heartbeat", response_model=HeartbeatReply)
-def heartbeat(name: str, body: Heartbeat, ctx: Ctx, principal: NodeCaller) -> HeartbeatReply:
+def heartbeat(name: str, body: Heartbeat, ctx: Ctx, principal: NodeCaller) -> Response:
     _own(principal, name)
+    now = ctx.clock()
     with ctx.transaction() as session:
-        node = svc.node_for_heartbeat(session, name)
-        if node.registered_at is None:
-            raise HTTPException(409, f"node {name} has not registered; register first")
-        reply, changed = svc.heartbeat(session, node, body, now=ctx.clock(),
-                                       settings=ctx.settings)
+        # Nearly every heartbeat is steady (nothing to reconcile): written with Core
+        # statements; anything else goes through the full reconciliation.
+        done = svc.steady_heartbeat(session, name, body, now=now, settings=ctx.settings)
+        if done is None:
+            node = svc.node_for_heartbeat(session, name)
+            if node.registered_at is None:
+                raise HTTPException(409, f"node {name} has not registered; register first")
+            done = svc.heartbeat(session, node, body, now=now, settings=ctx.settings)
+    reply, changed = done
     if changed:  # else the loop has nothing new to look at (its timer still runs)
         ctx.wake()
-    return reply
+    # Serialised here: FastAPI would validate the reply against its model once more.
+    return Response(reply.model_dump_json(), media_type="application/json")
 
 
 @router.get("/{name}/jobs/{job_id}", response_model=LaunchSpec)
