@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -124,6 +124,85 @@ class Http:
 
     def __exit__(self, *exc: object) -> None:
         self.conn.close()
+
+
+class CpuUse:
+    """CPU time used by the server's processes (the API processes and the loop), by
+    PostgreSQL's and by this benchmark's own process between ``start`` and ``stop``, in
+    cores (Linux /proc; empty elsewhere). It says where a machine's CPU went."""
+
+    def __init__(self, server_pid: int, port: int) -> None:
+        self.server_pid = server_pid
+        self.port = port
+        self.before: dict[str, float] = {}
+        self.t0 = 0.0
+        self.names: dict[int, str] = {}
+
+    def _sample(self) -> dict[str, float]:
+        tick = os.sysconf("SC_CLK_TCK")
+        out: dict[str, float] = {}
+        kids = _children(self.server_pid)
+        for pid in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+            if not pid.name.isdigit():
+                continue
+            try:
+                fields = (pid / "stat").read_text().rsplit(")", 1)[1].split()
+                name = (pid / "comm").read_text().strip()
+            except OSError:
+                continue
+            used = (int(fields[11]) + int(fields[12])) / tick
+            n = int(pid.name)
+            if n == os.getpid():
+                key = "benchmark clients"
+            elif n == self.server_pid or n in kids:
+                key = self._role(n)
+            elif name.startswith("postgres"):
+                key = "postgresql"
+            else:
+                continue
+            out[key] = out.get(key, 0.0) + used
+        return out
+
+    def _role(self, pid: int) -> str:
+        """supervisor (the parent of --workers N), api (holds the listening socket) or
+        loop; with one process: server."""
+        if pid not in self.names:
+            kids = _children(self.server_pid)
+            if pid == self.server_pid:
+                self.names[pid] = "server supervisor" if kids else "server (API + loop)"
+            else:
+                listening = _listening_inode(self.port)
+                fds = set()
+                with suppress(OSError):
+                    fds = {os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()}
+                role = "api" if f"socket:[{listening}]" in fds else "loop"
+                self.names[pid] = f"server {role} {pid}"
+        return self.names[pid]
+
+    def start(self) -> None:
+        self.before, self.t0 = self._sample(), time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        after, elapsed = self._sample(), time.perf_counter() - self.t0
+        return {k: round((v - self.before.get(k, 0.0)) / elapsed, 2)
+                for k, v in sorted(after.items()) if v - self.before.get(k, 0.0) > 0}
+
+
+def _listening_inode(port: int) -> str:
+    with suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                return f[9]
+    return ""
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with suppress(OSError):
+            out.update(int(c) for c in (task / "children").read_text().split())
+    return out
 
 
 def pct(values: list[float], q: float) -> float:

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any
 
-from bench.harness import Http, fake_node, finish, machine, server, summary_ms, verdict
+from bench.harness import CpuUse, Http, fake_node, finish, machine, server, summary_ms, verdict
 
 TARGET_P99_MS = 100.0
 NODES, PENDING, CLIENTS, SECONDS = 200, 10_000, 20, 30.0
@@ -153,6 +153,8 @@ def run(nodes: int, pending: int, clients: int, seconds: float,
                 status, out = h.request("POST", "/v1/jobs/array", _job(array=f"0-{n - 1}"))
                 assert status == 201, out
         fleet = Fleet(cluster.url, tokens, threads=min(20, nodes))
+        cpu = CpuUse(cluster.procs[0].popen.pid, int(cluster.url.rsplit(":", 1)[1]))
+        cpu.start()
         until = time.perf_counter() + seconds
         lists: list[Any] = []
         lags: list[Any] = []
@@ -165,6 +167,7 @@ def run(nodes: int, pending: int, clients: int, seconds: float,
             t.start()
         for t in threads:
             t.join()
+        cores = cpu.stop()
         list_lat, list_errors = lists
     seen = [x for x in lags if x is not None]
     third = max(1, len(lags) // 3)
@@ -180,6 +183,7 @@ def run(nodes: int, pending: int, clients: int, seconds: float,
         "heartbeat": {**summary_ms(fleet.latencies), "errors": fleet.errors},
         "list": {**summary_ms(list_lat), "errors": list_errors},
         "api": api,
+        "cpu_cores": cores,
         "loop_lag_s": {"probes": len(lags), "seen": len(seen),
                        "first_third_median": round(statistics.median(first), 3),
                        "last_third_median": round(statistics.median(last), 3),
@@ -201,6 +205,8 @@ def print_human(r: dict[str, Any], smoke: bool) -> None:
         s = r[key]
         print(f"{key:<11} {s['n']:>6} {s['p50_ms']:>7.1f} {s['p95_ms']:>7.1f} "
               f"{s['p99_ms']:>7.1f} {s['max_ms']:>8.1f}")
+    print("CPU during the run, cores: " + ", ".join(f"{k} {v:.2f}"
+                                                   for k, v in r["cpu_cores"].items()))
     lag = r["loop_lag_s"]
     note = " (smoke run: not the target's measurement)" if smoke else ""
     print(f"loop lag (submit -> looked at): {lag['seen']}/{lag['probes']} probes seen, "
