@@ -26,7 +26,7 @@ import time
 import uuid
 from typing import Any
 
-from bench.harness import Http, fake_node, finish, machine, server, summary_ms, verdict
+from bench.harness import CpuUse, Http, fake_node, finish, machine, server, summary_ms, verdict
 
 TARGET_SUBMITS_PER_S = 1000.0
 TARGET_ARRAY_S = 1.0
@@ -42,7 +42,8 @@ def job_body(key: str | None = None) -> dict[str, Any]:
             "idempotency_key": key or uuid.uuid4().hex}
 
 
-def submit_level(url: str, token: str, clients: int, seconds: float) -> dict[str, Any]:
+def submit_level(url: str, token: str, clients: int, seconds: float,
+                 cpu: CpuUse | None = None) -> dict[str, Any]:
     """``clients`` threads submitting one job at a time for ``seconds``."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
@@ -64,17 +65,20 @@ def submit_level(url: str, token: str, clients: int, seconds: float) -> dict[str
     for t in threads:
         t.start()
     stop_at[0] = time.perf_counter() + seconds + 60  # until the barrier opens
+    if cpu is not None:
+        cpu.start()
     start.wait()
     t0 = time.perf_counter()
     stop_at[0] = t0 + seconds
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
+    cores = cpu.stop() if cpu is not None else {}
     flat = [x for lat in latencies for x in lat]
     ok = len(flat) - sum(errors)
     return {"clients": clients, "accepted": ok, "errors": sum(errors),
             "seconds": round(elapsed, 3), "per_s": round(ok / elapsed, 1),
-            "latency": summary_ms(flat)}
+            "latency": summary_ms(flat), "cpu_cores": cores}
 
 
 def submit_array(url: str, token: str, n: int) -> dict[str, Any]:
@@ -100,7 +104,8 @@ def run(clients: tuple[int, ...], seconds: float, array_jobs: int,
                  "GPUQ_API_WORKERS": str(workers)}) as cluster:
         fake_node(cluster, "bench-node")
         token = cluster.add_user("bench")
-        levels = [submit_level(cluster.url, token, c, seconds) for c in clients]
+        cpu = CpuUse(cluster.procs[0].popen.pid, int(cluster.url.rsplit(":", 1)[1]))
+        levels = [submit_level(cluster.url, token, c, seconds, cpu) for c in clients]
         array = submit_array(cluster.url, token, array_jobs)
     best = max(levels, key=lambda r: r["per_s"])
     return {
@@ -128,6 +133,9 @@ def print_human(r: dict[str, Any], smoke: bool) -> None:
     for lv in r["levels"]:
         print(f"{lv['clients']:>7} {lv['per_s']:>8.1f} {lv['accepted']:>8} {lv['errors']:>6} "
               f"{lv['latency']['p50_ms']:>7.1f} {lv['latency']['p99_ms']:>7.1f}")
+    top = max(r["levels"], key=lambda lv: lv["clients"])
+    print(f"CPU at {top['clients']} clients, cores: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in top["cpu_cores"].items()))
     note = " (smoke run: not the target's measurement)" if smoke else ""
     b, a, t = r["best"], r["array"], r["target"]
     print(f"single-job submits: best {b['per_s']:.0f}/s ({b['clients']} clients); target "

@@ -145,22 +145,29 @@ def _pending_rows(session: Session, ids: list[int], rows: dict[int, Any]) -> dic
 
 
 def _write_pending(session: Session, writes: _PendingWrites) -> None:
-    """Write the pending jobs' changes: one UPDATE per new reason (``id IN (...)``), one
-    executemany per set of changed columns. Each row is written only while it is still
-    PENDING, as it is when the UPDATE reaches it, not as the snapshot read it: a job
-    cancelled since keeps its reason. On PostgreSQL an API transaction holding the row
-    (``lock_job``, a cancel not yet committed) makes the UPDATE wait for its commit, and
-    the condition is then checked on the committed row (READ COMMITTED)."""
+    """Write the pending jobs' changes: one UPDATE per new reason (``id IN (...)``) for
+    rows with nothing else to write, one executemany per set of changed columns. Each
+    row is written only while it is still PENDING, as it is when the UPDATE reaches it,
+    not as the snapshot read it: a job cancelled since keeps its reason. On PostgreSQL an
+    API transaction holding the row (``lock_job``, a cancel not yet committed) makes the
+    UPDATE wait for its commit, and the condition is then checked on the committed row
+    (READ COMMITTED)."""
     jobs = Job.__table__
     pending = jobs.c.state == JobState.PENDING.value
+    # A row written anyway below takes its new reason along: one new row version, not two
+    # (a new job gets its first reason and its factors in the same cycle).
+    per_row = {job_id: dict(values) for job_id, values in writes.columns.items()}
     for reason, ids in writes.reasons.items():
-        ids.sort()
+        for job_id in ids:
+            if job_id in per_row:
+                per_row[job_id]["reason"] = reason
+        ids = sorted(i for i in ids if i not in per_row)
         for i in range(0, len(ids), _CHUNK):
             session.execute(update(jobs).where(jobs.c.id.in_(ids[i:i + _CHUNK]), pending)
                             .values(reason=reason))
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
-    for job_id in sorted(writes.columns):
-        values = writes.columns[job_id]
+    for job_id in sorted(per_row):
+        values = per_row[job_id]
         keys = tuple(sorted(values))
         groups[keys].append({"b_id": job_id, **{f"b_{k}": values[k] for k in keys}})
     for keys, params in groups.items():
