@@ -82,8 +82,9 @@ def submit_many(session: Session, items: Sequence[tuple[Principal, JobCreate]], 
     bulk_insert(session, JobEvent, [
         {"job_id": r["id"], "time": now, "old_state": None,
          "new_state": JobState.PENDING.value, "reason": "submitted"} for r in rows])
+    defaults = _column_defaults()  # read only below: shared by the batch's answers
     for i, fields, ok in accepted:
-        job = SimpleNamespace(**{**_column_defaults(), **fields})
+        job = SimpleNamespace(**{**defaults, **fields})
         job.user = SimpleNamespace(name=ok.user.name)
         job.account = SimpleNamespace(name=ok.account.name)
         job.node = None
