@@ -172,9 +172,12 @@ class CpuUse:
                 self.names[pid] = "server supervisor" if kids else "server (API + loop)"
             else:
                 listening = _listening_inode(self.port)
-                fds = set()
-                with suppress(OSError):
-                    fds = {os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()}
+                fds: set[str] = set()
+                for fd in Path(f"/proc/{pid}/fd").glob("*"):
+                    with suppress(OSError):  # an fd closed while we looked
+                        fds.add(os.readlink(fd))
+                if not listening or not fds:
+                    return f"server {pid}"  # not known yet: ask again next time
                 role = "api" if f"socket:[{listening}]" in fds else "loop"
                 self.names[pid] = f"server {role} {pid}"
         return self.names[pid]
