@@ -4,6 +4,7 @@ HTTP, a light keep-alive HTTP client, percentiles, and the machine's description
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import os
@@ -126,6 +127,16 @@ class Http:
         self.conn.close()
 
 
+#: API processes the service benchmarks run the server with: one per core, as the README
+#: advises for a busy cluster (``--workers`` changes it).
+WORKERS = 2
+
+
+def add_workers_option(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--workers", type=int, default=WORKERS,
+                    help="API processes of the server (gpuq server --workers)")
+
+
 class CpuUse:
     """CPU time used by the server's processes (the API processes and the loop), by
     PostgreSQL's and by this benchmark's own process between ``start`` and ``stop``, in
@@ -137,6 +148,11 @@ class CpuUse:
         self.before: dict[str, float] = {}
         self.t0 = 0.0
         self.names: dict[int, str] = {}
+
+    @classmethod
+    def of(cls, cluster: Cluster) -> CpuUse:
+        """For the server of a ``server()`` cluster."""
+        return cls(cluster.procs[0].popen.pid, int(cluster.url.rsplit(":", 1)[1]))
 
     def _sample(self) -> dict[str, float]:
         tick = os.sysconf("SC_CLK_TCK")

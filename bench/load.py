@@ -31,12 +31,21 @@ import threading
 import time
 from typing import Any
 
-from bench.harness import CpuUse, Http, fake_node, finish, machine, server, summary_ms, verdict
+from bench.harness import (
+    WORKERS,
+    CpuUse,
+    Http,
+    add_workers_option,
+    fake_node,
+    finish,
+    machine,
+    server,
+    summary_ms,
+    verdict,
+)
 
 TARGET_P99_MS = 100.0
 NODES, PENDING, CLIENTS, SECONDS = 200, 10_000, 20, 30.0
-#: API processes: one per core, as the README advises for a busy cluster.
-WORKERS = 2
 GPUS_PER_NODE = 8
 #: What ``gpuq q`` asks for (its table reads the brief listing).
 LIST_PATH = "/v1/jobs?active=true&view=brief"
@@ -153,7 +162,7 @@ def run(nodes: int, pending: int, clients: int, seconds: float,
                 status, out = h.request("POST", "/v1/jobs/array", _job(array=f"0-{n - 1}"))
                 assert status == 201, out
         fleet = Fleet(cluster.url, tokens, threads=min(20, nodes))
-        cpu = CpuUse(cluster.procs[0].popen.pid, int(cluster.url.rsplit(":", 1)[1]))
+        cpu = CpuUse.of(cluster)
         cpu.start()
         until = time.perf_counter() + seconds
         lists: list[Any] = []
@@ -223,8 +232,7 @@ def main() -> int:
     ap.add_argument("--pending", type=int, default=PENDING)
     ap.add_argument("--clients", type=int, default=CLIENTS)
     ap.add_argument("--seconds", type=float, default=SECONDS)
-    ap.add_argument("--workers", type=int, default=WORKERS,
-                    help="API processes of the server (gpuq server --workers)")
+    add_workers_option(ap)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--smoke", action="store_true", help="a tiny run for CI")
     args = ap.parse_args()

@@ -26,14 +26,23 @@ import time
 import uuid
 from typing import Any
 
-from bench.harness import CpuUse, Http, fake_node, finish, machine, server, summary_ms, verdict
+from bench.harness import (
+    WORKERS,
+    CpuUse,
+    Http,
+    add_workers_option,
+    fake_node,
+    finish,
+    machine,
+    server,
+    summary_ms,
+    verdict,
+)
 
 TARGET_SUBMITS_PER_S = 1000.0
 TARGET_ARRAY_S = 1.0
 TARGET_ARRAY_JOBS = 10_000
 CLIENTS = (1, 2, 4, 8, 16, 32)
-#: API processes: one per core, as the README advises for a busy cluster.
-WORKERS = 2
 
 
 def job_body(key: str | None = None) -> dict[str, Any]:
@@ -104,7 +113,7 @@ def run(clients: tuple[int, ...], seconds: float, array_jobs: int,
                  "GPUQ_API_WORKERS": str(workers)}) as cluster:
         fake_node(cluster, "bench-node")
         token = cluster.add_user("bench")
-        cpu = CpuUse(cluster.procs[0].popen.pid, int(cluster.url.rsplit(":", 1)[1]))
+        cpu = CpuUse.of(cluster)
         levels = [submit_level(cluster.url, token, c, seconds, cpu) for c in clients]
         array = submit_array(cluster.url, token, array_jobs)
     best = max(levels, key=lambda r: r["per_s"])
@@ -150,8 +159,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
     ap.add_argument("--seconds", type=float, default=5.0, help="per concurrency level")
     ap.add_argument("--array-jobs", type=int, default=TARGET_ARRAY_JOBS)
-    ap.add_argument("--workers", type=int, default=WORKERS,
-                    help="API processes of the server (gpuq server --workers)")
+    add_workers_option(ap)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--smoke", action="store_true", help="a tiny, quick run for CI")
     args = ap.parse_args()

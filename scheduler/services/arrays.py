@@ -74,7 +74,7 @@ def bulk_insert(session: Session, model: type[Job] | type[JobEvent],
             copy.write_row(values)
 
 
-def _reserve_ids(session: Session, n: int) -> list[int]:
+def reserve_ids(session: Session, n: int) -> list[int]:
     """``n`` new job ids, increasing (PostgreSQL: from the sequence, so a concurrent
     submit cannot take one; SQLite: after the largest, under its write lock)."""
     if session.get_bind().dialect.name == "postgresql":
@@ -122,7 +122,7 @@ def submit_array(session: Session, principal: Principal, spec: JobArrayCreate, *
         return old, False
     ok = check_submit(session, principal, spec, settings=settings)
     indices = spec.indices
-    ids = _reserve_ids(session, len(indices))
+    ids = reserve_ids(session, len(indices))
     base = job_fields(spec, ok, now=now)
     name = base["name"][:120]
     rows, events = [], []

@@ -13,6 +13,7 @@ from scheduler import accounting, metrics
 from scheduler.api.schemas import (
     GpuProcess,
     GpuRead,
+    GpuSample,
     Heartbeat,
     HeartbeatReply,
     JobRef,
@@ -124,14 +125,11 @@ def steady_heartbeat(session: Session, name: str, body: Heartbeat, *, now: datet
         sample = samples.get(index) if gpu_id is not None else None
         if sample is None:
             continue
-        reason = None if sample.healthy else (sample.health_reason or "unhealthy")
-        if healthy != sample.healthy or health_reason != reason \
-                or (foreign or []) != [p.model_dump() for p in sample.foreign_processes]:
+        if healthy != sample.healthy or health_reason != _health_reason(sample) \
+                or (foreign or []) != _foreign(sample):
             return None
         if _sample_due(last, now, settings.gpu_sample_interval_s):
-            due.append({"gpu_id": gpu_id, "sample": {**sample.model_dump(
-                exclude={"index", "foreign_processes", "health_reason"}),
-                "sampled_at": now.isoformat()}})
+            due.append({"gpu_id": gpu_id, "sample": _stored_sample(sample, now)})
 
     reported = {(j.job_id, j.attempt): j for j in body.jobs}
     if len(reported) != len(body.jobs) or any(j.state != "RUNNING" for j in body.jobs):
@@ -248,17 +246,29 @@ def _record_gpus(node: Node, body: Heartbeat, *, now: datetime, every_s: float) 
             continue
         changed |= (gpu.healthy != sample.healthy
                     or bool(gpu.foreign_processes) != bool(sample.foreign_processes))
-        reason = None if sample.healthy else (sample.health_reason or "unhealthy")
-        foreign = [p.model_dump() for p in sample.foreign_processes]
+        reason = _health_reason(sample)
+        foreign = _foreign(sample)
         if gpu.healthy != sample.healthy or gpu.health_reason != reason:
             gpu.healthy, gpu.health_reason = sample.healthy, reason
         if (gpu.foreign_processes or []) != foreign:
             gpu.foreign_processes = foreign
         if _sample_due(gpu.last_sample, now, every_s):
-            gpu.last_sample = {**sample.model_dump(
-                exclude={"index", "foreign_processes", "health_reason"}),
-                "sampled_at": now.isoformat()}
+            gpu.last_sample = _stored_sample(sample, now)
     return changed
+
+
+def _health_reason(sample: GpuSample) -> str | None:
+    return None if sample.healthy else (sample.health_reason or "unhealthy")
+
+
+def _foreign(sample: GpuSample) -> list[dict[str, Any]]:
+    return [p.model_dump() for p in sample.foreign_processes]
+
+
+def _stored_sample(sample: GpuSample, now: datetime) -> dict[str, Any]:
+    """What a GPU row keeps of a sample (``last_sample``), with when it was taken."""
+    return {**sample.model_dump(exclude={"index", "foreign_processes", "health_reason"}),
+            "sampled_at": now.isoformat()}
 
 
 def _sampled_at(last: dict[str, Any] | None) -> datetime | None:

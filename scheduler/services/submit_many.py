@@ -25,7 +25,7 @@ from scheduler.auth import Principal
 from scheduler.config import Settings
 from scheduler.db.models import Job, JobEvent
 from scheduler.errors import ServiceError
-from scheduler.services.arrays import _reserve_ids, bulk_insert
+from scheduler.services.arrays import bulk_insert, reserve_ids
 from scheduler.services.jobs import (
     Accepted,
     check_runnable,
@@ -73,7 +73,7 @@ def submit_many(session: Session, items: Sequence[tuple[Principal, JobCreate]], 
         accepted.append((i, job_fields(spec, ok, now=now), ok))
     if not accepted:
         return outcomes
-    ids = _reserve_ids(session, len(accepted))
+    ids = reserve_ids(session, len(accepted))
     rows = []
     for job_id, (_, fields, _) in zip(ids, accepted, strict=True):
         fields["id"] = job_id
