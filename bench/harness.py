@@ -29,10 +29,31 @@ REDIS_URL = os.environ.get("GPUQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def machine() -> dict[str, Any]:
-    """Where the figures come from (the load average says how busy it was)."""
+    """Where the figures come from, taken before the run: the load average says how busy
+    the machine was, the CPU probe how fast its CPU runs Python."""
     return {"cpus": os.cpu_count(), "platform": platform.platform(terse=True),
             "python": platform.python_version(), "loadavg_1m": round(os.getloadavg()[0], 2),
-            "date": time.strftime("%Y-%m-%d")}
+            "cpu_probe_ms": cpu_probe_ms(), "date": time.strftime("%Y-%m-%d")}
+
+
+def cpu_probe_ms() -> float:
+    """A fixed pure-Python loop (a million additions), best of three, in ms: lower is
+    faster. VMs of the same size differ (this project's benchmarks ran 2-3 times slower on
+    one 2-core VM than on another); the probe says which kind a run had."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 1)
+
+
+def describe(m: dict[str, Any]) -> str:
+    """The machine in a few words, for a benchmark's first line."""
+    return (f"{m['cpus']} CPUs (CPU probe {m['cpu_probe_ms']} ms), load {m['loadavg_1m']} "
+            f"({m['date']})")
 
 
 @contextmanager
@@ -107,7 +128,10 @@ class Http:
         self.headers = {"Authorization": f"Bearer {token}",
                         "Content-Type": "application/json"}
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: Any = None, *,
+                raw: bool = False) -> tuple[int, Any]:
+        """The status and the decoded JSON reply (``raw``: the bytes, not decoded: a
+        listing's latency is the server's, not this client's JSON decoding)."""
         data = json.dumps(body).encode() if body is not None else None
         try:
             self.conn.request(method, path, body=data, headers=self.headers)
@@ -117,8 +141,10 @@ class Http:
             self.conn.close()
             self.conn.request(method, path, body=data, headers=self.headers)
             r = self.conn.getresponse()
-        raw = r.read()
-        return r.status, json.loads(raw) if raw else None
+        reply = r.read()
+        if raw:
+            return r.status, reply
+        return r.status, json.loads(reply) if reply else None
 
     def __enter__(self) -> Http:
         return self

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     #: the port, the loop in a process of its own, woken over LISTEN/NOTIFY (rule of
     #: thumb: one per core on a busy cluster).
     api_workers: int = Field(1, ge=1)
+    #: Keep each brief queue listing (``gpuq q``) per API process until PostgreSQL
+    #: notifies a change of the jobs (scheduler/api/listing_cache.py). PostgreSQL only.
+    listing_cache: bool = True
 
     # --- scheduling ----------------------------------------------------------------------
     gpu_billing_weights: dict[str, float] = Field(

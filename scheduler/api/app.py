@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from scheduler import __version__
 from scheduler.api.callers import CallerCache
+from scheduler.api.listing_cache import ListingCache
 from scheduler.api.routes import (
     admin,
     audit,
@@ -22,7 +23,7 @@ from scheduler.api.routes import (
 )
 from scheduler.context import Context
 from scheduler.errors import ServiceError
-from scheduler.group_commit import SubmitBatcher
+from scheduler.group_commit import HeartbeatBatcher, SubmitBatcher
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,16 @@ def create_app(ctx: Context) -> FastAPI:
     app.state.callers = CallerCache(ctx.settings.auth_cache_s)
     app.state.submits = SubmitBatcher(ctx)
     app.router.on_shutdown.append(app.state.submits.stop)
+    app.state.heartbeats = HeartbeatBatcher(ctx)
+    app.router.on_shutdown.append(app.state.heartbeats.stop)
+    app.state.listings = ListingCache()
+    url = ctx.settings.effective_database_url
+    if ctx.settings.listing_cache and url.startswith("postgresql"):
+        from scheduler.wakeups import conninfo
+
+        # Started with the server (in each API process, after the fork), not here.
+        app.router.on_startup.append(lambda: app.state.listings.listen(conninfo(url)))
+        app.router.on_shutdown.append(app.state.listings.stop)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +25,7 @@ from scheduler.api.schemas import (
     NodeRegister,
 )
 from scheduler.api.schemas import JobSample as WireJobSample
+from scheduler.api.schemas import WorkerJob as WireJob
 from scheduler.config import Settings
 from scheduler.db.models import Gpu, GpuAllocation, Job, JobSample, Node
 from scheduler.errors import Conflict, NotFound
@@ -82,17 +85,6 @@ def node_for_heartbeat(session: Session, name: str) -> Node:
 _NODES, _GPUS, _JOBS = Node.__table__, Gpu.__table__, Job.__table__
 _ACTIVE_STATES = sorted(s.value for s in ACTIVE)
 #: The node and its GPUs, one row per GPU (Core: no ORM objects to build or flush).
-_STEADY_NODE = (select(_NODES.c.id, _NODES.c.state, _NODES.c.registered_at, _GPUS.c.id,
-                       _GPUS.c.index, _GPUS.c.healthy, _GPUS.c.health_reason,
-                       _GPUS.c.foreign_processes, _GPUS.c.last_sample)
-                .select_from(_NODES.outerjoin(_GPUS, _GPUS.c.node_id == _NODES.c.id))
-                .where(_NODES.c.name == bindparam("name")))
-_STEADY_JOBS = (select(_JOBS.c.id, _JOBS.c.attempt, _JOBS.c.state,
-                       _JOBS.c.cancel_requested_at, _JOBS.c.preempt_requested_at)
-                .where(_JOBS.c.node_id == bindparam("node_id"),
-                       _JOBS.c.state.in_(_ACTIVE_STATES)))
-_BEAT_NODE = (update(_NODES).where(_NODES.c.id == bindparam("node_id"))
-              .values(last_heartbeat_at=bindparam("now")))
 _GPU_SAMPLE = (update(_GPUS).where(_GPUS.c.id == bindparam("gpu_id"))
                .values(last_sample=bindparam("sample")))
 _STEADY_REPLY = HeartbeatReply(launch=[], kill=[])
@@ -109,19 +101,113 @@ def steady_heartbeat(session: Session, name: str, body: Heartbeat, *, now: datet
     processes changes; the node reports exactly the runs (job, attempt) the database
     has active on it, each once and RUNNING, and all of them are RUNNING there with no
     cancel or preemption requested. Then ``heartbeat`` would change the same and reply
-    with nothing to launch or kill. The job rows are read without a lock when no job has
-    a sample (nothing is written to them); jobs with samples are read as ``heartbeat``
-    reads them (locked, FOR NO KEY UPDATE) and ``record_sample`` writes them."""
+    with nothing to launch or kill. The job rows are read without a lock; jobs with
+    samples are then read as ``heartbeat`` reads them (locked, FOR NO KEY UPDATE),
+    checked again, and ``record_sample`` writes them."""
+    return steady_heartbeats(session, [(name, body)], now=now, settings=settings)[0]
+
+
+_STEADY_NODES = (select(_NODES.c.name, _NODES.c.id, _NODES.c.state, _NODES.c.registered_at,
+                        _GPUS.c.id, _GPUS.c.index, _GPUS.c.healthy, _GPUS.c.health_reason,
+                        _GPUS.c.foreign_processes, _GPUS.c.last_sample)
+                 .select_from(_NODES.outerjoin(_GPUS, _GPUS.c.node_id == _NODES.c.id))
+                 .where(_NODES.c.name.in_(bindparam("names", expanding=True))))
+_STEADY_RUNS = (select(_JOBS.c.node_id, _JOBS.c.id, _JOBS.c.attempt, _JOBS.c.state,
+                       _JOBS.c.cancel_requested_at, _JOBS.c.preempt_requested_at)
+                .where(_JOBS.c.node_id.in_(bindparam("node_ids", expanding=True)),
+                       _JOBS.c.state.in_(_ACTIVE_STATES)))
+_BEAT_NODES = (update(_NODES).where(_NODES.c.id.in_(bindparam("node_ids", expanding=True)))
+               .values(last_heartbeat_at=bindparam("now")))
+
+
+@dataclass
+class _Steady:
+    """A heartbeat found steady so far: its node, the GPU samples due, its job runs."""
+
+    at: int  # its place in the batch
+    node_id: int
+    body: Heartbeat
+    due: list[dict[str, Any]]
+    reported: dict[tuple[int, int], WireJob]
+
+
+def steady_heartbeats(session: Session, beats: list[tuple[str, Heartbeat]], *,
+                      now: datetime, settings: Settings
+                      ) -> list[tuple[HeartbeatReply, bool] | None]:
+    """``steady_heartbeat`` for many nodes at once (scheduler/group_commit.py): the nodes
+    and their GPUs in one query, their active jobs in another, the jobs with samples
+    locked in a third, one UPDATE of the nodes' heartbeat times. Each heartbeat's answer
+    is the same as ``steady_heartbeat``'s alone: a reply, or ``None`` (nothing of it
+    written) where it is not steady. A second heartbeat of one node in the batch is
+    ``None`` too (answered alone, after this batch)."""
+    out: list[tuple[HeartbeatReply, bool] | None] = [None] * len(beats)
     conn = session.connection()
-    rows = conn.execute(_STEADY_NODE, {"name": name}).all()
+    names = sorted({n for n, _ in beats})
+    gpus_of: dict[str, list[Any]] = defaultdict(list)
+    for row in conn.execute(_STEADY_NODES, {"names": names}):
+        gpus_of[row[0]].append(row)
+    seen: set[str] = set()
+    steady: dict[int, _Steady] = {}
+    for at, (name, body) in enumerate(beats):
+        if name in seen:
+            continue
+        seen.add(name)
+        beat = _steady_node(gpus_of.get(name), body, now, settings)
+        if beat is not None:
+            beat.at = at
+            steady[beat.node_id] = beat
+    if not steady:
+        return out
+    runs: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
+    for node_id, *run in conn.execute(_STEADY_RUNS, {"node_ids": sorted(steady)}):
+        runs[node_id].append(tuple(run))
+    for node_id in [n for n, b in steady.items() if not _same_runs(runs[n], b.reported)]:
+        del steady[node_id]
+    # Jobs with a sample are written: read them again, locked, in one order (two batches
+    # lock the same jobs in the same order), and checked once more under the lock.
+    sampled = sorted(n for n, b in steady.items() if any(j.sample for j in b.body.jobs))
+    jobs_of: dict[int, list[Job]] = defaultdict(list)
+    if sampled:
+        for job in session.scalars(
+                select(Job).where(Job.node_id.in_(sampled), Job.state.in_(_ACTIVE_STATES))
+                .order_by(Job.id).with_for_update(key_share=True)
+                .execution_options(populate_existing=True)):
+            jobs_of[job.node_id].append(job)
+        for node_id in sampled:
+            have = [(j.id, j.attempt, j.state, j.cancel_requested_at, j.preempt_requested_at)
+                    for j in jobs_of[node_id]]
+            if not _same_runs(have, steady[node_id].reported):
+                del steady[node_id]
+    if not steady:
+        return out
+    conn.execute(_BEAT_NODES, {"node_ids": sorted(steady), "now": now})
+    due = [d for b in steady.values() for d in b.due]
+    if due:
+        conn.execute(_GPU_SAMPLE, due)
+    for node_id, beat in steady.items():
+        changed = False
+        for job in jobs_of.get(node_id, ()):
+            seen_job = beat.reported[(job.id, job.attempt)]
+            if seen_job.sample is not None:
+                flagged = job.idle_flagged_at
+                record_sample(session, job, seen_job.sample, now=now,
+                              every_s=settings.job_sample_interval_s, settings=settings)
+                changed |= job.idle_flagged_at != flagged
+        out[beat.at] = (_STEADY_REPLY, changed)
+    return out
+
+
+def _steady_node(rows: list[Any] | None, body: Heartbeat, now: datetime,
+                 settings: Settings) -> _Steady | None:
+    """The node's part of the steady check (its rows: ``_STEADY_NODES``, one per GPU)."""
     if not rows:
         return None
-    node_id, state, registered_at = rows[0][0], rows[0][1], rows[0][2]
+    node_id, state, registered_at = rows[0][1], rows[0][2], rows[0][3]
     if state != NodeState.UP.value or registered_at is None:
         return None
     samples = {s.index: s for s in body.gpus}
     due: list[dict[str, Any]] = []
-    for _, _, _, gpu_id, index, healthy, health_reason, foreign, last in rows:
+    for _, _, _, _, gpu_id, index, healthy, health_reason, foreign, last in rows:
         sample = samples.get(index) if gpu_id is not None else None
         if sample is None:
             continue
@@ -130,38 +216,19 @@ def steady_heartbeat(session: Session, name: str, body: Heartbeat, *, now: datet
             return None
         if _sample_due(last, now, settings.gpu_sample_interval_s):
             due.append({"gpu_id": gpu_id, "sample": _stored_sample(sample, now)})
-
     reported = {(j.job_id, j.attempt): j for j in body.jobs}
     if len(reported) != len(body.jobs) or any(j.state != "RUNNING" for j in body.jobs):
         return None
-    sampled = [j for j in body.jobs if j.sample is not None]
-    ours: list[Job] = []
-    if sampled:
-        ours = list(session.scalars(
-            select(Job).where(Job.node_id == node_id, Job.state.in_(_ACTIVE_STATES))
-            .with_for_update(key_share=True).execution_options(populate_existing=True)))
-        have = [(j.id, j.attempt, j.state, j.cancel_requested_at, j.preempt_requested_at)
-                for j in ours]
-    else:
-        have = [tuple(r) for r in conn.execute(_STEADY_JOBS, {"node_id": node_id})]
-    if len(have) != len(reported) or any(
-            (job_id, attempt) not in reported or state != JobState.RUNNING.value
-            or cancel is not None or preempt is not None
-            for job_id, attempt, state, cancel, preempt in have):
-        return None
+    return _Steady(-1, node_id, body, due, reported)
 
-    conn.execute(_BEAT_NODE, {"node_id": node_id, "now": now})
-    if due:
-        conn.execute(_GPU_SAMPLE, due)
-    changed = False
-    for job in ours:
-        seen = reported[(job.id, job.attempt)]
-        if seen.sample is not None:
-            flagged = job.idle_flagged_at
-            record_sample(session, job, seen.sample, now=now,
-                          every_s=settings.job_sample_interval_s, settings=settings)
-            changed |= job.idle_flagged_at != flagged
-    return _STEADY_REPLY, changed
+
+def _same_runs(have: list[tuple[Any, ...]], reported: dict[tuple[int, int], Any]) -> bool:
+    """The database's active runs of a node (id, attempt, state, cancel, preempt) are
+    exactly the reported ones, all RUNNING with nothing requested."""
+    return len(have) == len(reported) and not any(
+        (job_id, attempt) not in reported or state != JobState.RUNNING.value
+        or cancel is not None or preempt is not None
+        for job_id, attempt, state, cancel, preempt in have)
 
 
 def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from scheduler.api.deps import Ctx, NodeCaller, UserOrAdmin
@@ -18,6 +20,7 @@ from scheduler.api.schemas import (
     RegisterReply,
 )
 from scheduler.auth import Principal
+from scheduler.context import Context
 from scheduler.dispatch import queue_name
 from scheduler.logstore import OffsetMismatch
 from scheduler.services import nodes as svc
@@ -52,23 +55,34 @@ def register(name: str, body: NodeRegister, ctx: Ctx, principal: NodeCaller) -> 
 
 
 @router.post("/{name}/heartbeat", response_model=HeartbeatReply)
-def heartbeat(name: str, body: Heartbeat, ctx: Ctx, principal: NodeCaller) -> Response:
+async def heartbeat(name: str, body: Heartbeat, request: Request,
+                    principal: NodeCaller) -> Response:
     _own(principal, name)
+    ctx: Context = request.app.state.ctx
+    # Nearly every heartbeat is steady (nothing to reconcile): written with the others
+    # that arrive meanwhile, in one transaction (scheduler/group_commit.py); anything
+    # else goes alone through the full reconciliation.
+    done = await asyncio.wrap_future(request.app.state.heartbeats.beat(name, body))
+    if done is None:
+        done = await run_in_threadpool(_heartbeat_alone, ctx, name, body)
+    reply, changed = done
+    if changed:  # else the loop has nothing new to look at (its timer still runs)
+        ctx.wake()
+    # Serialised here: FastAPI would validate the reply against its model once more.
+    return Response(reply.model_dump_json(), media_type="application/json")
+
+
+def _heartbeat_alone(ctx: Context, name: str, body: Heartbeat
+                     ) -> tuple[HeartbeatReply, bool]:
     now = ctx.clock()
     with ctx.transaction() as session:
-        # Nearly every heartbeat is steady (nothing to reconcile): written with Core
-        # statements; anything else goes through the full reconciliation.
         done = svc.steady_heartbeat(session, name, body, now=now, settings=ctx.settings)
         if done is None:
             node = svc.node_for_heartbeat(session, name)
             if node.registered_at is None:
                 raise HTTPException(409, f"node {name} has not registered; register first")
             done = svc.heartbeat(session, node, body, now=now, settings=ctx.settings)
-    reply, changed = done
-    if changed:  # else the loop has nothing new to look at (its timer still runs)
-        ctx.wake()
-    # Serialised here: FastAPI would validate the reply against its model once more.
-    return Response(reply.model_dump_json(), media_type="application/json")
+    return done
 
 
 @router.get("/{name}/jobs/{job_id}", response_model=LaunchSpec)
