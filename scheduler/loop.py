@@ -8,6 +8,7 @@ writers itself (BEGIN IMMEDIATE).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -172,10 +173,39 @@ def _write_pending(session: Session, writes: _PendingWrites) -> None:
         values = per_row[job_id]
         keys = tuple(sorted(values))
         groups[keys].append({"b_id": job_id, **{f"b_{k}": values[k] for k in keys}})
+    postgres = session.get_bind().dialect.name == "postgresql"
     for keys, params in groups.items():
+        if postgres:
+            for i in range(0, len(params), _CHUNK):
+                _update_from_arrays(session, keys, params[i:i + _CHUNK])
+            continue
         stmt = (update(jobs).where(jobs.c.id == bindparam("b_id"), pending)
                 .values({k: bindparam(f"b_{k}", type_=jobs.c[k].type) for k in keys}))
         session.execute(stmt, params)
+
+
+#: How each column the cycle writes travels in ``_update_from_arrays``: the array's type,
+#: and the cast from its element to the column (JSON goes as its text).
+_ARRAYS = {"priority_factors": ("text[]", "::json"), "claim": ("text[]", "::json"),
+           "estimated_start": ("timestamptz[]", ""), "reason": ("text[]", "")}
+
+
+def _update_from_arrays(session: Session, keys: tuple[str, ...],
+                        params: list[dict[str, Any]]) -> None:
+    """PostgreSQL: the rows' changes of these columns in one statement (``UPDATE ... FROM
+    unnest(arrays)``), not one statement per row: the first cycle after a 10,000-job array
+    writes every one of them, and 10,000 statements took seconds of the database's time
+    under load (bench/load.py's warm-up). The same rows and values as the executemany."""
+    columns = ", ".join(f"{k} = v.{k}{_ARRAYS[k][1]}" for k in keys)
+    arrays = ", ".join(f"CAST(:{k} AS {_ARRAYS[k][0]})" for k in keys)
+    values: dict[str, Any] = {"ids": [p["b_id"] for p in params]}
+    for k in keys:
+        column = [p[f"b_{k}"] for p in params]
+        values[k] = [json.dumps(v) for v in column] if _ARRAYS[k][1] else column
+    # The names are _ARRAYS' keys (any other raises above); the values are bound.
+    sql = (f"UPDATE jobs SET {columns} FROM unnest(CAST(:ids AS bigint[]), {arrays}) "  # noqa: S608
+           f"AS v(id, {', '.join(keys)}) WHERE jobs.id = v.id AND jobs.state = :pending")
+    session.execute(text(sql), {**values, "pending": JobState.PENDING.value})
 
 
 def _apply_preemptions(session: Session, decisions: Decisions, now: datetime,
@@ -250,12 +280,18 @@ def _apply_borrowing(session: Session, snapshot: Snapshot, decisions: Decisions,
                                  new_state=job.state, reason=why))
 
 
+#: The age factor a job's stored factors may lag behind by (about ten minutes of age with
+#: the default week-long ``priority_max_age_s``).
+AGE_STEP = 0.001
+
+
 def _record_priority(job: Any, decisions: Decisions, job_id: int) -> dict[str, Any]:
     """Keep what `gpuq show` and `gpuq why` read: the factors and the estimated start.
-    Rounded, so an unchanged value writes nothing. The total alone drifts every cycle
-    (the age factor grows): it is rewritten when a factor changes at its rounding (the
-    age one does about once a minute with a week's maximum age) or it moved by 1 or
-    more, so 10,000 pending jobs are not all rewritten each cycle.
+    Rounded, so an unchanged value writes nothing. The age factor (and with it the
+    total) grows every cycle; a change of nothing else is written once the age moved by
+    ``AGE_STEP``: jobs submitted together (an array) cross a rounding step together, and
+    10,000 of them rewritten every minute made a burst of writes that held up the API
+    (bench/load.py); now it is every ten minutes at the default weights.
 
     ``job``: what the job holds (a row or a Job); returns the columns to write."""
     changes: dict[str, Any] = {}
@@ -275,12 +311,12 @@ def _record_priority(job: Any, decisions: Decisions, job_id: int) -> dict[str, A
 
 
 def _drift_only(old: dict | None, new: dict) -> bool:  # type: ignore[type-arg]
-    """Only the total differs, and by less than 1 (age drift under the age's rounding)."""
+    """Only the age and the total differ, the age by less than ``AGE_STEP``."""
     if not old or old.keys() != new.keys():
         return False
     try:
-        return ({**old, "total": new["total"]} == new  # one comparison of the others
-                and abs(float(old["total"]) - new["total"]) < 1.0)
+        return ({**old, "total": new["total"], "age": new["age"]} == new
+                and abs(float(old["age"]) - new["age"]) < AGE_STEP)
     except (TypeError, ValueError):
         return False
 
