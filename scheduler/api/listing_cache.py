@@ -38,7 +38,9 @@ class ListingCache:
         self.listener: WakeListener | None = None
         self._entries: OrderedDict[Hashable, tuple[int, float, bytes]] = OrderedDict()
         self._lock = threading.Lock()
-        self._building: dict[Hashable, threading.Lock] = {}
+        #: Builds of one key are serialised by one of these (by the key's hash): a fixed
+        #: number, however many distinct queries callers make.
+        self._building = [threading.Lock() for _ in range(16)]
         #: Listings served from the cache and built (tests, the curious).
         self.hits = 0
         self.builds = 0
@@ -69,16 +71,15 @@ class ListingCache:
         body = self._current(key)
         if body is not None:
             return body
-        with self._lock:
-            building = self._building.setdefault(key, threading.Lock())
+        building = self._building[hash(key) % len(self._building)]
         with building:  # one build per key at a time; the others take its result
             body = self._current(key)
             if body is not None:
                 return body
             generation = self.generation  # before the query: see the module docstring
             body = build()
-            self.builds += 1
             with self._lock:
+                self.builds += 1
                 self._entries[key] = (generation, time.monotonic(), body)
                 self._entries.move_to_end(key)
                 while len(self._entries) > self.max_entries:
@@ -94,4 +95,5 @@ class ListingCache:
             if generation != self.generation or time.monotonic() - built > self.max_age_s:
                 return None
             self.hits += 1
+            self._entries.move_to_end(key)  # least recently used goes first
             return body
