@@ -354,6 +354,13 @@ def _cycle(ctx: Context) -> CycleResult:
         grant_service.refresh_states(session, now, check_budgets=charged)
         idle_result = idle.enforce(session, now=now, settings=ctx.settings)
         result.kills += idle_result.kills
+    # The housekeeping above (nodes down, usage charged to the running jobs, idle jobs)
+    # is committed now: charging locks every running job's row, and held through the
+    # scheduling below (seconds at 10,000 pending on a busy machine) it held up each
+    # heartbeat that records its job's sample (bench/load.py: p99 3.7 s).
+    with ctx.transaction() as session:
+        if not _take_lock(session):  # another replica's loop acts now: it schedules
+            return result
         snapshot, rows = build_snapshot_rows(session, now, ctx.settings)
         result.active = len(snapshot.pending) + len(snapshot.running)
         decisions = schedule(snapshot)

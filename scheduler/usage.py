@@ -8,14 +8,15 @@ and charges ended jobs up to their end. Every charge also writes a ``UsageRecord
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import Session, selectinload
 
 from scheduler import accounting
 from scheduler.config import Settings
-from scheduler.db.models import Grant, Job, Membership, SchedulerState, UsageRecord
+from scheduler.db.models import Grant, Job, Membership, Node, SchedulerState, UsageRecord
 from scheduler.policy.usage import billed_seconds, decay_factor
 from scheduler.states import JobState
 
@@ -44,15 +45,21 @@ def add_usage(session: Session, *, user_id: int, account_id: int, billed: float)
                     .values(usage=Membership.usage + billed))
 
 
-def charge_job(session: Session, job: Job, *, until: datetime, settings: Settings) -> float:
-    """Charge ``job`` from where it was last charged up to ``until``; returns billed s."""
+def charge_job(session: Session, job: Job, *, until: datetime, settings: Settings,
+               usage: dict[tuple[int, int], float] | None = None) -> float:
+    """Charge ``job`` from where it was last charged up to ``until``; returns billed s.
+    ``usage``: add the billed seconds there, by (user, account), instead of to the
+    association at once (``charge`` adds them up and writes each association once)."""
     start = job.charged_until or job.started_at
     if start is None or until <= start:
         return 0.0
     seconds = (until - start).total_seconds()
     model = _model(job)
     billed = billed_seconds(job.gpus, seconds, settings.billing_weight(model))
-    add_usage(session, user_id=job.user_id, account_id=job.account_id, billed=billed)
+    if usage is None:
+        add_usage(session, user_id=job.user_id, account_id=job.account_id, billed=billed)
+    else:
+        usage[(job.user_id, job.account_id)] += billed
     record = UsageRecord(job_id=job.id, user_id=job.user_id, account_id=job.account_id,
                          start=start, end=until, gpu_seconds=job.gpus * seconds,
                          billed_seconds=billed, gpu_model=model)
@@ -75,17 +82,33 @@ def _model(job: Job) -> str:
 
 
 def charge(session: Session, *, now: datetime, settings: Settings) -> None:
-    """One charge pass: decay everything, then charge running and newly ended jobs."""
+    """One charge pass: decay everything, then charge running and newly ended jobs.
+
+    The jobs come with their nodes and GPUs in three queries (not two per job), and each
+    association's usage is written once. The pass holds every running job's row until
+    the loop commits it: at 200 running jobs it took 4 s of one query per job on a busy
+    2-core machine, and each heartbeat recording its job's sample waited for it."""
     decay_all(session, now=now, half_life_s=settings.usage_half_life_s)
-    running = session.scalars(select(Job).where(Job.state == JobState.RUNNING.value))
+    usage: dict[tuple[int, int], float] = defaultdict(float)
+    with_node = selectinload(Job.node).selectinload(Node.gpus)
+    running = session.scalars(select(Job).where(Job.state == JobState.RUNNING.value)
+                              .options(with_node).order_by(Job.id))
     for job in running:
-        charge_job(session, job, until=now, settings=settings)
+        charge_job(session, job, until=now, settings=settings, usage=usage)
     ended = session.scalars(select(Job).where(
         Job.started_at.is_not(None), Job.ended_at.is_not(None),
-        (Job.charged_until.is_(None)) | (Job.charged_until < Job.ended_at)))
+        (Job.charged_until.is_(None)) | (Job.charged_until < Job.ended_at))
+        .options(with_node).order_by(Job.id))
     for job in ended:
         if job.ended_at is not None:
-            charge_job(session, job, until=job.ended_at, settings=settings)
+            charge_job(session, job, until=job.ended_at, settings=settings, usage=usage)
+    if usage:
+        m = Membership.__table__.c
+        session.execute(
+            update(Membership.__table__).where(m.user_id == bindparam("u"),
+                                               m.account_id == bindparam("a"))
+            .values(usage=m.usage + bindparam("billed")),
+            [{"u": u, "a": a, "billed": billed} for (u, a), billed in sorted(usage.items())])
     accounting.close_ended(session, now=now, settings=settings)
 
 
