@@ -48,6 +48,11 @@ def create_app(ctx: Context) -> FastAPI:
         # Started with the server (in each API process, after the fork), not here.
         app.router.on_startup.append(lambda: app.state.listings.listen(conninfo(url)))
         app.router.on_shutdown.append(app.state.listings.stop)
+    if ctx.settings.auth_cache_s > 0 and url.startswith("postgresql"):
+        from scheduler.wakeups import conninfo
+
+        app.router.on_startup.append(lambda: app.state.callers.listen(conninfo(url)))
+        app.router.on_shutdown.append(app.state.callers.stop)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
