@@ -32,7 +32,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from bench.harness import Http, finish, machine, server, summary_ms, verdict
+from bench.harness import Http, describe, finish, machine, server, summary_ms, verdict
 from tests.e2e.conftest import wait_for
 
 TARGET_P50_MS = 50.0
@@ -82,6 +82,7 @@ def _log(h: Http, job_id: int) -> str:
 
 
 def run(deployments: list[str], jobs: int) -> dict[str, Any]:
+    where = machine()
     results = [measure(d, jobs) for d in deployments]
     met = {}
     for r in results:
@@ -89,7 +90,7 @@ def run(deployments: list[str], jobs: int) -> dict[str, Any]:
             t = r["total"]
             met = {"p50_ms": t["p50_ms"] < TARGET_P50_MS, "p99_ms": t["p99_ms"] < TARGET_P99_MS,
                    "jobs": t["n"] >= TARGET_MIN_JOBS}
-    return {"benchmark": "dispatch", "machine": machine(), "jobs": jobs, "results": results,
+    return {"benchmark": "dispatch", "machine": where, "jobs": jobs, "results": results,
             "target": {"deployment": "redis", "p50_ms": TARGET_P50_MS,
                        "p99_ms": TARGET_P99_MS, "jobs": TARGET_MIN_JOBS},
             "met": met}
@@ -98,7 +99,7 @@ def run(deployments: list[str], jobs: int) -> dict[str, Any]:
 def print_human(r: dict[str, Any], smoke: bool) -> None:
     m = r["machine"]
     print(f"dispatch latency, {r['jobs']} jobs one at a time on an idle cluster; "
-          f"{m['cpus']} CPUs, load {m['loadavg_1m']} ({m['date']})")
+          f"{describe(m)}")
     print(f"{'deployment':<24} {'step':<30} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
           f"{'max ms':>7}")
     for res in r["results"]:

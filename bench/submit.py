@@ -31,6 +31,7 @@ from bench.harness import (
     CpuUse,
     Http,
     add_workers_option,
+    describe,
     fake_node,
     finish,
     machine,
@@ -109,6 +110,7 @@ def submit_array(url: str, token: str, n: int) -> dict[str, Any]:
 
 def run(clients: tuple[int, ...], seconds: float, array_jobs: int,
         workers: int = WORKERS) -> dict[str, Any]:
+    where = machine()
     with server({"GPUQ_SCHEDULE_INTERVAL_S": "5",
                  "GPUQ_API_WORKERS": str(workers)}) as cluster:
         fake_node(cluster, "bench-node")
@@ -119,7 +121,7 @@ def run(clients: tuple[int, ...], seconds: float, array_jobs: int,
     best = max(levels, key=lambda r: r["per_s"])
     return {
         "benchmark": "submit",
-        "machine": machine(),
+        "machine": where,
         "workers": workers,
         "levels": levels,
         "best": {"clients": best["clients"], "per_s": best["per_s"]},
@@ -135,8 +137,7 @@ def run(clients: tuple[int, ...], seconds: float, array_jobs: int,
 def print_human(r: dict[str, Any], smoke: bool) -> None:
     m = r["machine"]
     print(f"submit throughput: HTTP API (gpuq server --workers {r['workers']}), PostgreSQL, "
-          f"Redis broker; {m['cpus']} CPUs, "
-          f"{m['platform']}, load {m['loadavg_1m']} ({m['date']})")
+          f"Redis broker; {m['platform']}, {describe(m)}")
     print(f"{'clients':>7} {'jobs/s':>8} {'accepted':>8} {'errors':>6} {'p50 ms':>7} "
           f"{'p99 ms':>7}")
     for lv in r["levels"]:
