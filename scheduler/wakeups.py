@@ -125,8 +125,10 @@ class WakeListener(_Thread):
     name = "gpuq-wake-listener"
 
     def __init__(self, dsn: str, on_wake: Callable[[], None], channel: str = CHANNEL,
-                 poll_s: float = 1.0, check_s: float = 30.0) -> None:
+                 poll_s: float = 1.0, check_s: float = 30.0, name: str | None = None) -> None:
         super().__init__()
+        if name is not None:
+            self.name = name  # the thread's name
         self.dsn, self.on_wake, self.channel = dsn, on_wake, channel
         #: How often the thread looks at its stop event, and how often it checks that a
         #: quiet connection is still alive, in seconds.

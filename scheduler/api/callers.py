@@ -74,8 +74,8 @@ class CallerCache:
 
     def listen(self, dsn: str) -> None:
         """Empty the cache on each ``NOTIFY gpuq_auth`` (PostgreSQL), and trust longer."""
-        self.listener = WakeListener(dsn, self.clear, channel=CHANNEL)
-        self.listener.name = "gpuq-auth-listener"
+        self.listener = WakeListener(dsn, self.clear, channel=CHANNEL,
+                                     name="gpuq-auth-listener")
         self.listener.start()
 
     def stop(self) -> None:

@@ -47,8 +47,8 @@ class ListingCache:
 
     def listen(self, dsn: str) -> None:
         """Start the listener thread (PostgreSQL); the cache serves once it listens."""
-        self.listener = WakeListener(dsn, self.changed, channel=CHANNEL)
-        self.listener.name = "gpuq-listing-listener"
+        self.listener = WakeListener(dsn, self.changed, channel=CHANNEL,
+                                     name="gpuq-listing-listener")
         self.listener.start()
 
     def stop(self) -> None:
