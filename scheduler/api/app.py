@@ -42,17 +42,15 @@ def create_app(ctx: Context) -> FastAPI:
     app.router.on_shutdown.append(app.state.heartbeats.stop)
     app.state.listings = ListingCache()
     url = ctx.settings.effective_database_url
-    if ctx.settings.listing_cache and url.startswith("postgresql"):
+    if url.startswith("postgresql"):
         from scheduler.wakeups import conninfo
 
-        # Started with the server (in each API process, after the fork), not here.
-        app.router.on_startup.append(lambda: app.state.listings.listen(conninfo(url)))
-        app.router.on_shutdown.append(app.state.listings.stop)
-    if ctx.settings.auth_cache_s > 0 and url.startswith("postgresql"):
-        from scheduler.wakeups import conninfo
-
-        app.router.on_startup.append(lambda: app.state.callers.listen(conninfo(url)))
-        app.router.on_shutdown.append(app.state.callers.stop)
+        # The listeners start with the server (in each API process, after the fork).
+        for cache, wanted in ((app.state.listings, ctx.settings.listing_cache),
+                              (app.state.callers, ctx.settings.auth_cache_s > 0)):
+            if wanted:
+                app.router.on_startup.append(lambda c=cache: c.listen(conninfo(url)))
+                app.router.on_shutdown.append(cache.stop)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
