@@ -40,6 +40,9 @@ def make_celery(settings: Settings) -> Celery:
         "broker_connection_timeout": 5,
     }
     if url.startswith("filesystem://"):
+        # kombu's own writes a message in place, which a consumer can read half-written
+        # (scheduler/fsbroker.py).
+        conf["broker_transport"] = "scheduler.fsbroker:Transport"
         folder = settings.broker_dir
         (folder / "processed").mkdir(parents=True, exist_ok=True)
         conf["broker_transport_options"] = {

@@ -202,9 +202,17 @@ def run(settings: Settings) -> None:
         daemon.start_threads()
         try:
             daemon.consume(make_celery(settings), reply.queue)
+            asked = daemon.stop.is_set()
             log.info("stopped consuming %s", reply.queue)
         finally:
             daemon.stop_threads()
+        if not asked:
+            # Celery gave up (an "Unrecoverable error" above, e.g. a message it could
+            # not decode): exit 1, for systemd (Restart=on-failure) or gpuq up to restart
+            # the worker; its jobs keep running and are re-adopted.
+            log.error("the task consumer stopped without being asked to; exiting with "
+                      "status 1 to be restarted")
+            raise SystemExit(1)
         log.info("worker stopped")
     finally:
         if daemon is not None:

@@ -236,6 +236,33 @@ def test_run_for_real(tmp_path: Path, http_server: str, server: Any, token: str,
     wait_for(lambda: (s := jd.read_json(job2 / jd.STATE)) and s["state"] == "CANCELLED")
 
 
+def test_a_consumer_that_gives_up_makes_the_daemon_exit_1_to_be_restarted(
+        tmp_path: Path, http_server: str, server: Any, token: str, wait_for: Any) -> None:
+    """A message Celery cannot decode stops its consumer for good ("Unrecoverable
+    error"): the daemon must not exit 0 as if asked to stop (systemd's Restart=on-failure
+    would leave the node without a worker)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUQ_")}
+    env.update(GPUQ_CONFIG=str(tmp_path / "none.toml"), GPUQ_DATA_DIR=str(tmp_path / "data"),
+               GPUQ_NODE_NAME="n1", GPUQ_SERVER_URL=http_server, GPUQ_NODE_TOKEN=token,
+               GPUQ_SIMULATE_GPUS="1xA100-80GB", GPUQ_WORKER_CGROUP_ROOT="")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from scheduler.config import Settings\n"
+                               "from worker.daemon import run\nrun(Settings())"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: server.registrations, what="registration")
+        broker = Settings(data_dir=tmp_path / "data").broker_dir
+        wait_for(lambda: (broker / "processed").is_dir(), what="the consumer")
+        (broker / "1_garbage.gpuq.node.n1.msg").write_bytes(b"")
+        assert proc.wait(15) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out = proc.stdout.read().decode() if proc.stdout else ""
+    assert "Unrecoverable error" in out
+    assert "the task consumer stopped without being asked to" in out, out
+
+
 def test_registration_offers_the_configured_cpus_and_memory() -> None:
     backend = SimulatedBackend("2xA100-80GB", node="n1")
     assert registration(backend, cpus=64, memory=1024).cpus == 64
