@@ -414,7 +414,11 @@ def report_state(session: Session, job: Job, body: JobStateReport, *, now: datet
         return job.state  # a late RUNNING after the end, or before dispatch: ignore
     if new == JobState.RUNNING:
         metrics.observe_dispatch(job, now)
-    if (new != JobState.RUNNING and job.preempt_requested_at is not None
+    # The worker reports CANCELLED for every run it signalled (whatever the exit code: a
+    # job that checkpoints and exits 0 on SIGTERM was preempted). COMPLETED, FAILED or
+    # TIMEOUT while a preemption is pending means the run ended by itself before the
+    # signal: it is what it says, not run again.
+    if (new == JobState.CANCELLED and job.preempt_requested_at is not None
             and job.cancel_requested_at is None):
         end_preempted(session, job, now=now, how=body.reason or new.value.lower(),
                       settings=settings)
@@ -435,9 +439,9 @@ def report_state(session: Session, job: Job, body: JobStateReport, *, now: datet
 
 def end_preempted(session: Session, job: Job, *, now: datetime, how: str,
                   settings: Settings) -> None:
-    """A job being preempted stopped (whatever its exit: a job that checkpoints and exits
-    0 on SIGTERM was still preempted): PREEMPTED, then back to the queue unless it asked
-    not to be requeued. Its usage is charged up to now first."""
+    """A job being preempted was stopped (whatever its exit: a job that checkpoints and
+    exits 0 on SIGTERM was still preempted): PREEMPTED, then back to the queue unless it
+    asked not to be requeued. Its usage is charged up to now first."""
     from scheduler.usage import charge_job
 
     if job.state == JobState.RUNNING.value:

@@ -114,11 +114,35 @@ def test_a_borrower_that_asked_not_to_be_requeued_ends_preempted(api: Api) -> No
     mine = api.submit(grantee, gpus=1)["id"]
     api.cycle()
     assert api.job(b)["preempt_requested"]
-    # The job checkpoints and exits 0 on SIGTERM: it was still preempted.
-    assert _end(api, h, b, state="COMPLETED", exit_code=0)["state"] == "PREEMPTED"
+    # The job checkpoints and exits 0 on SIGTERM: the worker reports the run it signalled
+    # as CANCELLED, whatever its exit code; it was preempted.
+    assert _end(api, h, b, exit_code=0)["state"] == "PREEMPTED"
     api.cycle()
     assert api.job(mine)["state"] == "DISPATCHED"
     assert api.job(b)["state"] == "PREEMPTED"
+
+
+def test_a_borrower_that_ends_by_itself_before_the_signal_is_what_it_reports(
+        api: Api) -> None:
+    """Preemption was requested, but the run ended on its own before the worker signalled
+    it (the kill arrived to find nothing running): COMPLETED or FAILED stand, and the job
+    is not run again nor counted as a preemption; its GPUs go to the grantee."""
+    h, grantee, other, ids, gid = _full_of_borrowers(api)
+    borrowed = sorted(_borrowers(api, ids))
+    mine = api.submit(grantee, gpus=2, time_limit_s=3600)["id"]
+    api.cycle()
+    assert all(api.job(v)["preempt_requested"] for v in borrowed)
+    done, failed = borrowed
+    assert _end(api, h, done, state="COMPLETED", exit_code=0)["state"] == "COMPLETED"
+    assert _end(api, h, failed, state="FAILED", exit_code=3)["state"] == "FAILED"
+    for v in borrowed:
+        job = api.job(v)
+        assert job["preemptions"] == 0 and job["attempt"] == 1, job
+        assert "PREEMPTED" not in [e["new_state"] for e in job["events"]]
+    api.cycle()
+    assert api.job(mine)["state"] == "DISPATCHED"
+    grant = api.ok("GET", f"/v1/admin/grants/{gid}", api.admin)
+    assert grant["usage"]["preemptions"] == 2  # the grant asked for them
 
 
 def test_preemptible_qos_jobs_are_preempted_by_normal_jobs(api: Api) -> None:
