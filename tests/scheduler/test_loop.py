@@ -258,6 +258,24 @@ def test_which_nodes_count_as_silent(loop: Loop) -> None:
     assert loop.node("never").state == "UNKNOWN"
 
 
+def test_a_cycle_without_housekeeping_schedules_but_marks_no_node_down(loop: Loop) -> None:
+    """What the loop runs for an event shortly after its last housekeeping: the
+    scheduling pass only; the silent node is marked down by the next full cycle."""
+    limit = loop.ctx.settings.node_down_after_s
+    with loop.ctx.transaction() as s:
+        add_node(s, "quiet", heartbeat=loop.clock() - timedelta(seconds=limit + 1))
+        add_node(s, "alive", heartbeat=loop.clock())
+        job = add_job(s).id
+
+    result = cycle(loop.ctx, housekeeping=False)
+
+    assert result.ran and result.nodes_down == []
+    assert loop.node("quiet").state == "UP"
+    assert [j for j, _ in result.started] == [job]
+    assert cycle(loop.ctx).nodes_down == ["quiet"]
+    assert loop.node("quiet").state == "DOWN"
+
+
 # --- the applier re-checks every start -----------------------------------------------------
 
 

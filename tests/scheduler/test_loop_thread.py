@@ -22,7 +22,7 @@ def cycles(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float]]:
     """(start, end) of every cycle; each takes CYCLE_S."""
     seen: list[tuple[float, float]] = []
 
-    def fake_cycle(ctx: Any) -> CycleResult:
+    def fake_cycle(ctx: Any, housekeeping: bool = True) -> CycleResult:
         t0 = time.monotonic()
         time.sleep(CYCLE_S)
         seen.append((t0, time.monotonic()))
@@ -58,3 +58,35 @@ def test_a_quiet_loop_runs_at_once_and_a_busy_one_rests(
     assert min(gaps) >= CYCLE_S * 0.9, gaps  # rests at least as long as a cycle took
     busy = sum(e - s for s, e in cycles) / (cycles[-1][1] - cycles[0][0])
     assert busy <= 0.6, busy
+
+
+def test_woken_cycles_skip_housekeeping_for_a_while_and_timer_cycles_never(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[float, bool]] = []
+
+    def fake_cycle(ctx: Any, housekeeping: bool = True) -> CycleResult:
+        seen.append((time.monotonic(), housekeeping))
+        return CycleResult()
+
+    monkeypatch.setattr(loop_module, "cycle", fake_cycle)
+    monkeypatch.setattr(SchedulerLoop, "HOUSEKEEPING_S", 0.5)
+    ctx = SimpleNamespace(settings=Settings(schedule_interval_s=1.0, schedule_coalesce_s=0.0),
+                          clock=lambda: datetime.now(UTC), wake=None)
+    loop = SchedulerLoop(ctx)  # type: ignore[arg-type]
+    loop.start()
+    try:
+        started = time.monotonic()
+        for _ in range(3):  # events in the first 0.2 s
+            ctx.wake()
+            time.sleep(0.1)
+        while time.monotonic() - started < 0.7:
+            time.sleep(0.01)
+        ctx.wake()  # an event more than HOUSEKEEPING_S after the first
+        time.sleep(1.5)  # then quiet: the timer's cycle
+    finally:
+        loop.stop()
+    flags = [h for _, h in seen]
+    assert flags[0] is True, seen  # the first cycle does it
+    assert flags[1:3] == [False, False], seen  # events soon after skip it
+    assert flags[3] is True, seen  # an event after HOUSEKEEPING_S does it
+    assert len(flags) >= 5 and flags[4] is True, seen  # the timer's cycle does it
