@@ -10,7 +10,8 @@ own pid).
 Every process of the job goes when the job ends, including those that left its process
 group (``setsid``, double forks): the supervisor is a child subreaper, so the job's orphans
 become its children, and where it can it puts the job in a cgroup of its own (see
-``worker.cgroups``; the leader joins it before it execs, so nothing forks out of it). A
+``worker.cgroups``; the leader is created in it with ``clone3`` (``worker.spawn``), or
+joins it before it execs where that cannot be done, so nothing forks out of it). A
 cancel or the time limit sends SIGTERM to the job's process group, to every process in its
 cgroup and to every live descendant of the supervisor (found in ``/proc``), and SIGKILL
 (``cgroup.kill``) to what is left after the grace period; when the job's leader exits by
@@ -47,6 +48,7 @@ from typing import Any
 
 from worker import jobdir as jd
 from worker.cgroups import CgroupUnavailable, JobCgroup
+from worker.spawn import CloneUnavailable, Spawned, spawn_into_cgroup
 
 log = logging.getLogger("gpuq.supervisor")
 PR_SET_CHILD_SUBREAPER = 36
@@ -307,13 +309,17 @@ class Supervisor:
             shebang = f.read(2) == b"#!"
         return [str(path)] if shebang else ["/bin/bash", str(path)]
 
-    def _start(self, argv: list[str], workdir: str) -> subprocess.Popen[bytes]:
+    def _start(self, argv: list[str], workdir: str) -> subprocess.Popen[bytes] | Spawned:
         run_as = self.spec.get("run_as")
         if not (run_as and run_as["uid"] != os.geteuid()):
             run_as = None
         if run_as is not None:
             _check_workdir_as(run_as, workdir)  # to fail saying why
         self._cgroup = self._make_cgroup()
+        if self._cgroup is not None:
+            spawned = self._spawn_into_cgroup(argv, workdir, run_as)
+            if spawned is not None:
+                return spawned
         kwargs: dict[str, Any] = {"cwd": None if run_as else workdir}
         report_r, report_w = os.pipe()
         if run_as is not None or self._cgroup is not None:
@@ -329,6 +335,37 @@ class Supervisor:
             raise
         self._child_report(report_r, report_w)
         return proc
+
+    def _spawn_into_cgroup(self, argv: list[str], workdir: str,
+                           run_as: dict[str, Any] | None) -> Spawned | None:
+        """Start the job inside its cgroup with ``clone3`` (``worker/spawn.py``: no
+        migration, which costs an RCU grace period); ``None`` where that cannot be done
+        (the caller starts it with ``Popen`` and joins the cgroup before exec)."""
+        assert self._cgroup is not None
+        report_r, report_w = os.pipe()
+        setup = (functools.partial(_child_setup, report_w, None, run_as, workdir)
+                 if run_as is not None else None)
+        try:
+            spawned = spawn_into_cgroup(argv, env=self.spec["env"],
+                                        cgroup_dir=str(self._cgroup.path),
+                                        stdout_path=str(self.dir / jd.LOG),
+                                        report_w=report_w, child_setup=setup,
+                                        cwd=None if run_as else workdir)
+        except CloneUnavailable as e:
+            log.info("job %s: %s; starting it with fork and exec", self.label, e)
+            os.close(report_r)
+            os.close(report_w)
+            return None
+        except BaseException:
+            os.close(report_r)
+            os.close(report_w)
+            raise
+        try:
+            self._child_report(report_r, report_w)  # raises its OSError, if it said one
+        except BaseException:
+            os.waitpid(spawned.pid, 0)  # it exited 127 after saying why
+            raise
+        return spawned
 
     def _child_report(self, report_r: int, report_w: int) -> None:
         """Read what ``_child_setup`` said; raise the ``OSError`` it failed with, if any."""
