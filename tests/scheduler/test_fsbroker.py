@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,9 @@ def _partial_reads(folder: Path, transport: type) -> tuple[int, int]:
     """Put MESSAGES messages through ``transport`` while another thread reads every
     message file the moment it is listed, as a consumer does; returns (whole messages it
     read, reads that were not a whole message)."""
+    # A queue name of its own: kombu keeps the declared bindings per process, across
+    # connections (and folders).
+    queue = f"q{uuid.uuid4().hex}"
     stop = threading.Event()
     seen: set[str] = set()
     bad = [0]
@@ -29,7 +33,7 @@ def _partial_reads(folder: Path, transport: type) -> tuple[int, int]:
     def reader() -> None:
         while not stop.is_set():
             for name in os.listdir(folder):
-                if not name.endswith(".q.msg") or name in seen:
+                if not name.endswith(f".{queue}.msg") or name in seen:
                     continue
                 try:
                     data = (folder / name).read_bytes()
@@ -42,13 +46,14 @@ def _partial_reads(folder: Path, transport: type) -> tuple[int, int]:
                     bad[0] += 1
 
     opts = {"data_folder_in": str(folder), "data_folder_out": str(folder),
+            "control_folder": str(folder.parent / f"{folder.name}-control"),
             "store_processed": False}
     t = threading.Thread(target=reader)
     t.start()
     try:
         with Connection("filesystem://", transport=transport,
                         transport_options=opts) as conn:
-            q = conn.SimpleQueue("q")
+            q = conn.SimpleQueue(queue)
             for i in range(MESSAGES):
                 q.put({"n": i, "pad": "x" * 2000})
             q.close()
@@ -62,7 +67,7 @@ def test_a_message_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     read, bad = _partial_reads(tmp_path, Transport)
     assert bad == 0 and read > 0
     names = [p.name for p in tmp_path.iterdir()]
-    assert len(names) == MESSAGES and all(n.endswith(".q.msg") for n in names)
+    assert len(names) == MESSAGES and all(n.endswith(".msg") for n in names)
     assert all(json.loads((tmp_path / n).read_bytes()) for n in names)
 
 
