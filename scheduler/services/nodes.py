@@ -118,6 +118,31 @@ _STEADY_RUNS = (select(_JOBS.c.node_id, _JOBS.c.id, _JOBS.c.attempt, _JOBS.c.sta
                        _JOBS.c.state.in_(_ACTIVE_STATES)))
 _BEAT_NODES = (update(_NODES).where(_NODES.c.id.in_(bindparam("node_ids", expanding=True)))
                .values(last_heartbeat_at=bindparam("now")))
+#: What the steady path reads of a sampled node's active jobs: the runs' identity and what
+#: ``record_sample`` and ``accounting.observe`` read and write (``_JobRow``).
+_SAMPLE_WRITES = ("gpu_energy_j", "max_gpu_memory_mib", "gpu_sampled_s", "gpu_busy_s",
+                  "idle_gpu_s", "gpu_util_peak_pct", "gpu_stats", "idle_since",
+                  "idle_flagged_at", "idle_action")
+_SAMPLED_JOBS = (select(_JOBS.c.node_id, _JOBS.c.id, _JOBS.c.attempt, _JOBS.c.state,
+                        _JOBS.c.cancel_requested_at, _JOBS.c.preempt_requested_at,
+                        _JOBS.c.gpu_energy_earlier_j, _JOBS.c.gpu_indices,
+                        *(_JOBS.c[c] for c in _SAMPLE_WRITES))
+                 .where(_JOBS.c.node_id.in_(bindparam("node_ids", expanding=True)),
+                        _JOBS.c.state.in_(_ACTIVE_STATES))
+                 .order_by(_JOBS.c.id).with_for_update(key_share=True))
+
+
+class _JobRow:
+    """A job's row as ``record_sample`` sees a ``Job`` (the attributes it reads and sets),
+    and which of ``_SAMPLE_WRITES`` it changed. The values it sets are new objects (the
+    JSON ``gpu_stats`` is replaced, never changed in place), so a comparison tells."""
+
+    def __init__(self, row: Any) -> None:
+        self.__dict__.update(row._mapping)
+        self._was = {c: getattr(self, c) for c in _SAMPLE_WRITES}
+
+    def changed(self) -> tuple[str, ...]:
+        return tuple(c for c in _SAMPLE_WRITES if getattr(self, c) != self._was[c])
 
 
 @dataclass
@@ -135,11 +160,15 @@ def steady_heartbeats(session: Session, beats: list[tuple[str, Heartbeat]], *,
                       now: datetime, settings: Settings
                       ) -> list[tuple[HeartbeatReply, bool] | None]:
     """``steady_heartbeat`` for many nodes at once (scheduler/group_commit.py): the nodes
-    and their GPUs in one query, their active jobs in another, the jobs with samples
-    locked in a third, one UPDATE of the nodes' heartbeat times. Each heartbeat's answer
-    is the same as ``steady_heartbeat``'s alone: a reply, or ``None`` (nothing of it
-    written) where it is not steady. A second heartbeat of one node in the batch is
-    ``None`` too (answered alone, after this batch)."""
+    and their GPUs in one query; the active runs of the nodes whose heartbeats carry no
+    job sample in another, unlocked; those of the nodes with samples (every real
+    worker's) in a third, locked and with what ``record_sample`` reads, then written back
+    by one UPDATE per set of changed columns (Core rows, not ORM objects: loading and
+    flushing those was a quarter of an API process's CPU under bench/load.py); one
+    UPDATE of the nodes' heartbeat times. Each heartbeat's answer is the same as
+    ``steady_heartbeat``'s alone: a reply, or ``None`` (nothing of it written) where it
+    is not steady. A second heartbeat of one node in the batch is ``None`` too (answered
+    alone, after this batch)."""
     out: list[tuple[HeartbeatReply, bool] | None] = [None] * len(beats)
     conn = session.connection()
     names = sorted({n for n, _ in beats})
@@ -158,42 +187,47 @@ def steady_heartbeats(session: Session, beats: list[tuple[str, Heartbeat]], *,
             steady[beat.node_id] = beat
     if not steady:
         return out
-    runs: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
-    for node_id, *run in conn.execute(_STEADY_RUNS, {"node_ids": sorted(steady)}):
-        runs[node_id].append(tuple(run))
+    # Jobs with a sample are written: read them locked, in one order (two batches lock the
+    # same jobs in the same order); the other nodes' runs are only compared.
+    sampled = sorted(n for n, b in steady.items() if any(j.sample for j in b.body.jobs))
+    unsampled = sorted(set(steady) - set(sampled))
+    runs: dict[int, list[Any]] = defaultdict(list)
+    if unsampled:
+        for node_id, *run in conn.execute(_STEADY_RUNS, {"node_ids": unsampled}):
+            runs[node_id].append(tuple(run))
+    jobs_of: dict[int, list[Any]] = defaultdict(list)
+    if sampled:
+        for row in conn.execute(_SAMPLED_JOBS, {"node_ids": sampled}):
+            jobs_of[row.node_id].append(_JobRow(row))
+        for node_id in sampled:
+            runs[node_id] = [(j.id, j.attempt, j.state, j.cancel_requested_at,
+                              j.preempt_requested_at) for j in jobs_of[node_id]]
     for node_id in [n for n, b in steady.items() if not _same_runs(runs[n], b.reported)]:
         del steady[node_id]
-    # Jobs with a sample are written: read them again, locked, in one order (two batches
-    # lock the same jobs in the same order), and checked once more under the lock.
-    sampled = sorted(n for n, b in steady.items() if any(j.sample for j in b.body.jobs))
-    jobs_of: dict[int, list[Job]] = defaultdict(list)
-    if sampled:
-        for job in session.scalars(
-                select(Job).where(Job.node_id.in_(sampled), Job.state.in_(_ACTIVE_STATES))
-                .order_by(Job.id).with_for_update(key_share=True)
-                .execution_options(populate_existing=True)):
-            jobs_of[job.node_id].append(job)
-        for node_id in sampled:
-            have = [(j.id, j.attempt, j.state, j.cancel_requested_at, j.preempt_requested_at)
-                    for j in jobs_of[node_id]]
-            if not _same_runs(have, steady[node_id].reported):
-                del steady[node_id]
     if not steady:
         return out
     conn.execute(_BEAT_NODES, {"node_ids": sorted(steady), "now": now})
     due = [d for b in steady.values() for d in b.due]
     if due:
         conn.execute(_GPU_SAMPLE, due)
+    writes: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for node_id, beat in steady.items():
         changed = False
         for job in jobs_of.get(node_id, ()):
             seen_job = beat.reported[(job.id, job.attempt)]
             if seen_job.sample is not None:
                 flagged = job.idle_flagged_at
-                record_sample(session, job, seen_job.sample, now=now,
+                record_sample(session, job, seen_job.sample, now=now,  # type: ignore[arg-type]
                               every_s=settings.job_sample_interval_s, settings=settings)
                 changed |= job.idle_flagged_at != flagged
+                cols = job.changed()
+                if cols:
+                    writes[cols].append({"job_id_": job.id,
+                                         **{f"v_{c}": getattr(job, c) for c in cols}})
         out[beat.at] = (_STEADY_REPLY, changed)
+    for cols, params in writes.items():
+        conn.execute(update(_JOBS).where(_JOBS.c.id == bindparam("job_id_"))
+                     .values({c: bindparam(f"v_{c}") for c in cols}), params)
     return out
 
 
