@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     #: After an event (submit, job end, node change) the loop waits this long, in seconds,
     #: so a burst of events makes one cycle.
     schedule_coalesce_s: float = 0.05
+    #: Niceness added to the loop's process under ``gpuq server --workers N`` (N > 1): a
+    #: cycle over a long queue takes a core for a few hundred milliseconds, and the API
+    #: processes' requests should not wait behind it (0: the same priority).
+    loop_nice: int = Field(10, ge=0, le=19)
     #: A DISPATCHED job that its node has not reported after this many seconds is sent again.
     dispatch_resend_after_s: float = 20.0
     #: A node that has not sent a heartbeat for this many seconds is marked DOWN.

@@ -51,6 +51,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from scheduler.config import Settings
+from scheduler.gcfreeze import freeze_startup_objects
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ def _serve_api(settings: Settings, sock: socket.socket, dsn: str) -> None:
     sender = WakeSender(dsn)
     ctx.wake = sender.wake
     app = _PidHeader(create_app(ctx))
+    freeze_startup_objects()
     if stop.requested:
         return
     sender.start()
@@ -188,8 +190,15 @@ def _run_loop(settings: Settings, sock: socket.socket, dsn: str) -> None:
     from scheduler.server import open_context
     from scheduler.wakeups import WakeListener
 
+    if settings.loop_nice:
+        try:
+            os.nice(settings.loop_nice)
+        except OSError as e:
+            log.warning("could not lower the loop's priority (loop_nice %d): %s",
+                        settings.loop_nice, e)
     ctx = open_context(settings)
     loop = SchedulerLoop(ctx)
+    freeze_startup_objects()
     listener = WakeListener(dsn, loop.wake)
     loop.start()
     listener.start()  # wakes the loop once it listens: a cycle at start

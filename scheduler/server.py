@@ -72,11 +72,13 @@ def run(settings: Settings) -> int:
     import uvicorn
 
     from scheduler.api.app import create_app
+    from scheduler.gcfreeze import freeze_startup_objects
     from scheduler.loop import SchedulerLoop
 
     ctx = build_context(settings)
     loop = SchedulerLoop(ctx)
     app = create_app(ctx)
+    freeze_startup_objects()
 
     @app.on_event("startup")
     def _start_loop() -> None:

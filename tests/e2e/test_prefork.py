@@ -36,6 +36,10 @@ def children(pid: int) -> set[int]:
     return out
 
 
+def nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def alive(pid: int) -> bool:
     try:
         return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
@@ -113,6 +117,11 @@ def test_jobs_run_woken_across_processes_served_by_several(prefork: Cluster) -> 
 
     apis = api_processes(prefork)
     assert len(apis) == WORKERS and prefork.procs[0].popen.pid not in apis
+    # The loop runs at a lower priority (loop_nice, 10): the API's requests come first.
+    server = prefork.procs[0].popen.pid
+    (loop_pid,) = children(server) - apis
+    assert nice(loop_pid) == min(19, nice(server) + 10)
+    assert {nice(p) for p in apis} == {nice(server)}
 
     def served_by(_: int) -> int:  # a connection of its own each
         return int(httpx.get(prefork.url + "/healthz", timeout=10).headers["x-gpuq-pid"])
