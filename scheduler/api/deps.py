@@ -30,6 +30,19 @@ async def get_principal(
 ) -> Principal:
     """The caller: from the caller cache (no thread, no query), else looked up in a
     worker thread and cached (``scheduler/api/callers.py``)."""
+    return await _principal(request, ctx, creds)
+
+
+async def node_principal(request: Request) -> Principal:
+    """What ``NodeCaller`` gives (same answers, same errors), called directly rather
+    than solved as a FastAPI dependency: for the heartbeat, which every node sends every
+    second (``scheduler/api/routes/nodes.py``)."""
+    creds = await _bearer(request)
+    return _check_role(await _principal(request, request.app.state.ctx, creds), ("node",))
+
+
+async def _principal(request: Request, ctx: Context,
+                     creds: HTTPAuthorizationCredentials | None) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer":
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     cache: CallerCache = request.app.state.callers
@@ -66,12 +79,16 @@ def _load_accounts(principal: Principal) -> None:
 
 def require(*roles: str):  # noqa: ANN201 - a dependency factory
     async def dep(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
-        if principal.role not in roles:
-            raise HTTPException(403, f"this needs a {' or '.join(roles)} token; "
-                                     f"yours is a {principal.role} token")
-        return principal
+        return _check_role(principal, roles)
 
     return dep
+
+
+def _check_role(principal: Principal, roles: tuple[str, ...]) -> Principal:
+    if principal.role not in roles:
+        raise HTTPException(403, f"this needs a {' or '.join(roles)} token; "
+                                 f"yours is a {principal.role} token")
+    return principal
 
 
 UserOrAdmin = Annotated[Principal, Depends(require("user", "admin"))]
