@@ -38,9 +38,10 @@ class ListingCache:
         self.listener: WakeListener | None = None
         self._entries: OrderedDict[Hashable, tuple[int, float, bytes]] = OrderedDict()
         self._lock = threading.Lock()
-        #: Builds of one key are serialised by one of these (by the key's hash): a fixed
-        #: number, however many distinct queries callers make.
-        self._building = [threading.Lock() for _ in range(16)]
+        #: Builds of one key are serialised by its own lock (and its number of users),
+        #: there only while someone builds or waits: a slow listing never holds up
+        #: another query's (locks striped by hash shared one in 16 pairs of keys).
+        self._building: dict[Hashable, tuple[threading.Lock, list[int]]] = {}
         #: Listings served from the cache and built (tests, the curious).
         self.hits = 0
         self.builds = 0
@@ -71,20 +72,28 @@ class ListingCache:
         body = self._current(key)
         if body is not None:
             return body
-        building = self._building[hash(key) % len(self._building)]
-        with building:  # one build per key at a time; the others take its result
-            body = self._current(key)
-            if body is not None:
+        with self._lock:
+            building, users = self._building.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with building:  # one build per key at a time; the others take its result
+                body = self._current(key)
+                if body is not None:
+                    return body
+                generation = self.generation  # before the query: see the module docstring
+                body = build()
+                with self._lock:
+                    self.builds += 1
+                    self._entries[key] = (generation, time.monotonic(), body)
+                    self._entries.move_to_end(key)
+                    while len(self._entries) > self.max_entries:
+                        self._entries.popitem(last=False)
                 return body
-            generation = self.generation  # before the query: see the module docstring
-            body = build()
+        finally:
             with self._lock:
-                self.builds += 1
-                self._entries[key] = (generation, time.monotonic(), body)
-                self._entries.move_to_end(key)
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
-            return body
+                users[0] -= 1
+                if not users[0]:
+                    del self._building[key]
 
     def _current(self, key: Hashable) -> bytes | None:
         with self._lock:
