@@ -197,20 +197,27 @@ def test_register_stops_when_asked(server: Any, daemon: Daemon) -> None:
     assert daemon.register() is None
 
 
+def start_daemon(tmp_path: Path, http_server: str, token: str, gpus: str,
+                 **env: str) -> subprocess.Popen[bytes]:
+    """``gpuq worker``'s ``run`` in a process of its own, node n1, no job cgroups."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("GPUQ_")}
+    full.update(GPUQ_CONFIG=str(tmp_path / "none.toml"),
+                GPUQ_DATA_DIR=str(tmp_path / "data"), GPUQ_NODE_NAME="n1",
+                GPUQ_SERVER_URL=http_server, GPUQ_NODE_TOKEN=token, GPUQ_SIMULATE_GPUS=gpus,
+                GPUQ_WORKER_CGROUP_ROOT="", **env)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from scheduler.config import Settings\n"
+                               "from worker.daemon import run\nrun(Settings())"],
+        env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
 def test_run_for_real(tmp_path: Path, http_server: str, server: Any, token: str,
                       make_spec: Any, wait_for: Any) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUQ_")}
-    env.update(GPUQ_CONFIG=str(tmp_path / "none.toml"), GPUQ_DATA_DIR=str(tmp_path / "data"),
-               GPUQ_NODE_NAME="n1", GPUQ_SERVER_URL=http_server, GPUQ_NODE_TOKEN=token,
-               GPUQ_SIMULATE_GPUS="2xA100-80GB", GPUQ_KILL_GRACE_S="0.5",
-               GPUQ_JOB_POLL_INTERVAL_S="0.05", GPUQ_WORKER_CGROUP_ROOT="")
     # A root daemon runs jobs as the user's local account: use one that exists.
     server.specs[1] = make_spec(job_id=1, unix_user="nobody", command=["echo", "via celery"])
     server.specs[2] = make_spec(job_id=2, unix_user="nobody", command=["sleep", "30"])
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from scheduler.config import Settings\n"
-                               "from worker.daemon import run\nrun(Settings())"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = start_daemon(tmp_path, http_server, token, "2xA100-80GB", GPUQ_KILL_GRACE_S="0.5",
+                        GPUQ_JOB_POLL_INTERVAL_S="0.05")
     try:
         wait_for(lambda: server.registrations, what="registration")
         send_launch(make_celery(Settings(data_dir=tmp_path / "data")), "n1", 1)
@@ -241,14 +248,7 @@ def test_a_consumer_that_gives_up_makes_the_daemon_exit_1_to_be_restarted(
     """A message Celery cannot decode stops its consumer for good ("Unrecoverable
     error"): the daemon must not exit 0 as if asked to stop (systemd's Restart=on-failure
     would leave the node without a worker)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUQ_")}
-    env.update(GPUQ_CONFIG=str(tmp_path / "none.toml"), GPUQ_DATA_DIR=str(tmp_path / "data"),
-               GPUQ_NODE_NAME="n1", GPUQ_SERVER_URL=http_server, GPUQ_NODE_TOKEN=token,
-               GPUQ_SIMULATE_GPUS="1xA100-80GB", GPUQ_WORKER_CGROUP_ROOT="")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from scheduler.config import Settings\n"
-                               "from worker.daemon import run\nrun(Settings())"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = start_daemon(tmp_path, http_server, token, "1xA100-80GB")
     try:
         wait_for(lambda: server.registrations, what="registration")
         broker = Settings(data_dir=tmp_path / "data").broker_dir

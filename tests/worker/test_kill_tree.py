@@ -195,6 +195,16 @@ def test_job_cgroup_holds_the_jobs_processes_while_it_runs(
 #: (as under a seccomp profile that hides it): the job joins its cgroup before exec.
 WITHOUT_CLONE3 = ("import sys, worker.spawn; worker.spawn.SYS_CLONE3.clear(); "
                   "from worker.supervisor import main; sys.exit(main(sys.argv[1:]))")
+NOBODY = {"name": "nobody", "uid": 65534, "gid": 65534, "groups": []}
+
+
+def supervise(d: Path, how: str) -> subprocess.CompletedProcess[str]:
+    """Run the supervisor of ``d`` to its end, with ``clone3`` or without (``join``)."""
+    argv = ["-m", "worker.supervisor"] if how == "clone3" else ["-c", WITHOUT_CLONE3]
+    p = subprocess.run([sys.executable, *argv, str(d)], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=4)
+    assert p.returncode == 0, p.stderr
+    return p
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
@@ -202,14 +212,10 @@ WITHOUT_CLONE3 = ("import sys, worker.spawn; worker.spawn.SYS_CLONE3.clear(); "
 def test_a_job_run_as_another_account_is_in_its_cgroup_from_the_start(
         tmp_path: Path, cgroup_node: tuple[str, str], how: str) -> None:
     root, node = cgroup_node
-    nobody = {"name": "nobody", "uid": 65534, "gid": 65534, "groups": []}
     d = make_jobdir(tmp_path, workdir="/", command=["/bin/sh", "-c", "id -u; pwd; "
                                                     "cat /proc/self/cgroup"],
-                    extra={"cgroup_root": root, "node": node, "run_as": nobody})
-    argv = ["-m", "worker.supervisor"] if how == "clone3" else ["-c", WITHOUT_CLONE3]
-    p = subprocess.run([sys.executable, *argv, str(d)], stdin=subprocess.DEVNULL,
-                       capture_output=True, text=True, timeout=4)
-    assert p.returncode == 0, p.stderr
+                    extra={"cgroup_root": root, "node": node, "run_as": NOBODY})
+    p = supervise(d, how)
     s = jd.read_json(d / jd.STATE)
     assert s is not None and s["state"] == "COMPLETED"
     uid, cwd, *cgroup_lines = (d / jd.LOG).read_text().splitlines()
@@ -227,13 +233,9 @@ def test_a_workdir_the_account_cannot_enter_fails_the_job_saying_so(
     root, node = cgroup_node
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    nobody = {"name": "nobody", "uid": 65534, "gid": 65534, "groups": []}
     d = make_jobdir(tmp_path, workdir=str(private), command=["true"],
-                    extra={"cgroup_root": root, "node": node, "run_as": nobody})
-    argv = ["-m", "worker.supervisor"] if how == "clone3" else ["-c", WITHOUT_CLONE3]
-    p = subprocess.run([sys.executable, *argv, str(d)], stdin=subprocess.DEVNULL,
-                       capture_output=True, text=True, timeout=4)
-    assert p.returncode == 0, p.stderr
+                    extra={"cgroup_root": root, "node": node, "run_as": NOBODY})
+    supervise(d, how)
     s = jd.read_json(d / jd.STATE)
     assert s is not None and s["state"] == "FAILED", s
     assert s["exit_code"] in (126, 127) and str(private) in s["reason"], s
