@@ -30,19 +30,6 @@ async def get_principal(
 ) -> Principal:
     """The caller: from the caller cache (no thread, no query), else looked up in a
     worker thread and cached (``scheduler/api/callers.py``)."""
-    return await _principal(request, ctx, creds)
-
-
-async def node_principal(request: Request) -> Principal:
-    """What ``NodeCaller`` gives (same answers, same errors), called directly rather
-    than solved as a FastAPI dependency: for the heartbeat, which every node sends every
-    second (``scheduler/api/routes/nodes.py``)."""
-    creds = await _bearer(request)
-    return _check_role(await _principal(request, request.app.state.ctx, creds), ("node",))
-
-
-async def _principal(request: Request, ctx: Context,
-                     creds: HTTPAuthorizationCredentials | None) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer":
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     cache: CallerCache = request.app.state.callers
@@ -54,6 +41,14 @@ async def _principal(request: Request, ctx: Context,
     except AuthError as e:
         raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
     return principal
+
+
+async def node_principal(request: Request) -> Principal:
+    """What ``NodeCaller`` gives (same answers, same errors), called directly rather
+    than solved as a FastAPI dependency: for the heartbeat, which every node sends every
+    second (``scheduler/api/routes/nodes.py``)."""
+    creds = await _bearer(request)
+    return _check_role(await get_principal(request, request.app.state.ctx, creds), ("node",))
 
 
 def _look_up(ctx: Context, cache: CallerCache, key: str, secret: str) -> Principal:

@@ -94,16 +94,17 @@ def steady_heartbeat(session: Session, name: str, body: Heartbeat, *, now: datet
                      settings: Settings) -> tuple[HeartbeatReply, bool] | None:
     """A heartbeat that changes nothing but the node's last heartbeat, its GPUs' samples
     when due and the samples of its jobs (nearly all of them), written without loading
-    the node and its GPUs as ORM objects. ``None``, with nothing read locked or written,
-    when the heartbeat is not that case: then ``heartbeat`` does it all.
+    the node and its GPUs as ORM objects. ``None``, with nothing of it written, when the
+    heartbeat is not that case: then ``heartbeat`` does it all.
 
     Steady: the node is UP and registered; no GPU's health, health reason or foreign
     processes changes; the node reports exactly the runs (job, attempt) the database
     has active on it, each once and RUNNING, and all of them are RUNNING there with no
     cancel or preemption requested. Then ``heartbeat`` would change the same and reply
-    with nothing to launch or kill. The job rows are read without a lock; jobs with
-    samples are then read as ``heartbeat`` reads them (locked, FOR NO KEY UPDATE),
-    checked again, and ``record_sample`` writes them."""
+    with nothing to launch or kill. The runs of a node whose heartbeat carries no job
+    sample are read without a lock; those of a node with samples are read as
+    ``heartbeat`` reads them (locked, FOR NO KEY UPDATE, until the transaction ends),
+    and ``record_sample`` writes them."""
     return steady_heartbeats(session, [(name, body)], now=now, settings=settings)[0]
 
 
