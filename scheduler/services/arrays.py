@@ -5,7 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, insert, or_, select, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Integer,
+    Text,
+    case,
+    cast,
+    column,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,20 +33,28 @@ from scheduler.errors import Forbidden
 from scheduler.services.jobs import check_submit, job_fields
 from scheduler.states import JobState
 
+#: The reason of an element's first event.
+EVENT_REASON = "submitted (array)"
+
 #: Between an array's idempotency key and an element's position in the element's own key.
 KEY_SEP = "#"
+
+
+#: The variables holding an element's own index (the rest are the same in every element).
+INDEX_KEYS = ("GPUQ_ARRAY_TASK_ID", "GPUQ_ARRAY_INDEX", "SLURM_ARRAY_TASK_ID")
+
+
+def array_common_env(array_id: int, indices: list[int]) -> dict[str, str]:
+    """The array variables that every element of the array has alike."""
+    values = {"ARRAY_JOB_ID": str(array_id), "ARRAY_TASK_COUNT": str(len(indices)),
+              "ARRAY_TASK_MIN": str(indices[0]), "ARRAY_TASK_MAX": str(indices[-1])}
+    return {f"{prefix}_{k}": v for prefix in ("GPUQ", "SLURM") for k, v in values.items()}
 
 
 def array_env(array_id: int, index: int, indices: list[int]) -> dict[str, str]:
     """What an element finds in its environment (gpuq's names, and Slurm's for scripts
     written for sbatch --array)."""
-    values = {"ARRAY_JOB_ID": str(array_id), "ARRAY_TASK_ID": str(index),
-              "ARRAY_TASK_COUNT": str(len(indices)), "ARRAY_TASK_MIN": str(indices[0]),
-              "ARRAY_TASK_MAX": str(indices[-1])}
-    env = {f"GPUQ_{k}": v for k, v in values.items()}
-    env["GPUQ_ARRAY_INDEX"] = str(index)
-    env.update({f"SLURM_{k}": v for k, v in values.items()})
-    return env
+    return {**array_common_env(array_id, indices), **dict.fromkeys(INDEX_KEYS, str(index))}
 
 
 def bulk_insert(session: Session, model: type[Job] | type[JobEvent],
@@ -111,6 +135,53 @@ def _replayed(session: Session, user_id: int, spec: JobArrayCreate) -> JobArrayR
                         indices=spec.indices[:len(ids)], ids=ids)
 
 
+def element_rows(spec: JobArrayCreate, base: dict[str, Any], ids: list[int], *,
+                 now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The elements' job rows and their first events, built here (SQLite)."""
+    name = base["name"][:120]
+    rows, events = [], []
+    for pos, (job_id, index) in enumerate(zip(ids, spec.indices, strict=True)):
+        key = spec.idempotency_key
+        if key is not None and pos:
+            key = f"{key}{KEY_SEP}{pos}"
+        rows.append({**base, "id": job_id, "name": f"{name}[{index}]", "idempotency_key": key,
+                     "environment": {**spec.environment,
+                                     **array_env(ids[0], index, spec.indices)}})
+        events.append({"job_id": job_id, "time": now, "old_state": None,
+                       "new_state": JobState.PENDING.value, "reason": EVENT_REASON})
+    return rows, events
+
+
+def insert_elements_sql(session: Session, spec: JobArrayCreate, base: dict[str, Any],
+                        ids: list[int], *, now: datetime) -> None:
+    """The same rows as ``element_rows``, made by PostgreSQL from the ids and indices: one
+    ``INSERT ... SELECT FROM unnest(...)`` for the jobs and one for their events, with no
+    Python work per element (10,000 elements: ~0.35 s of the API's CPU -> see the commit)."""
+    el = func.unnest(cast(ids, ARRAY(BigInteger)), cast(spec.indices, ARRAY(Integer))) \
+        .table_valued(column("id", BigInteger), column("idx", Integer),
+                      with_ordinality="pos").render_derived(name="el")
+    idx = cast(el.c.idx, Text)
+    name = base["name"][:120]
+    key = spec.idempotency_key
+    key_expr = null() if key is None else case(
+        (el.c.pos == 1, literal(key, Text)),
+        else_=literal(key + KEY_SEP, Text) + cast(el.c.pos - 1, Text))
+    common = {**spec.environment, **array_common_env(ids[0], spec.indices)}
+    own = func.jsonb_build_object(*[x for k in INDEX_KEYS for x in (literal(k, Text), idx)])
+    env = cast(literal(common, JSONB).op("||", return_type=JSONB)(own), JSON)
+    table = Job.__table__
+    varying = {"id": el.c.id, "name": literal(name + "[", Text) + idx + literal("]", Text),
+               "idempotency_key": key_expr, "environment": env}
+    fixed = {k: literal(v, table.c[k].type) for k, v in base.items() if k not in varying}
+    cols = {**varying, **fixed}
+    session.execute(insert(Job).from_select(list(cols), select(*cols.values())))
+    session.execute(insert(JobEvent).from_select(
+        ["job_id", "time", "old_state", "new_state", "reason"],
+        select(func.unnest(cast(ids, ARRAY(BigInteger))),
+               literal(now, JobEvent.__table__.c.time.type), null(),
+               literal(JobState.PENDING.value, Text), literal(EVENT_REASON, Text))))
+
+
 def submit_array(session: Session, principal: Principal, spec: JobArrayCreate, *,
                  now: datetime, settings: Settings) -> tuple[JobArrayRead, bool]:
     """Create every element PENDING; returns (the array, created). A seen idempotency
@@ -125,20 +196,14 @@ def submit_array(session: Session, principal: Principal, spec: JobArrayCreate, *
     ids = reserve_ids(session, len(indices))
     base = job_fields(spec, ok, now=now)
     name = base["name"][:120]
-    rows, events = [], []
-    for pos, (job_id, index) in enumerate(zip(ids, indices, strict=True)):
-        key = spec.idempotency_key
-        if key is not None and pos:
-            key = f"{key}{KEY_SEP}{pos}"
-        rows.append({**base, "id": job_id, "name": f"{name}[{index}]", "idempotency_key": key,
-                     "environment": {**spec.environment,
-                                     **array_env(ids[0], index, indices)}})
-        events.append({"job_id": job_id, "time": now, "old_state": None,
-                       "new_state": JobState.PENDING.value, "reason": "submitted (array)"})
     try:
         with session.begin_nested():
-            bulk_insert(session, Job, rows)
-            bulk_insert(session, JobEvent, events)
+            if session.get_bind().dialect.name == "postgresql":
+                insert_elements_sql(session, spec, base, ids, now=now)
+            else:
+                rows, events = element_rows(spec, base, ids, now=now)
+                bulk_insert(session, Job, rows)
+                bulk_insert(session, JobEvent, events)
     except IntegrityError:
         # The same key raced in from a parallel retry: answer with the array it made.
         old = _replayed(session, principal.user.id, spec)

@@ -4,8 +4,19 @@ environment, idempotent retries, and bad input naming the field."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
-from scheduler.api.array_schemas import MAX_ARRAY_TASKS, parse_array
+from scheduler.api.array_schemas import MAX_ARRAY_TASKS, JobArrayCreate, parse_array
+from scheduler.api.deps import _load_accounts
+from scheduler.auth import check_token
+from scheduler.db.models import Job, JobEvent
+from scheduler.services.arrays import (
+    bulk_insert,
+    element_rows,
+    insert_elements_sql,
+    reserve_ids,
+)
+from scheduler.services.jobs import check_submit, job_fields
 from tests.api.conftest import Api
 
 
@@ -98,3 +109,45 @@ def test_node_tokens_cannot_submit_arrays(api: Api, alice: dict[str, str]) -> No
     r = api.client.post("/v1/jobs/array", headers=node, json={
         "command": ["true"], "workdir": "/tmp", "array": "0-1"})
     assert r.status_code == 403
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("key", [None, "sweep\\7\t'x"])
+def test_postgresql_makes_the_same_rows_as_python(api: Api, alice: dict[str, str],
+                                                  key: str | None) -> None:
+    """PostgreSQL builds the elements in SQL (insert_elements_sql); SQLite from Python
+    (element_rows). Both ways, in one PostgreSQL database, give identical rows."""
+    spec = JobArrayCreate.model_validate({
+        "command": ["python", "sweep.py", "--lr", "1e-3"], "workdir": "/data/x y",
+        "array": "3,5-9:2,40", "name": "lr\\sweep\nnext", "idempotency_key": key,
+        "environment": {"A": "b\tc", "GPUQ_ARRAY_TASK_ID": "overridden", "Z": "é"},
+        "gpus": 2, "nice": 3})
+    secret = alice["Authorization"].split()[1]
+    now = api.clock()
+    with api.ctx.transaction() as s:
+        principal = check_token(s, secret, now=now)
+        _load_accounts(principal)
+        ok = check_submit(s, principal, spec, settings=api.ctx.settings)
+        base = job_fields(spec, ok, now=now)
+        ids = reserve_ids(s, len(spec.indices))
+
+        def made() -> list[tuple]:
+            jobs = s.execute(select(Job.__table__).where(Job.id.in_(ids))
+                             .order_by(Job.id)).all()
+            events = s.execute(select(*[c for c in JobEvent.__table__.c if c.key != "id"])
+                               .where(JobEvent.job_id.in_(ids))
+                               .order_by(JobEvent.job_id)).all()
+            return [tuple(r) for r in jobs] + [tuple(r) for r in events]
+
+        with s.begin_nested() as sp:
+            insert_elements_sql(s, spec, base, ids, now=now)
+            by_sql = made()
+            sp.rollback()
+        with s.begin_nested() as sp:
+            rows, events = element_rows(spec, base, ids, now=now)
+            bulk_insert(s, Job, rows)
+            bulk_insert(s, JobEvent, events)
+            by_python = made()
+            sp.rollback()
+    assert len(by_sql) == 2 * len(spec.indices) == 10
+    assert by_sql == by_python
