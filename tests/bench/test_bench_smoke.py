@@ -64,4 +64,19 @@ def test_load() -> None:
 
 def test_policy_cycle() -> None:
     r = smoke("bench.policy_cycle")
+    assert r["benchmark"] == "policy_cycle" and r["machine"]["cpus"] >= 1
     assert r["results"] and all(x["median_s"] > 0 for x in r["results"])
+    assert r["met"] == {}  # a smoke run's size is not the target's
+
+
+def test_policy_cycle_at_the_target_size_says_met_or_not() -> None:
+    """The target's size in a measuring child, one cycle: each target has a verdict, and
+    the exit status is 0 only when both are met."""
+    out = subprocess.run([sys.executable, "-m", "bench.policy_cycle", "--sizes", "100000",
+                          "--runs", "1", "--json"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(r["met"]) == {"median_s", "peak_rss_mb"}
+    assert out.returncode == (0 if all(r["met"].values()) else 1)
+    [one] = r["results"]
+    assert one["pending"] == 100_000 and one["runs"] == 1 and one["peak_rss_mb"] > 0
