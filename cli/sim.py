@@ -31,7 +31,7 @@ class SpanType(click.ParamType):
 
 
 @click.command("sim")
-@click.argument("trace", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("trace", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--nodes", "nodes_spec", metavar="NxG[:MODEL]",
               help="The cluster: N nodes of G GPUs (e.g. 1000x8, 2x8:A100-80GB; several "
                    "groups joined by commas).")
@@ -61,9 +61,11 @@ def sim(trace: Path, nodes_spec: str | None, cluster_file: Path | None,
         step_s: float, jobs_out: Path | None, out_dir: Path | None,
         limit: int | None) -> None:
     """Replay TRACE (CSV: submit_time, user, account, gpus, duration[, time_limit,
-    gpu_model, name]; times in seconds) through the scheduling policy on a simulated
-    cluster, and print the metrics as JSON: GPU utilization, waits, completion time,
-    each account's share of GPU-time against its fair target over sliding windows,
+    gpu_model, name]; times in seconds; gzipped when it ends in .gz), or the trace
+    that comes with gpuq by its name (lanl-cm5-1994: the LANL CM-5 log on 8-GPU
+    nodes; try --nodes 2x8), through the scheduling policy on a simulated cluster,
+    and print the metrics as JSON: GPU utilization, waits, completion time, each
+    account's share of GPU-time against its fair target over sliding windows,
     Jain's fairness index. --out DIR also writes metrics.json and PNG plots.
 
     Jobs run for their duration and are never killed: the policy is told
@@ -78,8 +80,17 @@ def sim(trace: Path, nodes_spec: str | None, cluster_file: Path | None,
         load_trace,
         parse_nodes,
         replay,
+        shipped_traces,
         write_outputs,
     )
+
+    if not trace.exists():
+        shipped = shipped_traces()
+        if str(trace) not in shipped:
+            raise click.BadParameter(
+                f"no file {str(trace)!r}, and no trace of that name comes with gpuq "
+                f"({', '.join(shipped) or 'none'})", param_hint="'TRACE'")
+        trace = shipped[str(trace)]
 
     if (nodes_spec is None) == (cluster_file is None):
         raise click.UsageError("give the cluster with --nodes (e.g. 2x8) or --cluster FILE "

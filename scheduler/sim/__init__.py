@@ -6,10 +6,11 @@ from scheduler.sim.engine import JobRecord, SimResult, Simulation, SimulationErr
 from scheduler.sim.errors import SimInputError
 from scheduler.sim.replay import Replay, replay, write_jobs_csv, write_outputs
 from scheduler.sim.shares import Tree, complete, load_shares
-from scheduler.sim.trace import TraceJob, load_trace
+from scheduler.sim.trace import TraceJob, load_trace, shipped_traces
 
 __all__ = [
     "JobRecord", "Replay", "SimInputError", "SimResult", "Simulation", "SimulationError",
     "TraceJob", "Tree", "build_nodes", "complete", "load_cluster_file", "load_shares",
-    "load_trace", "parse_nodes", "replay", "write_jobs_csv", "write_outputs",
+    "load_trace", "parse_nodes", "replay", "shipped_traces", "write_jobs_csv",
+    "write_outputs",
 ]

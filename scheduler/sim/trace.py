@@ -4,15 +4,19 @@ Columns (header required, any order): ``submit_time`` (seconds), ``user``, ``acc
 ``gpus``, ``duration`` (seconds), and the optional ``time_limit`` (seconds; empty = none),
 ``gpu_model`` (empty = any) and ``name``. A job's id is its row number (1 for the first
 job); jobs are replayed in submit order (stable, so equal submit times keep file order).
+A file whose name ends in ``.gz`` is read through gzip. gpuq comes with one real trace,
+``lanl-cm5-1994`` (``traces/``, with its note).
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from scheduler.sim.errors import SimInputError, at
 
@@ -73,8 +77,23 @@ def _name(path: Path, line: int, column: str, text: str) -> str:
     return text
 
 
+#: Where the traces that come with gpuq lie (each with a note on its source and conversion).
+SHIPPED_DIR = Path(__file__).resolve().parent / "traces"
+
+
+def shipped_traces() -> dict[str, Path]:
+    """The traces that come with gpuq, by name (``lanl-cm5-1994``)."""
+    return {p.name.removesuffix(".csv.gz"): p for p in sorted(SHIPPED_DIR.glob("*.csv.gz"))}
+
+
+def _open(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", newline="", encoding="utf-8")
+    return path.open(newline="", encoding="utf-8")
+
+
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8") as f:
+    with _open(path) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
@@ -99,8 +118,9 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
 
 
 def load_trace(path: str | Path, limit: int | None = None) -> list[TraceJob]:
-    """Read a trace; the first ``limit`` jobs only when given. Raises ``SimInputError``
-    naming the line and column of the first bad cell."""
+    """Read a trace (CSV, or gzipped CSV when its name ends in ``.gz``); the first
+    ``limit`` jobs only when given. Raises ``SimInputError`` naming the line and column
+    of the first bad cell."""
     path = Path(path)
     jobs: list[TraceJob] = []
     try:

@@ -6,10 +6,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from scheduler.sim.engine import JobRecord
-from scheduler.sim.trace import TraceJob
+from scheduler.sim.trace import TraceJob, shipped_traces
 
 HEADER = "submit_time,user,account,gpus,duration,time_limit"
-SHIPPED_TRACE = Path(__file__).resolve().parents[2].parent / "shared/traces/lanl-cm5-1994.csv"
+SHIPPED_TRACE = shipped_traces()["lanl-cm5-1994"]
 
 
 def write_trace(path: Path, rows: Iterable[str], header: str = HEADER) -> Path:

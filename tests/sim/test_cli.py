@@ -98,3 +98,12 @@ def test_no_decay(tmp_path: Path) -> None:
     trace = write_trace(tmp_path / "t.csv", TRACE)
     code, out = run(trace, "--nodes", "1x4", "--half-life", "0", "--policy", "fairshare")
     assert code == 0, out
+
+
+def test_the_shipped_trace_by_its_name(tmp_path: Path) -> None:
+    code, out = run("lanl-cm5-1994", "--nodes", "2x8", "--limit", "200")
+    assert code == 0, out
+    metrics = json.loads(out)
+    assert metrics["jobs"] == 200 and metrics["gpus"] == 16
+    code, out = run("lanl-cm5-1995", "--nodes", "2x8")
+    assert code == 2 and "no file 'lanl-cm5-1995'" in out and "lanl-cm5-1994" in out

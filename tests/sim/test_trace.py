@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.sim.errors import SimInputError
-from scheduler.sim.trace import load_trace
+from scheduler.sim.trace import load_trace, shipped_traces
 from tests.sim.builders import write_trace
 
 
@@ -86,3 +86,29 @@ def test_an_unreadable_file_is_an_input_error(tmp_path: Path) -> None:
     path.write_bytes(b"submit_time,user\n\xff\xfe\n")
     with pytest.raises(SimInputError, match="cannot read the trace"):
         load_trace(path)
+
+
+def test_a_gzipped_trace_reads_as_its_csv(tmp_path: Path) -> None:
+    import gzip
+
+    rows = ["10,alice,lab1,2,100,3600", "5,bob,lab2,1,50,"]
+    plain = load_trace(write_trace(tmp_path / "t.csv", rows))
+    packed = tmp_path / "t.csv.gz"
+    packed.write_bytes(gzip.compress((tmp_path / "t.csv").read_bytes()))
+    assert load_trace(packed) == plain
+    (tmp_path / "bad.csv.gz").write_bytes(b"not gzip")
+    with pytest.raises(SimInputError, match="cannot read the trace"):
+        load_trace(tmp_path / "bad.csv.gz")
+
+
+def test_the_shipped_trace_is_the_noted_one() -> None:
+    """gpuq comes with the LANL CM-5 trace; its note gives the checksum of the CSV."""
+    import gzip
+    import hashlib
+
+    path = shipped_traces()["lanl-cm5-1994"]
+    note = path.with_name("lanl-cm5-1994.md").read_text()
+    digest = hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest()
+    assert digest in note
+    jobs = load_trace(path, limit=10)
+    assert len(jobs) == 10 and jobs[0].submit_s == 0
