@@ -47,7 +47,9 @@ class Daemon:
                                   node=settings.node_name, api=api,
                                   kill_grace_s=settings.kill_grace_s, identity=identity,
                                   gpus=backend, cgroup_root=settings.worker_cgroup_root)
-        self.handlers = Handlers(api, self.manager)
+        #: Set when a launched job has started: the poll thread reports it at once.
+        self.poke = threading.Event()
+        self.handlers = Handlers(api, self.manager, on_started=self.poke.set)
         self.heartbeat_interval_s = settings.heartbeat_interval_s
         self._threads: list[threading.Thread] = []
         self._down_since: dict[str, str] = {}
@@ -122,7 +124,9 @@ class Daemon:
             foreign_processes=foreign[:256])
 
     # --- threads -----------------------------------------------------------------------
-    def _every(self, name: str, interval_s: Callable[[], float], fn: Callable[[], None]) -> None:
+    def _every(self, name: str, interval_s: Callable[[], float], fn: Callable[[], None],
+               wake: threading.Event | None = None) -> None:
+        """``fn`` every ``interval_s()`` seconds, or sooner when ``wake`` is set."""
         while not self.stop.is_set():
             try:
                 fn()
@@ -134,20 +138,25 @@ class Daemon:
                     self._down_since[name] = str(e)
             except Exception:
                 log.exception("%s failed", name)
-            self.stop.wait(interval_s())
+            if wake is None:
+                self.stop.wait(interval_s())
+            else:
+                wake.wait(interval_s())
+                wake.clear()
 
     def start_threads(self) -> None:
-        for name, interval, fn in (
-            ("heartbeat", lambda: self.heartbeat_interval_s, self.heartbeat),
-            ("poll", lambda: self.settings.job_poll_interval_s, self.manager.poll),
+        for name, interval, fn, wake in (
+            ("heartbeat", lambda: self.heartbeat_interval_s, self.heartbeat, None),
+            ("poll", lambda: self.settings.job_poll_interval_s, self.manager.poll, self.poke),
         ):
-            t = threading.Thread(target=self._every, args=(name, interval, fn),
+            t = threading.Thread(target=self._every, args=(name, interval, fn, wake),
                                  name=f"gpuq-{name}", daemon=True)
             t.start()
             self._threads.append(t)
 
     def stop_threads(self, timeout_s: float = 15.0) -> None:
         self.stop.set()
+        self.poke.set()
         for t in self._threads:
             t.join(timeout_s)
 

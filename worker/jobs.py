@@ -146,6 +146,17 @@ class JobManager:
             log.info("job %s: launched on GPUs %s as %s", key, spec.gpu_indices, run_as["name"])
         return True
 
+    def wait_started(self, key: RunKey, timeout_s: float) -> bool:
+        """Wait until the run's supervisor has written its first state (the job started,
+        or could not start); ``False`` after ``timeout_s``, or if the run is not here."""
+        d = self.jobs_dir / jd.run_name(key)
+        deadline = time.monotonic() + timeout_s
+        while not (d / jd.STATE).exists():
+            if not d.exists() or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
     def _record_start(self, d: Path, gpu_indices: Sequence[int]) -> None:
         """Each GPU's energy counter at launch, for the run's energy (``usage.json``)."""
         samples: list[GpuSample] = []

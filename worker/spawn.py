@@ -14,9 +14,13 @@ stdin, stdout and stderr; the account switch and workdir of ``_child_setup``; ex
 the environment's ``PATH``). A failure in the child is written to the report pipe in
 ``_child_setup``'s format and the child exits 127; the caller raises it as ``OSError``.
 
+The caller must be single-threaded: raw ``clone3`` runs no fork handlers, so a lock that
+another thread holds at that moment (malloc's, say) would stay held in the child, which
+would hang before its exec. With other threads running, ``spawn_into_cgroup`` refuses.
+
 ``CloneUnavailable`` (no ``clone3``, as under seccomp profiles that hide it, an old kernel,
-no cgroup2 directory...) means nothing was started: the caller falls back to ``Popen`` and
-``JobCgroup.join``.
+no cgroup2 directory, other threads in the caller...) means nothing was started: the
+caller falls back to ``Popen`` and ``JobCgroup.join``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import ctypes
 import errno
 import os
 import signal
+import threading
 from collections.abc import Callable, Sequence
 
 SYS_CLONE3 = {"x86_64": 435, "aarch64": 435, "ppc64le": 435, "s390x": 435}
@@ -75,6 +80,9 @@ def spawn_into_cgroup(argv: Sequence[str], *, env: dict[str, str], cgroup_dir: s
     call = _syscall()
     if call is None:
         raise CloneUnavailable("clone3 is not available on this platform")
+    if threading.active_count() > 1:
+        raise CloneUnavailable("the caller runs other threads (clone3 is only safe from a "
+                               "single-threaded process)")
     argv = [os.fsencode(a) for a in argv]
     programs = _candidates(argv[0], env)
     envb = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}

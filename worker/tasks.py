@@ -8,17 +8,21 @@ on what it says now; running one twice does no harm.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from celery import Celery
 
 from scheduler.dispatch import KILL, LAUNCH
 from worker.client import NodeClient, ServerUnavailable
+from worker.jobdir import RunKey
 from worker.jobs import JobManager
 
 log = logging.getLogger(__name__)
 #: The states in which a job may run on its node (the scheduler's ACTIVE): in any other
 #: (a final one, or PENDING again after a requeue) nothing of it should run here.
 ACTIVE = frozenset({"DISPATCHED", "RUNNING"})
+#: How long a launch waits for its job to start before ``on_started`` (a few ms usually).
+STARTED_WAIT_S = 1.0
 
 
 def _attempts(attempts: list[int]) -> str:
@@ -26,8 +30,11 @@ def _attempts(attempts: list[int]) -> str:
 
 
 class Handlers:
-    def __init__(self, api: NodeClient, manager: JobManager) -> None:
-        self.api, self.manager = api, manager
+    def __init__(self, api: NodeClient, manager: JobManager,
+                 on_started: Callable[[], None] | None = None) -> None:
+        """``on_started``: called once a launched job has started (or failed to), so that
+        its start is reported now, not at the next poll."""
+        self.api, self.manager, self.on_started = api, manager, on_started
 
     def launch(self, job_id: int) -> str:
         """Launch the job's current attempt if it is DISPATCHED to this node and nobody
@@ -43,6 +50,9 @@ class Handlers:
             outcome = "ignored: being preempted"
         elif self.manager.launch(spec):
             outcome = f"launched attempt {spec.attempt}"
+            if self.on_started is not None and self.manager.wait_started(
+                    RunKey(job_id, spec.attempt), STARTED_WAIT_S):
+                self.on_started()
         else:
             outcome = f"ignored: attempt {spec.attempt} is already here"
         log.info("launch %s: %s", job_id, outcome)

@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import contextlib
-import os
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from worker import cgroups
 from worker.cgroups import CgroupUnavailable
-from worker.spawn import CloneUnavailable, Spawned, spawn_into_cgroup
 
 ENV = {"PATH": "/usr/bin:/bin", "FOO": "bar baz"}
 
@@ -33,20 +35,54 @@ def cgroup_dir() -> Iterator[Path]:
             path.rmdir()
 
 
-def spawn(argv: list[str], cgroup: Path, out: Path, *, cwd: str | None = "/",
-          env: dict[str, str] | None = None) -> tuple[Spawned, str, int]:
-    """Start ``argv``; returns it, what the child reported and its exit status."""
-    r, w = os.pipe()
+#: ``spawn_into_cgroup`` called in a fresh, single-threaded interpreter, as the supervisor
+#: calls it. Not in pytest's own process: its child runs Python between clone3 and exec,
+#: and raw clone3 runs no fork handlers, so a lock that another thread of a
+#: multi-threaded caller holds (xdist's receiver thread inside malloc, say) stays held in
+#: the child for ever (seen once: the report pipe never closed).
+DRIVER = """
+import json, os, sys, threading
+from worker.spawn import CloneUnavailable, spawn_into_cgroup
+a = json.loads(sys.argv[1])
+if a.get("thread"):
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+r, w = os.pipe()
+try:
+    pid = spawn_into_cgroup(a["argv"], env=a["env"], cgroup_dir=a["cgroup"],
+                            stdout_path=a["out"], report_w=w, child_setup=None,
+                            cwd=a["cwd"]).pid
+except CloneUnavailable as e:
     try:
-        proc = spawn_into_cgroup(argv, env=ENV if env is None else env,
-                                 cgroup_dir=str(cgroup), stdout_path=str(out),
-                                 report_w=w, child_setup=None, cwd=cwd)
-    finally:
-        os.close(w)
-    with os.fdopen(r, "rb") as f:
-        report = f.read().decode()
-    _, status = os.waitpid(proc.pid, 0)
-    return proc, report, os.waitstatus_to_exitcode(status)
+        os.waitpid(-1, os.WNOHANG)
+        children = True
+    except ChildProcessError:
+        children = False
+    print(json.dumps({"unavailable": str(e), "children": children}))
+    sys.exit(0)
+finally:
+    os.close(w)
+with os.fdopen(r, "rb") as f:
+    report = f.read().decode()
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"pid": pid, "report": report, "code": os.waitstatus_to_exitcode(status)}))
+"""
+
+
+def run_driver(argv: list[str], cgroup: Path, out: Path, *, cwd: str | None = "/",
+               env: dict[str, str] | None = None, thread: bool = False) -> dict[str, Any]:
+    args = {"argv": argv, "env": ENV if env is None else env, "cgroup": str(cgroup),
+            "out": str(out), "cwd": cwd, "thread": thread}
+    done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(args)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def spawn(argv: list[str], cgroup: Path, out: Path, *, cwd: str | None = "/",
+          env: dict[str, str] | None = None) -> tuple[int, str, int]:
+    """Start ``argv``; returns its pid, what the child reported and its exit status."""
+    r = run_driver(argv, cgroup, out, cwd=cwd, env=env)
+    return r["pid"], r["report"], r["code"]
 
 
 def test_the_job_starts_inside_its_cgroup_in_its_own_session(
@@ -56,16 +92,16 @@ def test_the_job_starts_inside_its_cgroup_in_its_own_session(
     script = ("cat /proc/self/cgroup; pwd; echo \"$FOO\"; cut -d' ' -f6 /proc/$$/stat; echo $$; "
               "ls /proc/$$/fd; grep SigIgn /proc/$$/status; echo err >&2; read x; "
               "echo \"read:$x:$?\"")
-    proc, report, code = spawn(["sh", "-c", script], cgroup_dir, out, cwd=str(tmp_path))
+    pid, report, code = spawn(["sh", "-c", script], cgroup_dir, out, cwd=str(tmp_path))
     assert (report, code) == ("", 0)
     lines = out.read_text().splitlines()
     assert lines[0] == "before"  # appended, not truncated
     rel = cgroup_dir.relative_to(cgroups.resolve_root("auto")).as_posix()
     assert f"0::/{rel}" in lines  # from its first instruction: no migration
     i = lines.index(str(tmp_path))
-    sid, pid = lines[i + 2].strip(), lines[i + 3]
+    sid = lines[i + 2].strip()
     assert lines[i + 1] == "bar baz"
-    assert sid == pid == str(proc.pid)  # a new session, led by the job
+    assert sid == lines[i + 3] == str(pid)  # a new session, led by the job
     fds = lines[i + 4:lines.index(next(x for x in lines if x.startswith("SigIgn")))]
     assert set(fds) <= {"0", "1", "2", "255"}  # nothing of the caller's (sh keeps 255)
     sig_ign = int(next(x for x in lines if x.startswith("SigIgn")).split()[1], 16)
@@ -100,15 +136,13 @@ def test_a_program_found_on_the_environments_path(cgroup_dir: Path, tmp_path: Pa
 
 
 def test_no_cgroup_directory_starts_nothing(tmp_path: Path) -> None:
-    r, w = os.pipe()
-    try:
-        with pytest.raises(CloneUnavailable, match="cannot open"):
-            spawn_into_cgroup(["true"], env=ENV, cgroup_dir=str(tmp_path / "none"),
-                              stdout_path=str(tmp_path / "out"), report_w=w,
-                              child_setup=None, cwd="/")
-    finally:
-        os.close(r)
-        os.close(w)
+    r = run_driver(["true"], tmp_path / "none", tmp_path / "out")
+    assert "cannot open" in r["unavailable"]
+    assert r["children"] is False  # no child was made
     assert not (tmp_path / "out").exists()
-    with pytest.raises(ChildProcessError):
-        os.waitpid(-1, os.WNOHANG)  # no child was made
+
+
+def test_a_caller_with_other_threads_is_refused(cgroup_dir: Path, tmp_path: Path) -> None:
+    r = run_driver(["true"], cgroup_dir, tmp_path / "out", thread=True)
+    assert "other threads" in r["unavailable"] and r["children"] is False
+    assert not (tmp_path / "out").exists()

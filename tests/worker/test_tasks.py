@@ -12,6 +12,7 @@ from celery import Celery
 
 from worker import jobdir as jd
 from worker.client import NodeClient
+from worker.jobdir import RunKey
 from worker.jobenv import daemon_identity
 from worker.jobs import JobManager
 from worker.tasks import Handlers, register_tasks
@@ -152,3 +153,26 @@ def test_a_preemption_kill_passes_the_schedulers_grace_period(
     run = handlers.manager.runs()[(1, 1)]
     assert (run / jd.CANCEL).read_text() == "42.0\n"  # what the supervisor waits
     run_state(handlers, 1, 1, wait_for, "CANCELLED")
+
+
+def test_a_launch_says_when_its_job_has_started(server: Any, handlers: Handlers,
+                                                make_spec: Any) -> None:
+    """The daemon's poll thread reports RUNNING when told, not at its next pass."""
+    started: list[bool] = []
+    handlers.on_started = lambda: started.append(
+        (handlers.manager.jobs_dir / "1.1" / jd.STATE).exists())
+    server.specs[1] = make_spec(command=["sleep", "5"])
+    assert handlers.launch(1) == "launched attempt 1"
+    assert started == [True]  # called once, after the supervisor wrote its first state
+    state = jd.read_json(handlers.manager.jobs_dir / "1.1" / jd.STATE)
+    assert state is not None and state["state"] == "RUNNING" and state["pid"] > 0
+    assert handlers.launch(1) == "ignored: attempt 1 is already here"
+    assert started == [True]
+
+
+def test_waiting_for_a_run_that_is_not_here_returns_at_once(handlers: Handlers) -> None:
+    import time
+
+    t0 = time.monotonic()
+    assert handlers.manager.wait_started(RunKey(7, 1), 5.0) is False
+    assert time.monotonic() - t0 < 1.0
