@@ -359,6 +359,11 @@ class JobManager:
             return self._observed(key, d, state)
         if jd.supervisor_alive(d) or self._starting(key, d, state):
             return Observed(key, d, jd.RUNNING, started=state is not None)
+        # A supervisor writes the job's end before it exits: it may have done both since
+        # the read above (a job of a few ms, observed as it starts). Read it again.
+        state = jd.read_json(d / jd.STATE) or state
+        if state is not None and state.get("state") in jd.FINAL:
+            return self._observed(key, d, state)
         return self._observed(key, d, self._supervisor_lost(key, d, state))
 
     @staticmethod

@@ -25,6 +25,7 @@ from worker import jobdir as jd
 from worker.client import NodeClient, ServerUnavailable
 from worker.gpus.base import GpuSample
 from worker.gpus.sim import IDLE_POWER_W, SimulatedBackend
+from worker.jobdir import RunKey
 from worker.jobenv import daemon_identity, identity_for, identity_policy
 from worker.jobs import JobManager
 from worker.procs import JobProcesses
@@ -625,3 +626,30 @@ def test_supervisors_come_from_the_fork_server_and_survive_its_loss(
     poll_until_done(manager, 2, wait_for)
     manager.close()
     assert manager._forker is None
+
+
+def test_a_job_that_ends_while_it_is_observed_is_not_taken_for_a_lost_supervisor(
+        server: FakeServer, manager: JobManager, make_spec: Any, wait_for: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor writes the end and exits between observe's read of the state
+    (RUNNING) and its check of the supervisor: the end stands (it was FAILED, "the job's
+    supervisor died", with a killpg of the job's old process group)."""
+    launch(server, manager, make_spec(command=["sleep", "30"]))
+    d = manager.jobs_dir / "1.1"
+    running = wait_for(lambda: (s := jd.read_json(d / jd.STATE)) and s["pid"] and s)
+    alive = jd.supervisor_alive
+    ended: list[bool] = []
+
+    def ends_meanwhile(run_dir: Path) -> bool:
+        if run_dir == d and not ended:
+            ended.append(True)
+            manager.kill(1, 1)  # the real supervisor ends the job and records it
+            wait_for(lambda: not alive(d), what="the supervisor to exit")
+        return alive(run_dir)
+
+    monkeypatch.setattr(jd, "supervisor_alive", ends_meanwhile)
+    obs = manager.observe(RunKey(1, 1), d)
+    assert obs.state == "CANCELLED", obs
+    final = jd.read_json(d / jd.STATE)
+    assert final is not None and final["state"] == "CANCELLED"
+    assert "supervisor died" not in final.get("reason", "") and running["pid"] > 0
