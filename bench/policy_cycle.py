@@ -237,5 +237,6 @@ def main() -> int:
     return finish(result, as_json=args.json, smoke=args.smoke,
                   human=lambda r, _smoke: report(r["results"], r["machine"]))
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,6 +40,11 @@ EVENT_REASON = "submitted (array)"
 KEY_SEP = "#"
 
 
+def array_name(base: dict[str, Any]) -> str:
+    """The array's name: the job name, short enough for ``NAME[INDEX]`` to fit its column."""
+    return base["name"][:120]
+
+
 #: The variables holding an element's own index (the rest are the same in every element).
 INDEX_KEYS = ("GPUQ_ARRAY_TASK_ID", "GPUQ_ARRAY_INDEX", "SLURM_ARRAY_TASK_ID")
 
@@ -138,7 +143,7 @@ def _replayed(session: Session, user_id: int, spec: JobArrayCreate) -> JobArrayR
 def element_rows(spec: JobArrayCreate, base: dict[str, Any], ids: list[int], *,
                  now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The elements' job rows and their first events, built here (SQLite)."""
-    name = base["name"][:120]
+    name = array_name(base)
     rows, events = [], []
     for pos, (job_id, index) in enumerate(zip(ids, spec.indices, strict=True)):
         key = spec.idempotency_key
@@ -161,7 +166,7 @@ def insert_elements_sql(session: Session, spec: JobArrayCreate, base: dict[str, 
         .table_valued(column("id", BigInteger), column("idx", Integer),
                       with_ordinality="pos").render_derived(name="el")
     idx = cast(el.c.idx, Text)
-    name = base["name"][:120]
+    name = array_name(base)
     key = spec.idempotency_key
     key_expr = null() if key is None else case(
         (el.c.pos == 1, literal(key, Text)),
@@ -195,7 +200,6 @@ def submit_array(session: Session, principal: Principal, spec: JobArrayCreate, *
     indices = spec.indices
     ids = reserve_ids(session, len(indices))
     base = job_fields(spec, ok, now=now)
-    name = base["name"][:120]
     try:
         with session.begin_nested():
             if session.get_bind().dialect.name == "postgresql":
@@ -210,4 +214,5 @@ def submit_array(session: Session, principal: Principal, spec: JobArrayCreate, *
         if old is None:
             raise
         return old, False
-    return JobArrayRead(array_job_id=ids[0], name=name, indices=indices, ids=ids), True
+    return JobArrayRead(array_job_id=ids[0], name=array_name(base), indices=indices,
+                        ids=ids), True
