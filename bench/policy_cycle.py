@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from scheduler.policy import (
+from gpuq.scheduler.policy import (
     AccountView,
     AssocView,
     GpuView,

@@ -1,5 +1,5 @@
-"""``python -m cli`` runs the ``gpuq`` command."""
+"""``python -m gpuq.cli`` runs the ``gpuq`` command."""
 
-from cli.main import main
+from gpuq.cli.main import main
 
 main()

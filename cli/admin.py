@@ -9,17 +9,17 @@ from typing import Any
 
 import click
 
-from cli.admin_accounts import account
-from cli.admin_users import user
-from cli.adminapi import call as _call
-from cli.adminapi import drop_none as _drop_none
-from cli.audit import audit
-from cli.client import CliError
-from cli.context import Env, echo_json, pass_env
-from cli.grants import grant, grants
-from cli.render import echo_table, parse_time, plain_table
-from cli.units import DurationType, format_duration
-from cli.usage import FORMATS, import_error_text, read_usage_file
+from gpuq.cli.admin_accounts import account
+from gpuq.cli.admin_users import user
+from gpuq.cli.adminapi import call as _call
+from gpuq.cli.adminapi import drop_none as _drop_none
+from gpuq.cli.audit import audit
+from gpuq.cli.client import CliError
+from gpuq.cli.context import Env, echo_json, pass_env
+from gpuq.cli.grants import grant, grants
+from gpuq.cli.render import echo_table, parse_time, plain_table
+from gpuq.cli.units import DurationType, format_duration
+from gpuq.cli.usage import FORMATS, import_error_text, read_usage_file
 
 
 @click.group("admin")

@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from cli.adminapi import QOS_NAMES, SHARES, call, drop_none
-from cli.context import Env, echo_json, pass_env
-from cli.render import echo_table, plain_table
+from gpuq.cli.adminapi import QOS_NAMES, SHARES, call, drop_none
+from gpuq.cli.context import Env, echo_json, pass_env
+from gpuq.cli.render import echo_table, plain_table
 
 NONE = "none"
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from cli.context import Env
+from gpuq.cli.context import Env
 
 ADMIN = "/v1/admin"
 #: The job QOS names (``scheduler.api.schemas.QOS_NAMES``).

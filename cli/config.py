@@ -16,7 +16,7 @@ from pathlib import Path
 
 import platformdirs
 
-from cli.client import EXIT_USAGE, CliError
+from gpuq.cli.client import EXIT_USAGE, CliError
 
 DEFAULT_SERVER = "http://127.0.0.1:8642"
 CONFIG_PATH_ENV = "GPUQ_CLIENT_CONFIG"

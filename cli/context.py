@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from cli.client import ADMIN_TOKEN_HINT, DEFAULT_TIMEOUT_S, USER_TOKEN_HINT, ApiClient
-from cli.config import ClientConfig, load_client_config
+from gpuq.cli.client import ADMIN_TOKEN_HINT, DEFAULT_TIMEOUT_S, USER_TOKEN_HINT, ApiClient
+from gpuq.cli.config import ClientConfig, load_client_config
 
 
 @dataclass

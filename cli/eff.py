@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from cli.accounting_render import idle_text, kwh_text, pct_text
-from cli.context import Env, echo_json, pass_env
-from cli.units import format_duration, format_mib
+from gpuq.cli.accounting_render import idle_text, kwh_text, pct_text
+from gpuq.cli.context import Env, echo_json, pass_env
+from gpuq.cli.units import format_duration, format_mib
 
 Job = Mapping[str, Any]
 #: A GPU whose mean utilisation is at most this is called unused, percent.

@@ -9,9 +9,9 @@ from typing import Any
 
 from rich.table import Table
 
-from cli.render import parse_time, plain_table
-from cli.units import format_duration, format_gpu_hours
-from cli.when import local, short_local
+from gpuq.cli.render import parse_time, plain_table
+from gpuq.cli.units import format_duration, format_gpu_hours
+from gpuq.cli.when import local, short_local
 
 Grant = Mapping[str, Any]
 GRANT_STATES = ("scheduled", "active", "expired", "revoked")

@@ -12,13 +12,13 @@ from typing import Any
 
 import click
 
-from cli.adminapi import call, drop_none
-from cli.client import CliError
-from cli.context import Env, echo_json, pass_env
-from cli.grant_render import GRANT_STATES, grant_detail, grants_table, line_text
-from cli.render import echo_table
-from cli.units import DurationType, GpuHoursType
-from cli.when import EXAMPLES, iso_utc, local, parse_when
+from gpuq.cli.adminapi import call, drop_none
+from gpuq.cli.client import CliError
+from gpuq.cli.context import Env, echo_json, pass_env
+from gpuq.cli.grant_render import GRANT_STATES, grant_detail, grants_table, line_text
+from gpuq.cli.render import echo_table
+from gpuq.cli.units import DurationType, GpuHoursType
+from gpuq.cli.when import EXAMPLES, iso_utc, local, parse_when
 
 
 def _when(option: str, text: str | None, now: datetime) -> datetime | None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from cli.client import EXIT_ERROR, CliError
-from cli.context import Env, echo_json, pass_env
-from cli.render import (
+from gpuq.cli.client import EXIT_ERROR, CliError
+from gpuq.cli.context import Env, echo_json, pass_env
+from gpuq.cli.render import (
     ACTIVE_STATES,
     ALL_STATES,
     BORROW_NOTE,

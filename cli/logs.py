@@ -10,9 +10,9 @@ from typing import BinaryIO, NamedTuple
 
 import click
 
-from cli.client import EXIT_INTERRUPTED, ApiClient
-from cli.context import Env, pass_env
-from cli.render import TERMINAL_STATES
+from gpuq.cli.client import EXIT_INTERRUPTED, ApiClient
+from gpuq.cli.context import Env, pass_env
+from gpuq.cli.render import TERMINAL_STATES
 
 #: Bytes asked for per read; the most output held in memory at once.
 CHUNK_BYTES = 1024 * 1024

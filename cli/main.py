@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import click
 
-from cli import services
-from cli.admin import admin
-from cli.client import DEFAULT_TIMEOUT_S, EXIT_INTERRUPTED
-from cli.context import Env
-from cli.eff import eff
-from cli.fairshare import share
-from cli.jobs import cancel, queue, show
-from cli.logs import logs
-from cli.nodes import nodes, whoami
-from cli.sim import sim
-from cli.submit import submit
-from cli.usage_report import usage
-from cli.why import why
+from gpuq.cli import services
+from gpuq.cli.admin import admin
+from gpuq.cli.client import DEFAULT_TIMEOUT_S, EXIT_INTERRUPTED
+from gpuq.cli.context import Env
+from gpuq.cli.eff import eff
+from gpuq.cli.fairshare import share
+from gpuq.cli.jobs import cancel, queue, show
+from gpuq.cli.logs import logs
+from gpuq.cli.nodes import nodes, whoami
+from gpuq.cli.sim import sim
+from gpuq.cli.submit import submit
+from gpuq.cli.usage_report import usage
+from gpuq.cli.why import why
 
 
 class GpuqGroup(click.Group):

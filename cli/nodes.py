@@ -9,9 +9,9 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cli.context import Env, echo_json, pass_env
-from cli.render import plain_table, render
-from cli.units import format_mib
+from gpuq.cli.context import Env, echo_json, pass_env
+from gpuq.cli.render import plain_table, render
+from gpuq.cli.units import format_mib
 
 NODE_COLUMNS = ("NAME", "STATE", "GPUS", "JOB", "UTIL", "MEMORY", "POWER")
 

@@ -17,8 +17,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cli.accounting_render import accounting_rows
-from cli.units import format_duration, format_energy, format_mib
+from gpuq.cli.accounting_render import accounting_rows
+from gpuq.cli.units import format_duration, format_energy, format_mib
 
 ACTIVE_STATES = ("DISPATCHED", "RUNNING")
 PENDING_STATES = ("PENDING",)

@@ -14,13 +14,13 @@ from typing import Any
 import click
 import httpx
 
-from cli.config import client_config_path, write_client_config
+from gpuq.cli.config import client_config_path, write_client_config
 
 DEFAULT_SIMULATED = "4xA100-80GB"
 
 
 def _settings(**overrides: Any) -> Any:
-    from scheduler.config import Settings
+    from gpuq.scheduler.config import Settings
 
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -58,8 +58,8 @@ def server(log_level: str, **opts: Any) -> None:
     from GPUQ_* variables and the file named by GPUQ_CONFIG.
     """
     _logging(log_level)
-    from scheduler.prefork import SetupError
-    from scheduler.server import run
+    from gpuq.scheduler.prefork import SetupError
+    from gpuq.scheduler.server import run
 
     try:
         code = run(_settings(**opts))
@@ -86,7 +86,7 @@ def worker(log_level: str, **opts: Any) -> None:
     or --token-file (an admin makes it: gpuq admin token create --role node --node NAME).
     """
     _logging(log_level)
-    from worker.daemon import run
+    from gpuq.worker.daemon import run
 
     run(_settings(**opts))
 
@@ -193,8 +193,8 @@ def up(simulate_gpus: str | None, port: int, host: str, data_dir: Path | None,
     directory. Writes the CLI configuration for you, so `gpuq submit` works at once from
     another terminal. Stop with Ctrl-C.
     """
-    from scheduler.clock import system_clock
-    from scheduler.local import provision
+    from gpuq.scheduler.clock import system_clock
+    from gpuq.scheduler.local import provision
 
     if os.geteuid() == 0 and not allow_root_jobs:
         click.echo("gpuq up: running as root: jobs would run as root, so they will be "
@@ -205,7 +205,7 @@ def up(simulate_gpus: str | None, port: int, host: str, data_dir: Path | None,
     settings = _settings(data_dir=data_dir, listen_host=host, listen_port=port,
                          simulate_gpus=simulate_gpus or "")
     if simulate_gpus:
-        from worker.gpus.sim import parse_spec
+        from gpuq.worker.gpus.sim import parse_spec
 
         try:
             parse_spec(simulate_gpus)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.units import parse_time_s
+from gpuq.cli.units import parse_time_s
 
 POLICIES = ("fifo", "fairshare", "fairshare+backfill")
 
@@ -71,7 +71,7 @@ def sim(trace: Path, nodes_spec: str | None, cluster_file: Path | None,
     Jobs run for their duration and are never killed: the policy is told
     max(time_limit, duration) as the time limit (the duration when there is none).
     """
-    from scheduler.sim import (
+    from gpuq.scheduler.sim import (
         SimInputError,
         SimulationError,
         build_nodes,

@@ -11,11 +11,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from cli.client import EXIT_USAGE, CliError
-from cli.context import Env, echo_json, pass_env
-from cli.export import build_environment
-from cli.script import directive_lines, script_with_args
-from cli.units import MemoryType, TimeType
+from gpuq.cli.client import EXIT_USAGE, CliError
+from gpuq.cli.context import Env, echo_json, pass_env
+from gpuq.cli.export import build_environment
+from gpuq.cli.script import directive_lines, script_with_args
+from gpuq.cli.units import MemoryType, TimeType
 
 _COMMAND_FORM = "gpuq.submit.command_form"
 #: Options that go into the request body as they are (None: not given, server default).

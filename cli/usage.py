@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-from cli.client import EXIT_USAGE, CliError
+from gpuq.cli.client import EXIT_USAGE, CliError
 
 FORMATS = ("json", "csv")
 CSV_HEADER = ("user", "account", "billed_seconds")

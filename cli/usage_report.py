@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from cli.context import Env, echo_json, pass_env
-from cli.render import echo_table, plain_table
+from gpuq.cli.context import Env, echo_json, pass_env
+from gpuq.cli.render import echo_table, plain_table
 
 KEYS = ("account", "user", "gpu-model", "day")
 FIELDS = ("gpu_hours", "billed_gpu_hours", "energy_kwh", "carbon_kg", "jobs",

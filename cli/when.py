@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from cli.units import parse_duration_s
+from gpuq.cli.units import parse_duration_s
 
 EXAMPLES = "2027-01-31, 2027-01-31T09:00, 2027-01-31T09:00Z or 'now'"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from cli.context import Env, echo_json, pass_env
-from cli.render import (
+from gpuq.cli.context import Env, echo_json, pass_env
+from gpuq.cli.render import (
     ACTIVE_STATES,
     PENDING_STATES,
     TERMINAL_STATES,
@@ -20,7 +20,7 @@ from cli.render import (
     local_time,
     state_label,
 )
-from cli.units import format_duration
+from gpuq.cli.units import format_duration
 
 
 def _row(label: str, value: str) -> str:

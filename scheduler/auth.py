@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
-from scheduler.db.models import ApiToken, Membership, Node, User
+from gpuq.scheduler.db.models import ApiToken, Membership, Node, User
 
 TOKEN_PREFIX = "gpuq_"
 

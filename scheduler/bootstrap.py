@@ -10,9 +10,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from scheduler.auth import issue_token
-from scheduler.db.models import ApiToken, User
-from scheduler.services.admin import ensure_root
+from gpuq.scheduler.auth import issue_token
+from gpuq.scheduler.db.models import ApiToken, User
+from gpuq.scheduler.services.admin import ensure_root
 
 log = logging.getLogger(__name__)
 

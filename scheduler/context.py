@@ -10,9 +10,9 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from scheduler.clock import Clock, system_clock
-from scheduler.config import Settings
-from scheduler.logstore import LogStore
+from gpuq.scheduler.clock import Clock, system_clock
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.logstore import LogStore
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,12 @@ class CeleryDispatcher:
     """Sends tasks; a failed send is logged, not raised: heartbeats repair lost messages."""
 
     def __init__(self, settings: Settings) -> None:
-        from scheduler.dispatch import make_celery
+        from gpuq.scheduler.dispatch import make_celery
 
         self.app = make_celery(settings)
 
     def launch(self, node: str, job_id: int) -> None:
-        from scheduler.dispatch import send_launch
+        from gpuq.scheduler.dispatch import send_launch
 
         try:
             send_launch(self.app, node, job_id)
@@ -39,7 +39,7 @@ class CeleryDispatcher:
             log.exception("could not send launch of job %s to %s", job_id, node)
 
     def kill(self, node: str, job_id: int) -> None:
-        from scheduler.dispatch import send_kill
+        from gpuq.scheduler.dispatch import send_kill
 
         try:
             send_kill(self.app, node, job_id)

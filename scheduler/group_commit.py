@@ -28,12 +28,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from scheduler.api.schemas import Heartbeat, HeartbeatReply, JobCreate
-from scheduler.auth import Principal
-from scheduler.context import Context
-from scheduler.services import jobs as svc
-from scheduler.services import nodes as node_svc
-from scheduler.services.submit_many import Created, Runnable, submit_many
+from gpuq.scheduler.api.schemas import Heartbeat, HeartbeatReply, JobCreate
+from gpuq.scheduler.auth import Principal
+from gpuq.scheduler.context import Context
+from gpuq.scheduler.services import jobs as svc
+from gpuq.scheduler.services import nodes as node_svc
+from gpuq.scheduler.services.submit_many import Created, Runnable, submit_many
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from scheduler.config import Settings
-from scheduler.db.models import Job, JobEvent
-from scheduler.states import JobState
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.db.models import Job, JobEvent
+from gpuq.scheduler.states import JobState
 
 log = logging.getLogger(__name__)
 #: Seconds a webhook POST may take.

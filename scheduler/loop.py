@@ -20,15 +20,15 @@ from typing import Any
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
 
-from scheduler import idle, metrics
-from scheduler.context import Context
-from scheduler.db.models import GpuAllocation, Grant, Job, JobEvent, Node, SchedulerState
-from scheduler.policy import Decisions, Snapshot, schedule
-from scheduler.services import grants as grant_service
-from scheduler.services.nodes import mark_down
-from scheduler.snapshot import PENDING_COLUMNS, build_snapshot_rows
-from scheduler.states import JobState, NodeState, transition
-from scheduler.usage import charge
+from gpuq.scheduler import idle, metrics
+from gpuq.scheduler.context import Context
+from gpuq.scheduler.db.models import GpuAllocation, Grant, Job, JobEvent, Node, SchedulerState
+from gpuq.scheduler.policy import Decisions, Snapshot, schedule
+from gpuq.scheduler.services import grants as grant_service
+from gpuq.scheduler.services.nodes import mark_down
+from gpuq.scheduler.snapshot import PENDING_COLUMNS, build_snapshot_rows
+from gpuq.scheduler.states import JobState, NodeState, transition
+from gpuq.scheduler.usage import charge
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
-from scheduler.context import Context
-from scheduler.db.models import Account, GpuAllocation, Job, Node
-from scheduler.states import JobState, NodeState
+from gpuq.scheduler.context import Context
+from gpuq.scheduler.db.models import Account, GpuAllocation, Job, Node
+from gpuq.scheduler.states import JobState, NodeState
 
 PROCESS = CollectorRegistry(auto_describe=True)
 CYCLE_SECONDS = Histogram(
@@ -165,8 +165,8 @@ class StateCollector:
         yield idle_jobs
 
     def _fairshare(self) -> Iterator[GaugeMetricFamily]:
-        from scheduler.policy import classic_fairshare, fair_tree
-        from scheduler.snapshot import tree_views
+        from gpuq.scheduler.policy import classic_fairshare, fair_tree
+        from gpuq.scheduler.snapshot import tree_views
 
         with self.ctx.transaction() as session:
             accounts, assocs, usage = tree_views(session, self.ctx.clock())

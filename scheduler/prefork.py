@@ -50,8 +50,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from scheduler.config import Settings
-from scheduler.gcfreeze import freeze_startup_objects
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.gcfreeze import freeze_startup_objects
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +160,9 @@ def _serve_api(settings: Settings, sock: socket.socket, dsn: str) -> None:
     stop = _StopFlag()
     import uvicorn
 
-    from scheduler.api.app import create_app
-    from scheduler.server import open_context
-    from scheduler.wakeups import WakeSender
+    from gpuq.scheduler.api.app import create_app
+    from gpuq.scheduler.server import open_context
+    from gpuq.scheduler.wakeups import WakeSender
 
     ctx = open_context(settings)
     sender = WakeSender(dsn)
@@ -186,9 +186,9 @@ def _run_loop(settings: Settings, sock: socket.socket, dsn: str) -> None:
     """The loop process: the scheduling loop, woken by the API processes' NOTIFYs."""
     stop = _StopFlag()
     sock.close()  # this process serves no HTTP
-    from scheduler.loop import SchedulerLoop
-    from scheduler.server import open_context
-    from scheduler.wakeups import WakeListener
+    from gpuq.scheduler.loop import SchedulerLoop
+    from gpuq.scheduler.server import open_context
+    from gpuq.scheduler.wakeups import WakeListener
 
     if settings.loop_nice:
         try:
@@ -344,9 +344,9 @@ def run(settings: Settings) -> int:
     path = metrics_dir(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _prepare_metrics(path)
-    from scheduler import metrics
-    from scheduler.server import build_context
-    from scheduler.wakeups import conninfo
+    from gpuq.scheduler import metrics
+    from gpuq.scheduler.server import build_context
+    from gpuq.scheduler.wakeups import conninfo
 
     metrics.enable_multiprocess(path)
     dsn = conninfo(settings.effective_database_url)

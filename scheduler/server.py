@@ -17,11 +17,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scheduler.clock import Clock, system_clock
-from scheduler.config import Settings
+from gpuq.scheduler.clock import Clock, system_clock
+from gpuq.scheduler.config import Settings
 
 if TYPE_CHECKING:
-    from scheduler.context import Context, Dispatcher
+    from gpuq.scheduler.context import Context, Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 def open_context(settings: Settings, *, clock: Clock = system_clock,
                  dispatcher: Dispatcher | None = None) -> Context:
     """The shared context on a new engine, as it is (no migration, no bootstrap)."""
-    from scheduler.context import CeleryDispatcher, Context
-    from scheduler.db.session import make_engine, make_sessionmaker
-    from scheduler.logstore import LogStore
+    from gpuq.scheduler.context import CeleryDispatcher, Context
+    from gpuq.scheduler.db.session import make_engine, make_sessionmaker
+    from gpuq.scheduler.logstore import LogStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.effective_database_url)
@@ -47,8 +47,8 @@ def open_context(settings: Settings, *, clock: Clock = system_clock,
 def build_context(settings: Settings, *, clock: Clock = system_clock,
                   dispatcher: Dispatcher | None = None) -> Context:
     """Open the database (bringing its schema up to date) and make the shared context."""
-    from scheduler.bootstrap import bootstrap
-    from scheduler.db.session import upgrade
+    from gpuq.scheduler.bootstrap import bootstrap
+    from gpuq.scheduler.db.session import upgrade
 
     ctx = open_context(settings, clock=clock, dispatcher=dispatcher)
     upgrade(ctx.sessions.kw["bind"])
@@ -65,15 +65,15 @@ def run(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM (uvicorn handles them: finish requests, then stop).
     Returns the exit status."""
     if settings.api_workers > 1:
-        from scheduler.prefork import run as run_prefork
+        from gpuq.scheduler.prefork import run as run_prefork
 
         return run_prefork(settings)
 
     import uvicorn
 
-    from scheduler.api.app import create_app
-    from scheduler.gcfreeze import freeze_startup_objects
-    from scheduler.loop import SchedulerLoop
+    from gpuq.scheduler.api.app import create_app
+    from gpuq.scheduler.gcfreeze import freeze_startup_objects
+    from gpuq.scheduler.loop import SchedulerLoop
 
     ctx = build_context(settings)
     loop = SchedulerLoop(ctx)

@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from scheduler.config import Settings
-from scheduler.db.models import Account, Gpu, Job, Membership, Node, User
-from scheduler.policy import (
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.db.models import Account, Gpu, Job, Membership, Node, User
+from gpuq.scheduler.policy import (
     AccountView,
     AssocView,
     ClaimView,
@@ -23,10 +23,10 @@ from scheduler.policy import (
     PolicyConfig,
     Snapshot,
 )
-from scheduler.policy.grants import boost_shares
-from scheduler.policy.usage import billed_seconds
-from scheduler.services import grants as grant_service
-from scheduler.states import ACTIVE, JobState, NodeState
+from gpuq.scheduler.policy.grants import boost_shares
+from gpuq.scheduler.policy.usage import billed_seconds
+from gpuq.scheduler.services import grants as grant_service
+from gpuq.scheduler.states import ACTIVE, JobState, NodeState
 
 
 def job_view(job: Any, users: dict[int, str], accounts: dict[int, str],

@@ -21,7 +21,7 @@ from enum import StrEnum
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from scheduler.db.models import GpuAllocation, Job, JobEvent
+from gpuq.scheduler.db.models import GpuAllocation, Job, JobEvent
 
 
 class JobState(StrEnum):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from scheduler.db.session import make_engine, upgrade
+from gpuq.scheduler.db.session import make_engine, upgrade
 
 PG_ADMIN_URL = os.environ.get("GPUQ_TEST_PG_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from scheduler.api.schemas import (
+from gpuq.scheduler.api.schemas import (
     Heartbeat,
     HeartbeatReply,
     JobStateReport,

@@ -20,17 +20,17 @@ from types import FrameType
 from celery import Celery
 from celery.worker import state as celery_state
 
-from scheduler.api.schemas import GpuSample as WireGpuSample
-from scheduler.api.schemas import Heartbeat, JobRef, RegisterReply
-from scheduler.config import Settings
-from scheduler.dispatch import make_celery
-from worker.client import ApiError, NodeClient, ServerUnavailable
-from worker.gpus import GpuBackend, GpuSample, open_backend
-from worker.host import read_node_token, registration
-from worker.jobenv import Identity, identity_for, identity_policy
-from worker.jobs import JobManager
-from worker.procs import JobProcesses, foreign_processes
-from worker.tasks import Handlers, register_tasks
+from gpuq.scheduler.api.schemas import GpuSample as WireGpuSample
+from gpuq.scheduler.api.schemas import Heartbeat, JobRef, RegisterReply
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.dispatch import make_celery
+from gpuq.worker.client import ApiError, NodeClient, ServerUnavailable
+from gpuq.worker.gpus import GpuBackend, GpuSample, open_backend
+from gpuq.worker.host import read_node_token, registration
+from gpuq.worker.jobenv import Identity, identity_for, identity_policy
+from gpuq.worker.jobs import JobManager
+from gpuq.worker.procs import JobProcesses, foreign_processes
+from gpuq.worker.tasks import Handlers, register_tasks
 
 log = logging.getLogger("gpuq.worker")
 #: Longest wait between registration attempts, in seconds.

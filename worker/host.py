@@ -8,10 +8,10 @@ import stat
 from importlib import metadata
 from pathlib import Path
 
-from scheduler.api.schemas import GpuInfo as WireGpuInfo
-from scheduler.api.schemas import NodeRegister
-from scheduler.config import Settings
-from worker.gpus import GpuBackend
+from gpuq.scheduler.api.schemas import GpuInfo as WireGpuInfo
+from gpuq.scheduler.api.schemas import NodeRegister
+from gpuq.scheduler.config import Settings
+from gpuq.worker.gpus import GpuBackend
 
 log = logging.getLogger(__name__)
 

@@ -26,17 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import worker
-from scheduler.api.schemas import JobSample, LaunchSpec, WorkerJob
-from worker import jobdir as jd
-from worker import usage
-from worker.cgroups import CgroupUnavailable, JobCgroup, looks_like_job_cgroup, prepare_node
-from worker.client import NodeClient
-from worker.gpus.base import GpuBackend, GpuSample
-from worker.jobdir import RunKey
-from worker.jobenv import Identity, LaunchRefused, build_env, identity_for
-from worker.procs import JobProcesses
-from worker.reporting import Reporter
+import gpuq
+from gpuq.scheduler.api.schemas import JobSample, LaunchSpec, WorkerJob
+from gpuq.worker import jobdir as jd
+from gpuq.worker import usage
+from gpuq.worker.cgroups import CgroupUnavailable, JobCgroup, looks_like_job_cgroup, prepare_node
+from gpuq.worker.client import NodeClient
+from gpuq.worker.gpus.base import GpuBackend, GpuSample
+from gpuq.worker.jobdir import RunKey
+from gpuq.worker.jobenv import Identity, LaunchRefused, build_env, identity_for
+from gpuq.worker.procs import JobProcesses
+from gpuq.worker.reporting import Reporter
 
 log = logging.getLogger(__name__)
 #: Seconds a job directory may go without a supervisor taking its lock before the
@@ -187,17 +187,17 @@ class JobManager:
 
     def _supervisor_env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in SUPERVISOR_ENV if k in os.environ}
-        src = str(Path(worker.__file__).resolve().parent.parent)
+        src = str(Path(gpuq.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         return env
 
     def _spawn(self, key: RunKey, d: Path) -> None:
         """Start the run's supervisor: forked by the fork server (``python -m
-        worker.supervisor --serve``, started once), else as a new Python process."""
+        gpuq.worker.supervisor --serve``, started once), else as a new Python process."""
         proc: subprocess.Popen[bytes] | _Forked | None = self._fork_supervisor(d)
         if proc is None:
             with open(d / jd.SUPERVISOR_LOG, "ab") as out:
-                proc = subprocess.Popen([self._python, "-m", "worker.supervisor", str(d)],
+                proc = subprocess.Popen([self._python, "-m", "gpuq.worker.supervisor", str(d)],
                                         stdin=subprocess.DEVNULL, stdout=out,
                                         stderr=subprocess.STDOUT, start_new_session=True,
                                         close_fds=True, cwd="/", env=self._supervisor_env())
@@ -213,7 +213,7 @@ class JobManager:
             try:
                 if self._forker is None or self._forker.poll() is not None:
                     self._forker = subprocess.Popen(
-                        [self._python, "-m", "worker.supervisor", "--serve"],
+                        [self._python, "-m", "gpuq.worker.supervisor", "--serve"],
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
                         close_fds=True, cwd="/", env=self._supervisor_env())
                     self._forker_done = weakref.finalize(self, _stop_forker, self._forker)

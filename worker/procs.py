@@ -15,8 +15,8 @@ import pwd
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from scheduler.api.schemas import GpuProcess as WireGpuProcess
-from worker.gpus.base import GpuProcess
+from gpuq.scheduler.api.schemas import GpuProcess as WireGpuProcess
+from gpuq.worker.gpus.base import GpuProcess
 
 #: The wire's limits on ``GpuProcess.command`` / ``user``.
 MAX_COMMAND = 256

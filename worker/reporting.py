@@ -18,12 +18,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scheduler.api.schemas import JobStateReport
-from worker import jobdir as jd
-from worker.client import ApiError, NodeClient
+from gpuq.scheduler.api.schemas import JobStateReport
+from gpuq.worker import jobdir as jd
+from gpuq.worker.client import ApiError, NodeClient
 
 if TYPE_CHECKING:
-    from worker.jobs import Observed
+    from gpuq.worker.jobs import Observed
 
 log = logging.getLogger(__name__)
 #: Chunks shipped per job per pass, so one chatty job cannot starve the others.

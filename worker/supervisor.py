@@ -46,9 +46,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from worker import jobdir as jd
-from worker.cgroups import CgroupUnavailable, JobCgroup
-from worker.spawn import CloneUnavailable, Spawned, spawn_into_cgroup
+from gpuq.worker import jobdir as jd
+from gpuq.worker.cgroups import CgroupUnavailable, JobCgroup
+from gpuq.worker.spawn import CloneUnavailable, Spawned, spawn_into_cgroup
 
 log = logging.getLogger("gpuq.supervisor")
 PR_SET_CHILD_SUBREAPER = 36

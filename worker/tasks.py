@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from scheduler.dispatch import KILL, LAUNCH
-from worker.client import NodeClient, ServerUnavailable
-from worker.jobdir import RunKey
-from worker.jobs import JobManager
+from gpuq.scheduler.dispatch import KILL, LAUNCH
+from gpuq.worker.client import NodeClient, ServerUnavailable
+from gpuq.worker.jobdir import RunKey
+from gpuq.worker.jobs import JobManager
 
 log = logging.getLogger(__name__)
 #: The states in which a job may run on its node (the scheduler's ACTIVE): in any other

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from scheduler.api.schemas import JobGpuSample, JobSample
-from worker.gpus.base import GpuSample
+from gpuq.scheduler.api.schemas import JobGpuSample, JobSample
+from gpuq.worker.gpus.base import GpuSample
 
 
 def start_record(gpu_indices: Iterable[int], samples: Iterable[GpuSample],

@@ -7,10 +7,10 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from scheduler import __version__
-from scheduler.api.callers import CallerCache
-from scheduler.api.listing_cache import ListingCache
-from scheduler.api.routes import (
+from gpuq.scheduler import __version__
+from gpuq.scheduler.api.callers import CallerCache
+from gpuq.scheduler.api.listing_cache import ListingCache
+from gpuq.scheduler.api.routes import (
     admin,
     audit,
     fairshare,
@@ -21,9 +21,9 @@ from scheduler.api.routes import (
     nodes,
     usage,
 )
-from scheduler.context import Context
-from scheduler.errors import ServiceError
-from scheduler.group_commit import HeartbeatBatcher, SubmitBatcher
+from gpuq.scheduler.context import Context
+from gpuq.scheduler.errors import ServiceError
+from gpuq.scheduler.group_commit import HeartbeatBatcher, SubmitBatcher
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def create_app(ctx: Context) -> FastAPI:
     app.state.listings = ListingCache()
     url = ctx.settings.effective_database_url
     if url.startswith("postgresql"):
-        from scheduler.wakeups import conninfo
+        from gpuq.scheduler.wakeups import conninfo
 
         # The listeners start with the server (in each API process, after the fork).
         for cache, wanted in ((app.state.listings, ctx.settings.listing_cache),

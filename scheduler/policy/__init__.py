@@ -7,11 +7,11 @@ always gives the same decisions (see DESIGN.md). ``schedule`` runs the policy th
 and claims (preemption.py), which leave a cycle without any of them untouched.
 """
 
-from scheduler.policy import fifo
-from scheduler.policy.backfill import reserve
-from scheduler.policy.classic import classic_fairshare
-from scheduler.policy.cycle import schedule_fairshare
-from scheduler.policy.decisions import (
+from gpuq.scheduler.policy import fifo
+from gpuq.scheduler.policy.backfill import reserve
+from gpuq.scheduler.policy.classic import classic_fairshare
+from gpuq.scheduler.policy.cycle import schedule_fairshare
+from gpuq.scheduler.policy.decisions import (
     Borrow,
     Claim,
     Decisions,
@@ -20,11 +20,11 @@ from scheduler.policy.decisions import (
     Reservation,
     Start,
 )
-from scheduler.policy.fairtree import fair_tree
-from scheduler.policy.grants import boost_shares
-from scheduler.policy.preemption import schedule_with_preemption
-from scheduler.policy.priority import Priorities, priorities, priority_order
-from scheduler.policy.snapshot import (
+from gpuq.scheduler.policy.fairtree import fair_tree
+from gpuq.scheduler.policy.grants import boost_shares
+from gpuq.scheduler.policy.preemption import schedule_with_preemption
+from gpuq.scheduler.policy.priority import Priorities, priorities, priority_order
+from gpuq.scheduler.policy.snapshot import (
     PREEMPTIBLE_QOS,
     AccountView,
     AssocView,
@@ -36,7 +36,7 @@ from scheduler.policy.snapshot import (
     PolicyConfig,
     Snapshot,
 )
-from scheduler.policy.tree import FairShareRow, FairShareTable
+from gpuq.scheduler.policy.tree import FairShareRow, FairShareTable
 
 
 def schedule(snapshot: Snapshot) -> Decisions:

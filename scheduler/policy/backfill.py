@@ -19,9 +19,9 @@ import math
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable
 
-from scheduler.policy.decisions import Reservation
-from scheduler.policy.placement import Cluster
-from scheduler.policy.snapshot import JobView, Snapshot
+from gpuq.scheduler.policy.decisions import Reservation
+from gpuq.scheduler.policy.placement import Cluster
+from gpuq.scheduler.policy.snapshot import JobView, Snapshot
 
 #: (time, sequence, GPU indices, cpus, memory MiB): what a node gets back at ``time``. The
 #: sequence (a running job's id, then counting up) keeps the order total.

@@ -20,10 +20,10 @@ passed over by the next grant.
 
 from __future__ import annotations
 
-from scheduler.policy.decisions import Borrow
-from scheduler.policy.grants import GrantScope
-from scheduler.policy.ledger import Ledger
-from scheduler.policy.snapshot import PREEMPTIBLE_QOS, JobView
+from gpuq.scheduler.policy.decisions import Borrow
+from gpuq.scheduler.policy.grants import GrantScope
+from gpuq.scheduler.policy.ledger import Ledger
+from gpuq.scheduler.policy.snapshot import PREEMPTIBLE_QOS, JobView
 
 
 def _preference(job: JobView, grant: int, now: float) -> tuple[bool, bool, float, int]:

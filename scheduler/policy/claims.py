@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scheduler.policy import reasons
-from scheduler.policy.decisions import Claim, Preemption
-from scheduler.policy.ledger import Ledger
-from scheduler.policy.snapshot import ClaimView, JobView, Snapshot
+from gpuq.scheduler.policy import reasons
+from gpuq.scheduler.policy.decisions import Claim, Preemption
+from gpuq.scheduler.policy.ledger import Ledger
+from gpuq.scheduler.policy.snapshot import ClaimView, JobView, Snapshot
 
 
 @dataclass(slots=True)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from scheduler.policy.snapshot import AccountView, AssocView
-from scheduler.policy.tree import (
+from gpuq.scheduler.policy.snapshot import AccountView, AssocView
+from gpuq.scheduler.policy.tree import (
     FairShareTable,
     Node,
     account_usage,

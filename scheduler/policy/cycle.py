@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import math
 
-from scheduler.policy import reasons
-from scheduler.policy.backfill import Guard, Outlook, Releases, plan_reservation
-from scheduler.policy.decisions import Decisions, Reservation, Start
-from scheduler.policy.placement import Cluster, Shape, Survey
-from scheduler.policy.priority import fairshare_factors, priorities
-from scheduler.policy.snapshot import JobView, Snapshot
+from gpuq.scheduler.policy import reasons
+from gpuq.scheduler.policy.backfill import Guard, Outlook, Releases, plan_reservation
+from gpuq.scheduler.policy.decisions import Decisions, Reservation, Start
+from gpuq.scheduler.policy.placement import Cluster, Shape, Survey
+from gpuq.scheduler.policy.priority import fairshare_factors, priorities
+from gpuq.scheduler.policy.snapshot import JobView, Snapshot
 
 #: (GPUs, model, CPUs rounded up to a power of two, memory rounded up to a power-of-two GiB)
 ReasonKey = tuple[int, str | None, int, int]

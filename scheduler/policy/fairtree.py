@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from scheduler.policy.snapshot import AccountView, AssocView
-from scheduler.policy.tree import (
+from gpuq.scheduler.policy.snapshot import AccountView, AssocView
+from gpuq.scheduler.policy.tree import (
     FairShareTable,
     Node,
     Tree,

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-from scheduler.policy.decisions import Decisions, Start
-from scheduler.policy.filters import DYNAMIC, STATIC, first_failure
-from scheduler.policy.snapshot import JobView, NodeView, Snapshot
+from gpuq.scheduler.policy.decisions import Decisions, Start
+from gpuq.scheduler.policy.filters import DYNAMIC, STATIC, first_failure
+from gpuq.scheduler.policy.snapshot import JobView, NodeView, Snapshot
 
 
 def priority_order(jobs: tuple[JobView, ...]) -> list[JobView]:

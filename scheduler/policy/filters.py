@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from scheduler.policy.snapshot import JobView, NodeView
+from gpuq.scheduler.policy.snapshot import JobView, NodeView
 
 Filter = Callable[[NodeView, JobView], str | None]
 

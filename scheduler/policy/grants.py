@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from scheduler.policy.snapshot import AccountView, GrantView, JobView, NodeView
+from gpuq.scheduler.policy.snapshot import AccountView, GrantView, JobView, NodeView
 
 
 def boost_shares(accounts: Iterable[AccountView],

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from scheduler.policy.decisions import Claim, Start
-from scheduler.policy.snapshot import JobView, NodeView, Snapshot
+from gpuq.scheduler.policy.decisions import Claim, Start
+from gpuq.scheduler.policy.snapshot import JobView, NodeView, Snapshot
 
 Gpu = tuple[str, int]  # (node name, GPU index)
 

@@ -17,8 +17,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from scheduler.policy.filters import CAPACITY, STATIC, first_failure
-from scheduler.policy.snapshot import JobView, NodeView
+from gpuq.scheduler.policy.filters import CAPACITY, STATIC, first_failure
+from gpuq.scheduler.policy.snapshot import JobView, NodeView
 
 #: What the placement of a job depends on: (gpus, gpu model, cpus, memory MiB).
 Shape = tuple[int, str | None, int, int]

@@ -29,14 +29,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from operator import attrgetter
 
-from scheduler.policy.borrowing import label_borrowers
-from scheduler.policy.claims import honour_claims
-from scheduler.policy.decisions import Decisions, Priority
-from scheduler.policy.grants import scopes
-from scheduler.policy.ledger import Ledger
-from scheduler.policy.priority import fairshare_factors, priorities
-from scheduler.policy.snapshot import PREEMPTIBLE_QOS, JobView, Snapshot
-from scheduler.policy.victims import Pass
+from gpuq.scheduler.policy.borrowing import label_borrowers
+from gpuq.scheduler.policy.claims import honour_claims
+from gpuq.scheduler.policy.decisions import Decisions, Priority
+from gpuq.scheduler.policy.grants import scopes
+from gpuq.scheduler.policy.ledger import Ledger
+from gpuq.scheduler.policy.priority import fairshare_factors, priorities
+from gpuq.scheduler.policy.snapshot import PREEMPTIBLE_QOS, JobView, Snapshot
+from gpuq.scheduler.policy.victims import Pass
 
 Policy = Callable[[Snapshot], Decisions]
 

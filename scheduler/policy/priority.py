@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping
 
-from scheduler.policy.classic import classic_factors, classic_fairshare
-from scheduler.policy.decisions import Priority
-from scheduler.policy.fairtree import fair_tree, fair_tree_factors
-from scheduler.policy.snapshot import JobView, Snapshot
-from scheduler.policy.tree import FairShareTable
+from gpuq.scheduler.policy.classic import classic_factors, classic_fairshare
+from gpuq.scheduler.policy.decisions import Priority
+from gpuq.scheduler.policy.fairtree import fair_tree, fair_tree_factors
+from gpuq.scheduler.policy.snapshot import JobView, Snapshot
+from gpuq.scheduler.policy.tree import FairShareTable
 
 #: (fair share, job size, qos, total without the age term): what jobs of a kind share.
 _Kind = tuple[float, float, float, float]

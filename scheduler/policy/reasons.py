@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from scheduler.policy.decisions import Reservation
-from scheduler.policy.snapshot import JobView
+from gpuq.scheduler.policy.decisions import Reservation
+from gpuq.scheduler.policy.snapshot import JobView
 
 
 def _wanted(job: JobView) -> str:

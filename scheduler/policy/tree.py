@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from scheduler.policy.snapshot import AccountView, AssocView
+from gpuq.scheduler.policy.snapshot import AccountView, AssocView
 
 IMPLICIT_ROOT = "root"
 

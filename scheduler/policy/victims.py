@@ -32,12 +32,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scheduler.policy import reasons
-from scheduler.policy.decisions import Borrow, Claim, Preemption
-from scheduler.policy.filters import STATIC, first_failure
-from scheduler.policy.grants import GrantScope
-from scheduler.policy.ledger import Ledger
-from scheduler.policy.snapshot import PREEMPTIBLE_QOS, JobView
+from gpuq.scheduler.policy import reasons
+from gpuq.scheduler.policy.decisions import Borrow, Claim, Preemption
+from gpuq.scheduler.policy.filters import STATIC, first_failure
+from gpuq.scheduler.policy.grants import GrantScope
+from gpuq.scheduler.policy.ledger import Ledger
+from gpuq.scheduler.policy.snapshot import PREEMPTIBLE_QOS, JobView
 
 
 @dataclass(slots=True)

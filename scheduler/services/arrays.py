@@ -25,13 +25,13 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from scheduler.api.array_schemas import JobArrayCreate, JobArrayRead
-from scheduler.auth import Principal
-from scheduler.config import Settings
-from scheduler.db.models import Job, JobEvent
-from scheduler.errors import Forbidden
-from scheduler.services.jobs import check_submit, job_fields
-from scheduler.states import JobState
+from gpuq.scheduler.api.array_schemas import JobArrayCreate, JobArrayRead
+from gpuq.scheduler.auth import Principal
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.db.models import Job, JobEvent
+from gpuq.scheduler.errors import Forbidden
+from gpuq.scheduler.services.jobs import check_submit, job_fields
+from gpuq.scheduler.states import JobState
 
 #: The reason of an element's first event.
 EVENT_REASON = "submitted (array)"

@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
-from scheduler import grants as pure
-from scheduler.api.schemas import GrantCreate, GrantRead, GrantRevoke, GrantUpdate, GrantUsage
-from scheduler.config import Settings
-from scheduler.db.models import Account, Gpu, Grant, Job, Node, UsageRecord
-from scheduler.errors import Conflict, Invalid, NotFound, Overcommitted
-from scheduler.services.admin import account_by_name, subtree_ids
-from scheduler.services.audit import SYSTEM, Actor, record
+from gpuq.scheduler import grants as pure
+from gpuq.scheduler.api.schemas import GrantCreate, GrantRead, GrantRevoke, GrantUpdate, GrantUsage
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.db.models import Account, Gpu, Grant, Job, Node, UsageRecord
+from gpuq.scheduler.errors import Conflict, Invalid, NotFound, Overcommitted
+from gpuq.scheduler.services.admin import account_by_name, subtree_ids
+from gpuq.scheduler.services.audit import SYSTEM, Actor, record
 
 SHARE, RESERVATION = "share", "reservation"
 #: Stored states the loop still moves (the others are final).

@@ -15,16 +15,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
-from scheduler import accounting
-from scheduler.api.schemas import JobAhead, JobCreate, JobEventRead, JobRead, WhyRead
-from scheduler.auth import Principal
-from scheduler.config import Settings
-from scheduler.db.models import Account, Gpu, Job, JobEvent, Node, User
-from scheduler.errors import Forbidden, Invalid, NotFound
-from scheduler.policy.filters import INSTALLED, first_failure
-from scheduler.policy.snapshot import JobView
-from scheduler.snapshot import node_views
-from scheduler.states import (
+from gpuq.scheduler import accounting
+from gpuq.scheduler.api.schemas import JobAhead, JobCreate, JobEventRead, JobRead, WhyRead
+from gpuq.scheduler.auth import Principal
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.db.models import Account, Gpu, Job, JobEvent, Node, User
+from gpuq.scheduler.errors import Forbidden, Invalid, NotFound
+from gpuq.scheduler.policy.filters import INSTALLED, first_failure
+from gpuq.scheduler.policy.snapshot import JobView
+from gpuq.scheduler.snapshot import node_views
+from gpuq.scheduler.states import (
     ACTIVE,
     TERMINAL,
     JobState,

@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from scheduler import accounting, metrics
-from scheduler.api.schemas import (
+from gpuq.scheduler import accounting, metrics
+from gpuq.scheduler.api.schemas import (
     GpuProcess,
     GpuRead,
     GpuSample,
@@ -24,12 +24,12 @@ from scheduler.api.schemas import (
     NodeRead,
     NodeRegister,
 )
-from scheduler.api.schemas import JobSample as WireJobSample
-from scheduler.api.schemas import WorkerJob as WireJob
-from scheduler.config import Settings
-from scheduler.db.models import Gpu, GpuAllocation, Job, JobSample, Node
-from scheduler.errors import Conflict, NotFound
-from scheduler.states import (
+from gpuq.scheduler.api.schemas import JobSample as WireJobSample
+from gpuq.scheduler.api.schemas import WorkerJob as WireJob
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.db.models import Gpu, GpuAllocation, Job, JobSample, Node
+from gpuq.scheduler.errors import Conflict, NotFound
+from gpuq.scheduler.states import (
     ACTIVE,
     TERMINAL,
     InvalidTransition,
@@ -477,7 +477,7 @@ def end_preempted(session: Session, job: Job, *, now: datetime, how: str,
     """A job being preempted was stopped (whatever its exit: a job that checkpoints and
     exits 0 on SIGTERM was still preempted): PREEMPTED, then back to the queue unless it
     asked not to be requeued. Its usage is charged up to now first."""
-    from scheduler.usage import charge_job
+    from gpuq.scheduler.usage import charge_job
 
     if job.state == JobState.RUNNING.value:
         charge_job(session, job, until=now, settings=settings)
@@ -519,7 +519,7 @@ def mark_down(session: Session, node: Node, *, now: datetime, reason: str,
     """A node stopped answering: DOWN. Its active jobs end as NODE_FAIL; those that allow
     it go back to the queue (a new attempt, elsewhere or here once the node is back).
     Their usage is charged up to the node's last heartbeat, the last sign they ran."""
-    from scheduler.usage import charge_job
+    from gpuq.scheduler.usage import charge_job
 
     node.state, node.state_reason = NodeState.DOWN.value, reason
     jobs = list(session.scalars(

@@ -20,20 +20,20 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from scheduler.api.schemas import JobCreate, JobRead
-from scheduler.auth import Principal
-from scheduler.config import Settings
-from scheduler.db.models import Job, JobEvent
-from scheduler.errors import ServiceError
-from scheduler.services.arrays import bulk_insert, reserve_ids
-from scheduler.services.jobs import (
+from gpuq.scheduler.api.schemas import JobCreate, JobRead
+from gpuq.scheduler.auth import Principal
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.db.models import Job, JobEvent
+from gpuq.scheduler.errors import ServiceError
+from gpuq.scheduler.services.arrays import bulk_insert, reserve_ids
+from gpuq.scheduler.services.jobs import (
     Accepted,
     check_runnable,
     check_submit,
     job_fields,
     read_fields,
 )
-from scheduler.states import JobState
+from gpuq.scheduler.states import JobState
 
 
 @dataclass(frozen=True)

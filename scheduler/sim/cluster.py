@@ -27,8 +27,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler.policy.snapshot import GpuView, NodeView
-from scheduler.sim.errors import SimInputError, at
+from gpuq.scheduler.policy.snapshot import GpuView, NodeView
+from gpuq.scheduler.sim.errors import SimInputError, at
 
 DEFAULT_MODEL = "GPU"
 _SPEC = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*(?::\s*(\S+?))?\s*$")

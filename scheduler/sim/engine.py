@@ -19,19 +19,19 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from scheduler.config import DEFAULT_GPU_BILLING_WEIGHTS
-from scheduler.policy import schedule as policy_schedule
-from scheduler.policy.decisions import Decisions, Start
-from scheduler.policy.snapshot import (
+from gpuq.scheduler.config import DEFAULT_GPU_BILLING_WEIGHTS
+from gpuq.scheduler.policy import schedule as policy_schedule
+from gpuq.scheduler.policy.decisions import Decisions, Start
+from gpuq.scheduler.policy.snapshot import (
     JobView,
     NodeView,
     PolicyConfig,
     Snapshot,
 )
-from scheduler.sim.cluster import SimNode
-from scheduler.sim.ledger import UsageLedger
-from scheduler.sim.shares import Tree
-from scheduler.sim.trace import TraceJob
+from gpuq.scheduler.sim.cluster import SimNode
+from gpuq.scheduler.sim.ledger import UsageLedger
+from gpuq.scheduler.sim.shares import Tree
+from gpuq.scheduler.sim.trace import TraceJob
 
 DAY_S = 86_400.0
 Policy = Callable[[Snapshot], Decisions]

@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from scheduler.sim.engine import SimResult
-from scheduler.sim.series import percentile, span
-from scheduler.sim.windows import WindowShares, mean_of
+from gpuq.scheduler.sim.engine import SimResult
+from gpuq.scheduler.sim.series import percentile, span
+from gpuq.scheduler.sim.windows import WindowShares, mean_of
 
 TOP_ACCOUNTS = 10
 

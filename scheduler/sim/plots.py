@@ -14,9 +14,9 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from scheduler.sim.engine import JobRecord
-from scheduler.sim.series import bins_for, busy_gpus, queue_length
-from scheduler.sim.windows import WindowShares
+from gpuq.scheduler.sim.engine import JobRecord
+from gpuq.scheduler.sim.series import bins_for, busy_gpus, queue_length
+from gpuq.scheduler.sim.windows import WindowShares
 
 DAY_S = 86_400.0
 PLOT_BINS = 500

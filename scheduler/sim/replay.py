@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler.sim.cluster import SimNode
-from scheduler.sim.engine import DAY_S, JobRecord, SimResult, Simulation
-from scheduler.sim.errors import SimInputError
-from scheduler.sim.metrics import summarize
-from scheduler.sim.shares import Tree, complete
-from scheduler.sim.trace import TraceJob
-from scheduler.sim.windows import WindowShares, window_shares
+from gpuq.scheduler.sim.cluster import SimNode
+from gpuq.scheduler.sim.engine import DAY_S, JobRecord, SimResult, Simulation
+from gpuq.scheduler.sim.errors import SimInputError
+from gpuq.scheduler.sim.metrics import summarize
+from gpuq.scheduler.sim.shares import Tree, complete
+from gpuq.scheduler.sim.trace import TraceJob
+from gpuq.scheduler.sim.windows import WindowShares, window_shares
 
 JOB_COLUMNS = ("id", "user", "account", "gpus", "submit", "start", "end", "node",
                "gpu_indices", "wait")
@@ -90,7 +90,7 @@ def write_outputs(run: Replay, out: Path | None, jobs_out: Path | None) -> list[
         write_jobs_csv(run.result.records, jobs_out)
         written.append(jobs_out)
     if out is not None:
-        from scheduler.sim.plots import write_plots  # matplotlib: only when plotting
+        from gpuq.scheduler.sim.plots import write_plots  # matplotlib: only when plotting
 
         out.mkdir(parents=True, exist_ok=True)
         metrics = out / "metrics.json"

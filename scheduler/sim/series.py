@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from scheduler.sim.engine import JobRecord
+from gpuq.scheduler.sim.engine import JobRecord
 
 
 def bin_average(changes: Iterable[tuple[float, float]], t0: float, bin_s: float,

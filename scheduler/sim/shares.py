@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler.policy.snapshot import AccountView, AssocView
-from scheduler.sim.errors import SimInputError, at
+from gpuq.scheduler.policy.snapshot import AccountView, AssocView
+from gpuq.scheduler.sim.errors import SimInputError, at
 
 ROOT = "root"
 HEADER = ("type", "name", "parent", "shares")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from scheduler.sim.errors import SimInputError, at
+from gpuq.scheduler.sim.errors import SimInputError, at
 
 REQUIRED = ("submit_time", "user", "account", "gpus", "duration")
 OPTIONAL = ("time_limit", "gpu_model", "name")

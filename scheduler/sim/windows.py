@@ -20,8 +20,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from scheduler.sim.engine import JobRecord
-from scheduler.sim.series import span
+from gpuq.scheduler.sim.engine import JobRecord
+from gpuq.scheduler.sim.series import span
 
 
 @dataclass(frozen=True, slots=True)

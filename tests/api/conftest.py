@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from scheduler.api.app import create_app
-from scheduler.clock import ManualClock
-from scheduler.config import Settings
-from scheduler.context import Context
-from scheduler.loop import cycle
-from scheduler.server import build_context
+from gpuq.scheduler.api.app import create_app
+from gpuq.scheduler.clock import ManualClock
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.context import Context
+from gpuq.scheduler.loop import cycle
+from gpuq.scheduler.server import build_context
 
 
 @dataclass

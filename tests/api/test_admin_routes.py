@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute
 
-from scheduler.api.app import create_app
+from gpuq.scheduler.api.app import create_app
 from tests.api.conftest import Api
 
 
@@ -78,7 +78,7 @@ def test_every_admin_route_is_documented_with_examples(api: Api) -> None:
 @pytest.mark.parametrize("path", ["/v1/admin/grants", "/v1/admin/accounts/{name}"])
 def test_body_examples_are_valid_requests(api: Api, path: str) -> None:
     """The examples are real: each one passes the route's own validation."""
-    from scheduler.api.schemas import AccountUpdate, GrantCreate
+    from gpuq.scheduler.api.schemas import AccountUpdate, GrantCreate
 
     model = {"/v1/admin/grants": GrantCreate, "/v1/admin/accounts/{name}": AccountUpdate}[path]
     schema = create_app(api.ctx).openapi()

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 from sqlalchemy import select
 
-from scheduler.db.models import ApiToken
+from gpuq.scheduler.db.models import ApiToken
 from tests.api.conftest import Api, bearer
 
 

@@ -8,9 +8,9 @@ import time
 
 from sqlalchemy import select, text, update
 
-from scheduler.api.callers import TRUSTED_S, CallerCache
-from scheduler.auth import Principal
-from scheduler.db.models import ApiToken, User
+from gpuq.scheduler.api.callers import TRUSTED_S, CallerCache
+from gpuq.scheduler.auth import Principal
+from gpuq.scheduler.db.models import ApiToken, User
 from tests.api.conftest import Api, bearer
 
 

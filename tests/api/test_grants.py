@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from scheduler.db.models import Grant
-from scheduler.services import grants as grant_service
+from gpuq.scheduler.db.models import Grant
+from gpuq.scheduler.services import grants as grant_service
 from tests.api.conftest import Api, audit_entries
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)  # the ManualClock's start
@@ -308,7 +308,7 @@ def add_usage(api: Api, *, user: str, account: str, start: float, end: float, gp
               weight: float = 1.0, job_id: int | None = None) -> None:
     from sqlalchemy import select
 
-    from scheduler.db.models import Account, UsageRecord, User
+    from gpuq.scheduler.db.models import Account, UsageRecord, User
 
     with api.ctx.transaction() as s:
         uid = s.scalar(select(User.id).where(User.name == user))
@@ -346,7 +346,7 @@ def test_usage_against_hand_computed_figures(cluster: Api) -> None:
     add_usage(api, user="alice", account="qlab", start=4, end=6, gpus=1, job_id=job)
     add_usage(api, user="alice", account="qlab", start=2, end=2, gpus=9)
     with api.ctx.transaction() as s:
-        from scheduler.db.models import Job
+        from gpuq.scheduler.db.models import Job
 
         row = s.get(Job, job)
         assert row is not None
@@ -404,9 +404,9 @@ def test_two_reservations_at_once_are_checked_one_after_the_other(cluster: Api) 
     the second check waits for the first transaction and then sees its grant."""
     import threading
 
-    from scheduler.api.schemas import GrantCreate
-    from scheduler.errors import Overcommitted
-    from scheduler.services.audit import Actor
+    from gpuq.scheduler.api.schemas import GrantCreate
+    from gpuq.scheduler.errors import Overcommitted
+    from gpuq.scheduler.services.audit import Actor
 
     api = cluster
     body = GrantCreate(account="lab1", kind="reservation", gpus=5,

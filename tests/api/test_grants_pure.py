@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from scheduler.clock import ManualClock
-from scheduler.grants import Reservation, eligible_gpus, find_overcommit, state_at
+from gpuq.scheduler.clock import ManualClock
+from gpuq.scheduler.grants import Reservation, eligible_gpus, find_overcommit, state_at
 
 T0 = datetime(2027, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

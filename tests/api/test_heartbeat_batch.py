@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from scheduler import group_commit
-from scheduler.api.schemas import Heartbeat, HeartbeatReply
-from scheduler.db.models import Gpu, Job, JobEvent, JobSample, Node
-from scheduler.services import nodes as svc
+from gpuq.scheduler import group_commit
+from gpuq.scheduler.api.schemas import Heartbeat, HeartbeatReply
+from gpuq.scheduler.db.models import Gpu, Job, JobEvent, JobSample, Node
+from gpuq.scheduler.services import nodes as svc
 from tests.api.conftest import Api
 
 STEADY = (HeartbeatReply(launch=[], kill=[]), False)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi import HTTPException
 
-from scheduler.api.deps import get_principal
+from gpuq.scheduler.api.deps import get_principal
 from tests.api.conftest import Api, bearer
 
 URL = "/v1/nodes/gpu01/heartbeat"

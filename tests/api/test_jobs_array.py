@@ -6,17 +6,17 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from scheduler.api.array_schemas import MAX_ARRAY_TASKS, JobArrayCreate, parse_array
-from scheduler.api.deps import _load_accounts
-from scheduler.auth import check_token
-from scheduler.db.models import Job, JobEvent
-from scheduler.services.arrays import (
+from gpuq.scheduler.api.array_schemas import MAX_ARRAY_TASKS, JobArrayCreate, parse_array
+from gpuq.scheduler.api.deps import _load_accounts
+from gpuq.scheduler.auth import check_token
+from gpuq.scheduler.db.models import Job, JobEvent
+from gpuq.scheduler.services.arrays import (
     bulk_insert,
     element_rows,
     insert_elements_sql,
     reserve_ids,
 )
-from scheduler.services.jobs import check_submit, job_fields
+from gpuq.scheduler.services.jobs import check_submit, job_fields
 from tests.api.conftest import Api
 
 

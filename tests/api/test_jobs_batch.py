@@ -11,15 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select, text
 
-from scheduler import group_commit
-from scheduler.api.deps import _load_accounts
-from scheduler.api.schemas import JobCreate
-from scheduler.auth import Principal, check_token
-from scheduler.db.models import Job, JobEvent
-from scheduler.errors import Invalid
-from scheduler.group_commit import SubmitBatcher
-from scheduler.services import jobs as svc
-from scheduler.services.submit_many import Created, Runnable, submit_many
+from gpuq.scheduler import group_commit
+from gpuq.scheduler.api.deps import _load_accounts
+from gpuq.scheduler.api.schemas import JobCreate
+from gpuq.scheduler.auth import Principal, check_token
+from gpuq.scheduler.db.models import Job, JobEvent
+from gpuq.scheduler.errors import Invalid
+from gpuq.scheduler.group_commit import SubmitBatcher
+from gpuq.scheduler.services import jobs as svc
+from gpuq.scheduler.services.submit_many import Created, Runnable, submit_many
 from tests.api.conftest import Api
 
 

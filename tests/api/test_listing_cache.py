@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from scheduler.api.listing_cache import CHANNEL, ListingCache
-from scheduler.db.session import make_engine, make_sessionmaker
-from scheduler.wakeups import conninfo
+from gpuq.scheduler.api.listing_cache import CHANNEL, ListingCache
+from gpuq.scheduler.db.session import make_engine, make_sessionmaker
+from gpuq.scheduler.wakeups import conninfo
 from tests.api.conftest import Api
 from tests.scheduler.rows import add_job, add_node
 

@@ -88,7 +88,7 @@ def test_an_unhealthy_gpu_is_taken_out_and_shown(api: Api, alice: dict) -> None:
 def test_job_samples_are_kept_for_accounting(api: Api, alice: dict) -> None:
     from sqlalchemy import select
 
-    from scheduler.db.models import JobSample
+    from gpuq.scheduler.db.models import JobSample
 
     h = api.node("gpu01", gpus=2)
     job = api.submit(alice, gpus=2)

@@ -236,7 +236,7 @@ def test_gpu_samples_are_kept_every_interval_health_at_once(api: Api) -> None:
 
 def _full_beats(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the heartbeats that went through the full reconciliation."""
-    from scheduler.services import nodes as svc
+    from gpuq.scheduler.services import nodes as svc
 
     calls: list[int] = []
     full = svc.heartbeat
@@ -259,7 +259,7 @@ def test_a_steady_heartbeat_writes_only_the_beat_and_due_samples(
         api: Api, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy import select
 
-    from scheduler.db.models import JobSample, Node
+    from gpuq.scheduler.db.models import JobSample, Node
 
     job_id, h = _running(api, alice)
     full = _full_beats(monkeypatch)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from scheduler.db.models import Membership, UsageRecord, User
+from gpuq.scheduler.db.models import Membership, UsageRecord, User
 from tests.api.conftest import Api
 
 DAY = 86400.0

@@ -13,7 +13,7 @@ from cli_fakeapi import T0, Auth, FakeApi, _role
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from scheduler.api.schemas import (
+from gpuq.scheduler.api.schemas import (
     AccountRead,
     AccountUpdate,
     AuditRead,

@@ -16,9 +16,9 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from scheduler.api.array_schemas import JobArrayCreate
-from scheduler.api.routes.admin import parse_usage
-from scheduler.api.schemas import (
+from gpuq.scheduler.api.array_schemas import JobArrayCreate
+from gpuq.scheduler.api.routes.admin import parse_usage
+from gpuq.scheduler.api.schemas import (
     FairShareRow,
     GpuRead,
     JobAhead,

@@ -13,7 +13,7 @@ import uvicorn
 from cli_fakeapi import USER_TOKEN, FakeApi, build_app, free_socket
 from click.testing import CliRunner, Result
 
-from cli.main import cli
+from gpuq.cli.main import cli
 
 
 @pytest.fixture(scope="session")

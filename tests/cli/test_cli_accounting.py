@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cli.accounting_render import accounting_rows
-from cli.eff import eff_report, suggestion
-from cli.render import IDLE_MARK, jobs_table, render
-from cli.usage_report import plot, usage_csv, usage_table
+from gpuq.cli.accounting_render import accounting_rows
+from gpuq.cli.eff import eff_report, suggestion
+from gpuq.cli.render import IDLE_MARK, jobs_table, render
+from gpuq.cli.usage_report import plot, usage_csv, usage_table
 
 
 def job(**acct: Any) -> dict[str, Any]:

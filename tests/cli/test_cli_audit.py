@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from cli_fakeadmin import make_account, make_audit
 from cli_fakeapi import T0, FakeApi
 
-from cli.audit import changes_text, value_text
+from gpuq.cli.audit import changes_text, value_text
 
 
 def test_changes_text() -> None:

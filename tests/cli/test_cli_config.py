@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.client import CliError
-from cli.config import (
+from gpuq.cli.client import CliError
+from gpuq.cli.config import (
     DEFAULT_SERVER,
     client_config_path,
     load_client_config,

@@ -7,8 +7,8 @@ import pytest
 from cli_fakeapi import ADMIN_TOKEN, FakeApi, make_job
 from click.testing import CliRunner
 
-from cli.client import USER_TOKEN_HINT, CliError, error_for
-from cli.main import cli
+from gpuq.cli.client import USER_TOKEN_HINT, CliError, error_for
+from gpuq.cli.main import cli
 
 
 def test_unreachable_server(closed_port_url: str) -> None:
@@ -21,7 +21,7 @@ def test_unreachable_server(closed_port_url: str) -> None:
 
 def test_server_from_environment_and_config(api: FakeApi, closed_port_url: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from cli.config import client_config_path, write_client_config
+    from gpuq.cli.config import client_config_path, write_client_config
 
     write_client_config(client_config_path(), closed_port_url, "gpuq_user_secret")
     monkeypatch.setenv("GPUQ_SERVER", api.url)

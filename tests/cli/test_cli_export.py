@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cli.export import build_environment, parse_env_pair
+from gpuq.cli.export import build_environment, parse_env_pair
 
 ENV = {"HOME": "/home/alice", "PATH": "/usr/bin", "GPUQ_TOKEN": "s1", "GPUQ_ADMIN_TOKEN": "s2",
        "GPUQ_NODE_TOKEN": "s3", "BASH_FUNC_f%%": "() { :; }", "LANG": "C.UTF-8"}

@@ -10,8 +10,8 @@ import pytest
 from cli_fakeadmin import make_account, make_grant
 from cli_fakeapi import T0, FakeApi
 
-from cli.grant_render import grant_detail, grants_table, used_text
-from cli.render import render
+from gpuq.cli.grant_render import grant_detail, grants_table, used_text
+from gpuq.cli.render import render
 
 
 @pytest.fixture

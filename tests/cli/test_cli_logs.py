@@ -7,8 +7,8 @@ import types
 import pytest
 from cli_fakeapi import FakeApi, make_job
 
-import cli.logs
-from cli.logs import CHUNK_BYTES, TAIL_BYTES
+from gpuq.cli import logs as logs_module
+from gpuq.cli.logs import CHUNK_BYTES, TAIL_BYTES
 
 
 def test_logs_prints_the_whole_log_in_pages(api: FakeApi, gpuq) -> None:
@@ -82,7 +82,7 @@ def test_ctrl_c_exits_130_quietly(api: FakeApi, gpuq, monkeypatch: pytest.Monkey
     def interrupted(seconds: float) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.logs, "time", types.SimpleNamespace(sleep=interrupted))
+    monkeypatch.setattr(logs_module, "time", types.SimpleNamespace(sleep=interrupted))
     api.jobs[3] = make_job(3, state="RUNNING", node="gpu01", gpu_indices=[0])
     api.logs[3] = b"hello\n"
     r = gpuq("logs", "-f", "3")

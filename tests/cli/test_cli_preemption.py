@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cli_fakeapi import T0, FakeApi, make_job
 
-from cli.render import BORROW_NOTE, claim_text, job_detail, jobs_table, render, state_label
+from gpuq.cli.render import BORROW_NOTE, claim_text, job_detail, jobs_table, render, state_label
 
 NOW = T0 + timedelta(hours=1)
 

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 from cli_fakeapi import T0, make_gpu, make_job, make_node
 
-from cli.admin_accounts import accounts_table
-from cli.jobs import cancel_message
-from cli.nodes import foreign_process_line, gpus_summary, node_state, nodes_text, whoami_text
-from cli.render import job_detail, jobs_table, render, where
+from gpuq.cli.admin_accounts import accounts_table
+from gpuq.cli.jobs import cancel_message
+from gpuq.cli.nodes import foreign_process_line, gpus_summary, node_state, nodes_text, whoami_text
+from gpuq.cli.render import job_detail, jobs_table, render, where
 
 NOW = T0 + timedelta(hours=2)
 

@@ -8,11 +8,11 @@ from datetime import timedelta
 import pytest
 from cli_fakeapi import T0, make_factors, make_job, make_share_row, share_tree
 
-from cli.client import CliError
-from cli.fairshare import depths, filter_rows, fraction, share_table
-from cli.render import estimate_text, factors_text, job_detail, render
-from cli.usage import csv_record_lines, guess_format, import_error_text, read_usage_file
-from cli.why import not_pending_text, why_text
+from gpuq.cli.client import CliError
+from gpuq.cli.fairshare import depths, filter_rows, fraction, share_table
+from gpuq.cli.render import estimate_text, factors_text, job_detail, render
+from gpuq.cli.usage import csv_record_lines, guess_format, import_error_text, read_usage_file
+from gpuq.cli.why import not_pending_text, why_text
 
 NOW = T0 + timedelta(hours=2)
 

@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from cli.client import CliError
-from cli.script import directive_lines, interpreter, script_with_args
-from cli.submit import apply_directives, directive_options, submit
+from gpuq.cli.client import CliError
+from gpuq.cli.script import directive_lines, interpreter, script_with_args
+from gpuq.cli.submit import apply_directives, directive_options, submit
 
 SCRIPT = """#!/bin/bash
 # a comment

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cli.units import (
+from gpuq.cli.units import (
     format_duration,
     format_energy,
     format_gpu_hours,
@@ -17,7 +17,7 @@ from cli.units import (
     parse_memory_mib,
     parse_time_s,
 )
-from cli.when import iso_utc, parse_when, short_local
+from gpuq.cli.when import iso_utc, parse_when, short_local
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

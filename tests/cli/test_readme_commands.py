@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import pytest
 
-from cli.main import cli
+from gpuq.cli.main import cli
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 _ENV = re.compile(r"^[A-Z_][A-Z0-9_]*=")

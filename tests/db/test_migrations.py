@@ -13,8 +13,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
-from scheduler.db.models import Base, GpuAllocation, Job
-from scheduler.db.session import alembic_config, make_engine, make_sessionmaker, upgrade
+from gpuq.scheduler.db.models import Base, GpuAllocation, Job
+from gpuq.scheduler.db.session import alembic_config, make_engine, make_sessionmaker, upgrade
 from tests.scheduler.rows import add_job, add_node, owner
 
 

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
 
-from scheduler.db.models import Node
-from scheduler.db.session import make_engine, make_sessionmaker
+from gpuq.scheduler.db.models import Node
+from gpuq.scheduler.db.session import make_engine, make_sessionmaker
 from tests.scheduler.rows import add_node
 
 PARIS_SUMMER = timezone(timedelta(hours=2))

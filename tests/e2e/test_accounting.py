@@ -13,8 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gpuq.worker.gpus.sim import FAULTS_FILE, write_faults
 from tests.e2e.conftest import Cluster, wait_for
-from worker.gpus.sim import FAULTS_FILE, write_faults
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

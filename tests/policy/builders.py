@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from scheduler.policy import (
+from gpuq.scheduler.policy import (
     AccountView,
     AssocView,
     ClaimView,

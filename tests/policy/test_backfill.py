@@ -3,8 +3,8 @@ not delay it (fairshare.md A6)."""
 
 from __future__ import annotations
 
-from scheduler.policy import Decisions, JobView, NodeView, PolicyConfig, Reservation, schedule
-from scheduler.policy.backfill import reserve
+from gpuq.scheduler.policy import Decisions, JobView, NodeView, PolicyConfig, Reservation, schedule
+from gpuq.scheduler.policy.backfill import reserve
 from tests.policy.builders import A100, H100, make_job, make_node, make_running, make_snapshot
 
 NOW = 1_000_000.0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.policy import classic_fairshare
-from scheduler.policy.classic import classic_factor
+from gpuq.scheduler.policy import classic_fairshare
+from gpuq.scheduler.policy.classic import classic_factor
 from tests.policy.builders import make_tree
 
 # root -> A (1) {a1}, B (3) {b1, b2}; usage a1 50, b1 50, b2 0 (root 100).

@@ -10,10 +10,10 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.policy import AccountView, AssocView, classic_fairshare, fair_tree
-from scheduler.policy import tree as tree_mod
-from scheduler.policy.classic import classic_factors
-from scheduler.policy.fairtree import fair_tree_factors
+from gpuq.scheduler.policy import AccountView, AssocView, classic_fairshare, fair_tree
+from gpuq.scheduler.policy import tree as tree_mod
+from gpuq.scheduler.policy.classic import classic_factors
+from gpuq.scheduler.policy.fairtree import fair_tree_factors
 
 Tree = tuple[tuple[AccountView, ...], tuple[AssocView, ...], dict[tuple[str, str], float]]
 

@@ -13,7 +13,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.policy import (
+from gpuq.scheduler.policy import (
     AccountView,
     AssocView,
     Decisions,
@@ -23,10 +23,10 @@ from scheduler.policy import (
     Snapshot,
     schedule,
 )
-from scheduler.policy.backfill import reserve
-from scheduler.policy.cycle import _Cycle
-from scheduler.policy.filters import STATIC, first_failure
-from scheduler.policy.priority import fairshare_table, priorities
+from gpuq.scheduler.policy.backfill import reserve
+from gpuq.scheduler.policy.cycle import _Cycle
+from gpuq.scheduler.policy.filters import STATIC, first_failure
+from gpuq.scheduler.policy.priority import fairshare_table, priorities
 from tests.policy.builders import A100, H100, make_job, make_node, make_running
 from tests.policy.test_invariants import (
     cpus_and_memory_are_not_overcommitted,

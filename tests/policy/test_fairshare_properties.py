@@ -10,8 +10,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.policy import AccountView, AssocView, classic_fairshare, fair_tree
-from scheduler.policy.tree import FairShareTable
+from gpuq.scheduler.policy import AccountView, AssocView, classic_fairshare, fair_tree
+from gpuq.scheduler.policy.tree import FairShareTable
 
 fast = settings(max_examples=200, deadline=None)
 

@@ -10,9 +10,9 @@ import math
 import random
 from fractions import Fraction
 
-from scheduler.policy import AccountView, AssocView, fair_tree
-from scheduler.policy.fairtree import level_fs
-from scheduler.policy.tree import FairShareTable
+from gpuq.scheduler.policy import AccountView, AssocView, fair_tree
+from gpuq.scheduler.policy.fairtree import level_fs
+from gpuq.scheduler.policy.tree import FairShareTable
 from tests.policy.builders import make_tree
 
 Usage = dict[tuple[str, str], float]

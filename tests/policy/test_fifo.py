@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from scheduler.policy import Decisions, JobView, NodeView, Start
-from scheduler.policy.fifo import priority_order, schedule
+from gpuq.scheduler.policy import Decisions, JobView, NodeView, Start
+from gpuq.scheduler.policy.fifo import priority_order, schedule
 from tests.policy.builders import A100, H100, make_job, make_node, make_snapshot
 
 

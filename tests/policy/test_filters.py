@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.policy.filters import (
+from gpuq.scheduler.policy.filters import (
     CAPACITY,
     DYNAMIC,
     STATIC,

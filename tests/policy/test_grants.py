@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from scheduler.policy import AccountView, GrantView, boost_shares
-from scheduler.policy.grants import scopes, subtree
-from scheduler.policy.snapshot import GpuView
+from gpuq.scheduler.policy import AccountView, GrantView, boost_shares
+from gpuq.scheduler.policy.grants import scopes, subtree
+from gpuq.scheduler.policy.snapshot import GpuView
 from tests.policy.builders import A100, H100, make_job, make_node
 
 TREE = [AccountView("root", None), AccountView("phys", "root", 3),

@@ -10,9 +10,9 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.policy import Decisions, NodeView, Snapshot
-from scheduler.policy.fifo import priority_order, schedule
-from scheduler.policy.filters import STATIC, first_failure
+from gpuq.scheduler.policy import Decisions, NodeView, Snapshot
+from gpuq.scheduler.policy.fifo import priority_order, schedule
+from gpuq.scheduler.policy.filters import STATIC, first_failure
 from tests.policy.builders import A100, H100, make_job, make_node, make_snapshot
 
 MODELS = [A100, H100]

@@ -3,8 +3,8 @@ among equals; the job's GPUs are that node's lowest free indices."""
 
 from __future__ import annotations
 
-from scheduler.policy import Decisions, GpuView, NodeView, Start, schedule
-from scheduler.policy.placement import Cluster
+from gpuq.scheduler.policy import Decisions, GpuView, NodeView, Start, schedule
+from gpuq.scheduler.policy.placement import Cluster
 from tests.policy.builders import A100, H100, make_job, make_node, make_snapshot
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.policy import (
+from gpuq.scheduler.policy import (
     AccountView,
     Borrow,
     Claim,
@@ -13,7 +13,7 @@ from scheduler.policy import (
     Preemption,
     schedule,
 )
-from scheduler.policy import _inner as inner_policy
+from gpuq.scheduler.policy import _inner as inner_policy
 from tests.policy.builders import A100, H100, make_job, make_node, make_running, make_snapshot
 
 NOW = 1_000_000.0

@@ -12,7 +12,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.policy import (
+from gpuq.scheduler.policy import (
     PREEMPTIBLE_QOS,
     ClaimView,
     Decisions,
@@ -21,7 +21,7 @@ from scheduler.policy import (
     Snapshot,
     schedule,
 )
-from scheduler.policy.grants import subtree
+from gpuq.scheduler.policy.grants import subtree
 from tests.policy.builders import A100, H100
 from tests.policy.test_fairshare_invariants import HOMES, REASONS, snapshots
 from tests.policy.test_invariants import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.policy import AccountView, AssocView, PolicyConfig, Priority, priorities
-from scheduler.policy.priority import fairshare_table, jobsize_factor, qos_factors
+from gpuq.scheduler.policy import AccountView, AssocView, PolicyConfig, Priority, priorities
+from gpuq.scheduler.policy.priority import fairshare_table, jobsize_factor, qos_factors
 from tests.policy.builders import make_job, make_node, make_snapshot
 
 DAY = 86400.0

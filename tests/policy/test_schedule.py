@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.policy import AccountView, AssocView, PolicyConfig, Snapshot, fifo, schedule
+from gpuq.scheduler.policy import AccountView, AssocView, PolicyConfig, Snapshot, fifo, schedule
 from tests.policy.builders import A100, H100, make_job, make_node, make_running, make_snapshot
 
 NOW = 1_000_000.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.policy.usage import (
+from gpuq.scheduler.policy.usage import (
     DEFAULT_HALF_LIFE_S,
     accrue,
     billed_seconds,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from scheduler.db.session import make_engine, make_sessionmaker
+from gpuq.scheduler.db.session import make_engine, make_sessionmaker
 
 
 @pytest.fixture

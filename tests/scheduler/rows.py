@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from scheduler.db.models import Account, Gpu, GpuAllocation, Job, JobEvent, Node, User
+from gpuq.scheduler.db.models import Account, Gpu, GpuAllocation, Job, JobEvent, Node, User
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -16,16 +16,16 @@ import pytest
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
-from scheduler import loop as loop_module
-from scheduler.clock import ManualClock
-from scheduler.config import Settings
-from scheduler.context import Context
-from scheduler.db.models import GpuAllocation, Job, Node
-from scheduler.loop import CycleResult, _apply, cycle
-from scheduler.policy import schedule
-from scheduler.server import build_context
-from scheduler.snapshot import build_snapshot_rows
-from scheduler.states import JobState, transition
+from gpuq.scheduler import loop as loop_module
+from gpuq.scheduler.clock import ManualClock
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.context import Context
+from gpuq.scheduler.db.models import GpuAllocation, Job, Node
+from gpuq.scheduler.loop import CycleResult, _apply, cycle
+from gpuq.scheduler.policy import schedule
+from gpuq.scheduler.server import build_context
+from gpuq.scheduler.snapshot import build_snapshot_rows
+from gpuq.scheduler.states import JobState, transition
 from tests.scheduler.rows import T0, add_job, add_node
 from tests.scheduler.test_loop import wait_for_a_lock_wait
 

@@ -12,9 +12,9 @@ import pytest
 from kombu import Connection
 from kombu.transport import filesystem
 
-from scheduler.config import Settings
-from scheduler.dispatch import make_celery, send_launch
-from scheduler.fsbroker import Transport
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.dispatch import make_celery, send_launch
+from gpuq.scheduler.fsbroker import Transport
 
 MESSAGES = 400
 

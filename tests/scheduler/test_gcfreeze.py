@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from scheduler.gcfreeze import freeze_startup_objects
+from gpuq.scheduler.gcfreeze import freeze_startup_objects
 
 
 class Node:

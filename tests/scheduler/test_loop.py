@@ -15,16 +15,16 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from scheduler.clock import ManualClock
-from scheduler.config import Settings
-from scheduler.context import Context
-from scheduler.db.models import GpuAllocation, Job, Node
-from scheduler.db.session import make_engine
-from scheduler.loop import LOCK_KEY, CycleResult, _apply, cycle
-from scheduler.policy import Decisions, Start, schedule
-from scheduler.server import build_context
-from scheduler.snapshot import build_snapshot
-from scheduler.states import JobState, transition
+from gpuq.scheduler.clock import ManualClock
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.context import Context
+from gpuq.scheduler.db.models import GpuAllocation, Job, Node
+from gpuq.scheduler.db.session import make_engine
+from gpuq.scheduler.loop import LOCK_KEY, CycleResult, _apply, cycle
+from gpuq.scheduler.policy import Decisions, Start, schedule
+from gpuq.scheduler.server import build_context
+from gpuq.scheduler.snapshot import build_snapshot
+from gpuq.scheduler.states import JobState, transition
 from tests.scheduler.rows import T0, add_job, add_node, allocations, events
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from scheduler import loop as loop_module
-from scheduler.config import Settings
-from scheduler.loop import CycleResult, SchedulerLoop
+from gpuq.scheduler import loop as loop_module
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.loop import CycleResult, SchedulerLoop
 
 CYCLE_S = 0.1
 

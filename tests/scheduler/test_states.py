@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from scheduler.db.models import GpuAllocation, Job, JobEvent, Node
-from scheduler.states import (
+from gpuq.scheduler.db.models import GpuAllocation, Job, JobEvent, Node
+from gpuq.scheduler.states import (
     ACTIVE,
     TERMINAL,
     InvalidTransition,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from scheduler.wakeups import CHANNEL, WakeListener, WakeSender, conninfo
+from gpuq.scheduler.wakeups import CHANNEL, WakeListener, WakeSender, conninfo
 from tests.e2e.conftest import wait_for
 
 pytestmark = pytest.mark.postgres

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from scheduler.sim.engine import JobRecord
-from scheduler.sim.trace import TraceJob, shipped_traces
+from gpuq.scheduler.sim.engine import JobRecord
+from gpuq.scheduler.sim.trace import TraceJob, shipped_traces
 
 HEADER = "submit_time,user,account,gpus,duration,time_limit"
 SHIPPED_TRACE = shipped_traces()["lanl-cm5-1994"]

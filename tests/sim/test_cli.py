@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from cli.sim import sim
+from gpuq.cli.sim import sim
 from tests.sim.builders import write_trace
 
 TRACE = [  # the hand-checked FIFO case of test_engine, with time limits

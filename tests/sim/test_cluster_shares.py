@@ -4,15 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.sim.cluster import (
+from gpuq.scheduler.sim.cluster import (
     DEFAULT_MODEL,
     NodeGroup,
     build_nodes,
     load_cluster_file,
     parse_nodes,
 )
-from scheduler.sim.errors import SimInputError
-from scheduler.sim.shares import ROOT, Account, Assoc, Tree, complete, load_shares
+from gpuq.scheduler.sim.errors import SimInputError
+from gpuq.scheduler.sim.shares import ROOT, Account, Assoc, Tree, complete, load_shares
 
 
 def test_nodes_option() -> None:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from scheduler.policy import schedule
-from scheduler.policy.decisions import Decisions, Start
-from scheduler.policy.snapshot import Snapshot
-from scheduler.sim import (
+from gpuq.scheduler.policy import schedule
+from gpuq.scheduler.policy.decisions import Decisions, Start
+from gpuq.scheduler.policy.snapshot import Snapshot
+from gpuq.scheduler.sim import (
     SimInputError,
     SimResult,
     Simulation,
@@ -23,7 +23,7 @@ from scheduler.sim import (
     parse_nodes,
     replay,
 )
-from scheduler.sim.engine import JobRecord
+from gpuq.scheduler.sim.engine import JobRecord
 
 POLICIES = ("fifo", "fairshare", "fairshare+backfill")
 

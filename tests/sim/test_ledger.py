@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from scheduler.policy.usage import decay_factor
-from scheduler.sim.ledger import UsageLedger
+from gpuq.scheduler.policy.usage import decay_factor
+from gpuq.scheduler.sim.ledger import UsageLedger
 
 HL = 7 * 86_400.0
 KEY = ("alice", "lab")

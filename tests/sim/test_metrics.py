@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.sim import build_nodes, parse_nodes
-from scheduler.sim.engine import SimResult
-from scheduler.sim.metrics import summarize
-from scheduler.sim.series import bin_average, busy_gpus, percentile, queue_length
-from scheduler.sim.windows import fairness, water_fill, window_shares
+from gpuq.scheduler.sim import build_nodes, parse_nodes
+from gpuq.scheduler.sim.engine import SimResult
+from gpuq.scheduler.sim.metrics import summarize
+from gpuq.scheduler.sim.series import bin_average, busy_gpus, percentile, queue_length
+from gpuq.scheduler.sim.windows import fairness, water_fill, window_shares
 from tests.sim.builders import make_record
 
 TOP_OF = {"a": ("a", 1), "b": ("b", 1)}

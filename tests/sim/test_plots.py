@@ -3,7 +3,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from scheduler.sim import build_nodes, complete, parse_nodes, replay, write_outputs
+from gpuq.scheduler.sim import build_nodes, complete, parse_nodes, replay, write_outputs
 from tests.sim.test_engine import random_jobs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.sim import TraceJob, build_nodes, load_trace, parse_nodes, replay
+from gpuq.scheduler.sim import TraceJob, build_nodes, load_trace, parse_nodes, replay
 from tests.sim.builders import SHIPPED_TRACE
 
 #: The first jobs of the trace: 6 days of submits on the suggested 2 x 8 GPUs, a busy stretch
@@ -31,7 +31,7 @@ def test_fairshare_backfill_beats_fifo_on_the_shipped_trace(jobs: list[TraceJob]
 def test_backfill_never_delays_the_reserved_job_over_a_replay(jobs: list[TraceJob]) -> None:
     """Issue 4's property, checked in the simulator: at every policy call of a real replay,
     the jobs started beside a reservation leave the reserved job's start where it was."""
-    from scheduler.policy import Decisions, Snapshot
+    from gpuq.scheduler.policy import Decisions, Snapshot
     from tests.policy.test_fairshare_invariants import (
         backfill_never_delays_the_reservation,
         no_gpu_is_given_twice,

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.sim.errors import SimInputError
-from scheduler.sim.trace import load_trace, shipped_traces
+from gpuq.scheduler.sim.errors import SimInputError
+from gpuq.scheduler.sim.trace import load_trace, shipped_traces
 from tests.sim.builders import write_trace
 
 

@@ -6,7 +6,7 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler.api.schemas import (
+from gpuq.scheduler.api.schemas import (
     Heartbeat,
     JobRef,
     JobSample,
@@ -14,7 +14,7 @@ from scheduler.api.schemas import (
     NodeRegister,
     WorkerJob,
 )
-from worker.client import ApiError, LogAck, NodeClient, ServerUnavailable
+from gpuq.worker.client import ApiError, LogAck, NodeClient, ServerUnavailable
 
 TOKEN = "node-secret-token-123"  # the fake server's (conftest.TOKEN)
 FakeServer = Any

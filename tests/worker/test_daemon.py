@@ -16,16 +16,16 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler.config import Settings
-from scheduler.dispatch import make_celery, send_launch
-from worker import jobdir as jd
-from worker.client import NodeClient
-from worker.daemon import Daemon
-from worker.gpus import open_backend
-from worker.gpus.sim import FAULTS_FILE, SimulatedBackend, write_faults
-from worker.host import NoNodeToken, read_node_token, registration
-from worker.jobenv import daemon_identity
-from worker.procs import proc_command
+from gpuq.scheduler.config import Settings
+from gpuq.scheduler.dispatch import make_celery, send_launch
+from gpuq.worker import jobdir as jd
+from gpuq.worker.client import NodeClient
+from gpuq.worker.daemon import Daemon
+from gpuq.worker.gpus import open_backend
+from gpuq.worker.gpus.sim import FAULTS_FILE, SimulatedBackend, write_faults
+from gpuq.worker.host import NoNodeToken, read_node_token, registration
+from gpuq.worker.jobenv import daemon_identity
+from gpuq.worker.procs import proc_command
 
 
 def settings(tmp_path: Path, **kw: Any) -> Settings:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.gpus.models import marketed_gb, normalise_model
+from gpuq.worker.gpus.models import marketed_gb, normalise_model
 
 
 @pytest.mark.parametrize("raw, memory_mib, expected", [

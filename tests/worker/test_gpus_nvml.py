@@ -15,10 +15,10 @@ from typing import Any
 import pynvml
 import pytest
 
-from scheduler.config import Settings
-from worker.gpus import GpuBackendUnavailable, GpuProcess, open_backend
-from worker.gpus.nvml import CRITICAL_XIDS, MIB, NvmlBackend
-from worker.procs import JobProcesses, foreign_processes
+from gpuq.scheduler.config import Settings
+from gpuq.worker.gpus import GpuBackendUnavailable, GpuProcess, open_backend
+from gpuq.worker.gpus.nvml import CRITICAL_XIDS, MIB, NvmlBackend
+from gpuq.worker.procs import JobProcesses, foreign_processes
 
 
 class StandIn:
@@ -257,7 +257,7 @@ def test_processes_on_a_gpu() -> None:
 
 
 def test_a_failing_reading_warns_once(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="worker.gpus.nvml")
+    caplog.set_level(logging.DEBUG, logger="gpuq.worker.gpus.nvml")
     nv = StandIn(["Tesla T4"])
     nv.fail[("power", 0)] = pynvml.NVMLError_NoPermission
     b = NvmlBackend(nv)

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from scheduler.config import Settings
-from worker.gpus import GpuProcess, open_backend
-from worker.gpus.sim import (
+from gpuq.scheduler.config import Settings
+from gpuq.worker.gpus import GpuProcess, open_backend
+from gpuq.worker.gpus.sim import (
     BUSY_POWER_W,
     FAULTS_FILE,
     IDLE_POWER_W,
@@ -208,7 +208,7 @@ def test_a_bad_faults_file_is_reported_once_and_ignored(
     b.samples()
     [s] = b.samples()
     assert (s.healthy, s.health_reason, s.processes) == (False, "kept", ())
-    [record] = [r for r in caplog.records if r.name == "worker.gpus.sim"]
+    [record] = [r for r in caplog.records if r.name == "gpuq.worker.gpus.sim"]
     assert problem in record.getMessage()
 
 

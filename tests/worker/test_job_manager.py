@@ -20,15 +20,15 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler.api.schemas import LaunchSpec
-from worker import jobdir as jd
-from worker.client import NodeClient, ServerUnavailable
-from worker.gpus.base import GpuSample
-from worker.gpus.sim import IDLE_POWER_W, SimulatedBackend
-from worker.jobdir import RunKey
-from worker.jobenv import daemon_identity, identity_for, identity_policy
-from worker.jobs import JobManager
-from worker.procs import JobProcesses
+from gpuq.scheduler.api.schemas import LaunchSpec
+from gpuq.worker import jobdir as jd
+from gpuq.worker.client import NodeClient, ServerUnavailable
+from gpuq.worker.gpus.base import GpuSample
+from gpuq.worker.gpus.sim import IDLE_POWER_W, SimulatedBackend
+from gpuq.worker.jobdir import RunKey
+from gpuq.worker.jobenv import daemon_identity, identity_for, identity_policy
+from gpuq.worker.jobs import JobManager
+from gpuq.worker.procs import JobProcesses
 
 FakeServer = Any
 
@@ -196,10 +196,10 @@ def test_unassigned_job_is_retired_without_a_report(
 SPAWN_AND_DIE = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    from scheduler.api.schemas import LaunchSpec
-    from worker.client import NodeClient
-    from worker.jobenv import daemon_identity
-    from worker.jobs import JobManager
+    from gpuq.scheduler.api.schemas import LaunchSpec
+    from gpuq.worker.client import NodeClient
+    from gpuq.worker.jobenv import daemon_identity
+    from gpuq.worker.jobs import JobManager
     m = JobManager(state_dir=Path(sys.argv[1]), node="n1", kill_grace_s=1,
                    api=NodeClient("http://127.0.0.1:9", "n1", "t"),
                    identity=lambda user: daemon_identity())
@@ -345,7 +345,7 @@ def test_a_run_of_the_first_layout_is_readopted_as_attempt_1(
     jd.write_json_atomic(d / jd.SPEC, {"job_id": 4, "launch": launch_v1,
                                        "env": {"PATH": "/usr/bin:/bin"}, "kill_grace_s": 0.5,
                                        "run_as": None, "refused": None})
-    supervisor = subprocess.Popen([sys.executable, "-m", "worker.supervisor", str(d)],
+    supervisor = subprocess.Popen([sys.executable, "-m", "gpuq.worker.supervisor", str(d)],
                                   start_new_session=True, stdin=subprocess.DEVNULL)
     wait_for(lambda: jd.read_json(d / jd.STATE), what="the v1 supervisor")
     assert list(manager.runs()) == [(4, 1)]

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from worker import jobdir as jd
-from worker.jobdir import RunKey
+from gpuq.worker import jobdir as jd
+from gpuq.worker.jobdir import RunKey
 
 
 @pytest.mark.parametrize("name, key", [

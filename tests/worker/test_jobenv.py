@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from scheduler.api.schemas import LaunchSpec
-from worker.jobenv import (
+from gpuq.scheduler.api.schemas import LaunchSpec
+from gpuq.worker.jobenv import (
     DEFAULT_PATH,
     Identity,
     LaunchRefused,

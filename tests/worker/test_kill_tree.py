@@ -19,17 +19,17 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler.config import Settings
-from worker import cgroups
-from worker import jobdir as jd
-from worker.cgroups import CgroupUnavailable, JobCgroup
-from worker.client import NodeClient
-from worker.daemon import Daemon
-from worker.gpus import open_backend
-from worker.jobenv import daemon_identity
-from worker.jobs import JobManager
-from worker.procs import proc_stat
-from worker.supervisor import Supervisor
+from gpuq.scheduler.config import Settings
+from gpuq.worker import cgroups
+from gpuq.worker import jobdir as jd
+from gpuq.worker.cgroups import CgroupUnavailable, JobCgroup
+from gpuq.worker.client import NodeClient
+from gpuq.worker.daemon import Daemon
+from gpuq.worker.gpus import open_backend
+from gpuq.worker.jobenv import daemon_identity
+from gpuq.worker.jobs import JobManager
+from gpuq.worker.procs import proc_stat
+from gpuq.worker.supervisor import Supervisor
 
 from .test_job_manager import launch, poll_until_done
 from .test_supervisor import gone, make_jobdir, running, start
@@ -193,14 +193,14 @@ def test_job_cgroup_holds_the_jobs_processes_while_it_runs(
 
 #: The supervisor as ``python -m worker.supervisor`` runs it, with ``clone3`` unavailable
 #: (as under a seccomp profile that hides it): the job joins its cgroup before exec.
-WITHOUT_CLONE3 = ("import sys, worker.spawn; worker.spawn.SYS_CLONE3.clear(); "
-                  "from worker.supervisor import main; sys.exit(main(sys.argv[1:]))")
+WITHOUT_CLONE3 = ("import sys, gpuq.worker.spawn; gpuq.worker.spawn.SYS_CLONE3.clear(); "
+                  "from gpuq.worker.supervisor import main; sys.exit(main(sys.argv[1:]))")
 NOBODY = {"name": "nobody", "uid": 65534, "gid": 65534, "groups": []}
 
 
 def supervise(d: Path, how: str) -> subprocess.CompletedProcess[str]:
     """Run the supervisor of ``d`` to its end, with ``clone3`` or without (``join``)."""
-    argv = ["-m", "worker.supervisor"] if how == "clone3" else ["-c", WITHOUT_CLONE3]
+    argv = ["-m", "gpuq.worker.supervisor"] if how == "clone3" else ["-c", WITHOUT_CLONE3]
     p = subprocess.run([sys.executable, *argv, str(d)], stdin=subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=4)
     assert p.returncode == 0, p.stderr
@@ -247,7 +247,7 @@ def test_a_cgroup_that_exists_already_is_not_shared(tmp_path: Path,
     root, node = cgroup_node
     (Path(root) / "gpuq" / node / "job-7.1").mkdir()  # someone else's
     d = make_jobdir(tmp_path, command=["true"], extra={"cgroup_root": root, "node": node})
-    p = subprocess.run([sys.executable, "-m", "worker.supervisor", str(d)],
+    p = subprocess.run([sys.executable, "-m", "gpuq.worker.supervisor", str(d)],
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=4)
     assert p.returncode == 0
     s = jd.read_json(d / jd.STATE)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from worker.gpus.base import GpuProcess
-from worker.procs import (
+from gpuq.worker.gpus.base import GpuProcess
+from gpuq.worker.procs import (
     JobProcesses,
     belongs_to_jobs,
     foreign_processes,

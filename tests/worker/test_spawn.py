@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from worker import cgroups
-from worker.cgroups import CgroupUnavailable
+from gpuq.worker import cgroups
+from gpuq.worker.cgroups import CgroupUnavailable
 
 ENV = {"PATH": "/usr/bin:/bin", "FOO": "bar baz"}
 
@@ -42,7 +42,7 @@ def cgroup_dir() -> Iterator[Path]:
 #: the child for ever (seen once: the report pipe never closed).
 DRIVER = """
 import json, os, sys, threading
-from worker.spawn import CloneUnavailable, spawn_into_cgroup
+from gpuq.worker.spawn import CloneUnavailable, spawn_into_cgroup
 a = json.loads(sys.argv[1])
 if a.get("thread"):
     threading.Thread(target=threading.Event().wait, daemon=True).start()

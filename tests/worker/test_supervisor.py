@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from worker import jobdir as jd
-from worker.supervisor import exit_code_of
+from gpuq.worker import jobdir as jd
+from gpuq.worker.supervisor import exit_code_of
 
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "0,1",
        "GPUQ_JOB_ID": "7"}
@@ -42,7 +42,7 @@ def make_jobdir(tmp_path: Path, *, command: list[str] | None = None, script: str
 
 
 def start(d: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "worker.supervisor", str(d)],
+    return subprocess.Popen([sys.executable, "-m", "gpuq.worker.supervisor", str(d)],
                             start_new_session=True, stdin=subprocess.DEVNULL, env=env)
 
 

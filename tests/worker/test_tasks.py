@@ -10,12 +10,12 @@ import httpx
 import pytest
 from celery import Celery
 
-from worker import jobdir as jd
-from worker.client import NodeClient
-from worker.jobdir import RunKey
-from worker.jobenv import daemon_identity
-from worker.jobs import JobManager
-from worker.tasks import Handlers, register_tasks
+from gpuq.worker import jobdir as jd
+from gpuq.worker.client import NodeClient
+from gpuq.worker.jobdir import RunKey
+from gpuq.worker.jobenv import daemon_identity
+from gpuq.worker.jobs import JobManager
+from gpuq.worker.tasks import Handlers, register_tasks
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.api.schemas import JobSample
-from worker.gpus.base import GpuSample
-from worker.usage import advance, last_sample, start_record
+from gpuq.scheduler.api.schemas import JobSample
+from gpuq.worker.gpus.base import GpuSample
+from gpuq.worker.usage import advance, last_sample, start_record
 
 
 def sample(index: int, *, util: float | None = 50.0, mem: float | None = 1000.0,
@@ -51,8 +51,8 @@ def test_unknown_readings_and_a_missing_record() -> None:
 def test_a_known_sim_trace_gives_the_exact_energy_both_ways(tmp_path) -> None:  # noqa: ANN001
     """GPU 0 reports NVML's energy counter, GPU 1 has none (its power is integrated): a
     known trace gives the same joules either way, and per-GPU utilisation."""
-    from worker.gpus.sim import FAULTS_FILE, SimulatedBackend, write_faults
-    from worker.usage import start_record
+    from gpuq.worker.gpus.sim import FAULTS_FILE, SimulatedBackend, write_faults
+    from gpuq.worker.usage import start_record
 
     now = [1000.0]
     faults = tmp_path / FAULTS_FILE

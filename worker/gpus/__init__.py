@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from scheduler.config import Settings
-from worker.gpus.base import GpuBackend, GpuBackendUnavailable, GpuInfo, GpuProcess, GpuSample
-from worker.gpus.models import normalise_model
+from gpuq.scheduler.config import Settings
+from gpuq.worker.gpus.base import GpuBackend, GpuBackendUnavailable, GpuInfo, GpuProcess, GpuSample
+from gpuq.worker.gpus.models import normalise_model
 
 __all__ = ["GpuBackend", "GpuBackendUnavailable", "GpuInfo", "GpuProcess", "GpuSample",
            "normalise_model", "open_backend"]
@@ -20,10 +20,10 @@ def open_backend(settings: Settings) -> GpuBackend:
     start, and ``ValueError`` for a bad simulation spec.
     """
     if settings.simulate_gpus:
-        from worker.gpus.sim import FAULTS_FILE, SimulatedBackend
+        from gpuq.worker.gpus.sim import FAULTS_FILE, SimulatedBackend
 
         return SimulatedBackend(settings.simulate_gpus, node=settings.node_name,
                                 faults_file=settings.effective_worker_state_dir / FAULTS_FILE)
-    from worker.gpus.nvml import NvmlBackend
+    from gpuq.worker.gpus.nvml import NvmlBackend
 
     return NvmlBackend()

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
 
-from worker.gpus.base import GpuBackendUnavailable, GpuInfo, GpuProcess, GpuSample
-from worker.gpus.models import normalise_model
+from gpuq.worker.gpus.base import GpuBackendUnavailable, GpuInfo, GpuProcess, GpuSample
+from gpuq.worker.gpus.models import normalise_model
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

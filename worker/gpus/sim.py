@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.gpus.base import GpuInfo, GpuProcess, GpuSample
+from gpuq.worker.gpus.base import GpuInfo, GpuProcess, GpuSample
 
 log = logging.getLogger(__name__)
 _PART = re.compile(r"^(?P<count>\d+)[xX](?P<model>[A-Za-z0-9][A-Za-z0-9.]*(?:-[A-Za-z0-9.]+)*"

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
-from scheduler.api.deps import Admin, AdminActor, Ctx
-from scheduler.api.schemas import (
+from gpuq.scheduler.api.deps import Admin, AdminActor, Ctx
+from gpuq.scheduler.api.schemas import (
     AccountCreate,
     AccountRead,
     AccountUpdate,
@@ -27,9 +27,9 @@ from scheduler.api.schemas import (
     UserRead,
     UserUpdate,
 )
-from scheduler.services import admin as svc
-from scheduler.services import nodes
-from scheduler.services.audit import record
+from gpuq.scheduler.services import admin as svc
+from gpuq.scheduler.services import nodes
+from gpuq.scheduler.services.audit import record
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 

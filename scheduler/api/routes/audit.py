@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from scheduler.api.deps import Admin, Ctx
-from scheduler.api.schemas import AuditRead
-from scheduler.errors import Invalid
-from scheduler.services import audit as svc
+from gpuq.scheduler.api.deps import Admin, Ctx
+from gpuq.scheduler.api.schemas import AuditRead
+from gpuq.scheduler.errors import Invalid
+from gpuq.scheduler.services import audit as svc
 
 router = APIRouter(prefix="/v1/admin/audit", tags=["audit"])
 

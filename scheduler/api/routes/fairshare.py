@@ -6,10 +6,10 @@ import math
 
 from fastapi import APIRouter
 
-from scheduler.api.deps import Ctx, UserOrAdmin
-from scheduler.api.schemas import FairShareRow
-from scheduler.policy import classic_fairshare, fair_tree
-from scheduler.snapshot import tree_views
+from gpuq.scheduler.api.deps import Ctx, UserOrAdmin
+from gpuq.scheduler.api.schemas import FairShareRow
+from gpuq.scheduler.policy import classic_fairshare, fair_tree
+from gpuq.scheduler.snapshot import tree_views
 
 router = APIRouter(tags=["fair share"])
 

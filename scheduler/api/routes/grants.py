@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query
 
-from scheduler.api.deps import Admin, AdminActor, Ctx
-from scheduler.api.routes.admin import ex
-from scheduler.api.schemas import (
+from gpuq.scheduler.api.deps import Admin, AdminActor, Ctx
+from gpuq.scheduler.api.routes.admin import ex
+from gpuq.scheduler.api.schemas import (
     GrantCreate,
     GrantKind,
     GrantRead,
@@ -16,7 +16,7 @@ from scheduler.api.schemas import (
     GrantState,
     GrantUpdate,
 )
-from scheduler.services import grants as svc
+from gpuq.scheduler.services import grants as svc
 
 router = APIRouter(prefix="/v1/admin/grants", tags=["grants"])
 

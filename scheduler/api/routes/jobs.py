@@ -10,12 +10,12 @@ from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 from pydantic_core import to_json
 
-from scheduler.api.array_schemas import JobArrayCreate, JobArrayRead
-from scheduler.api.deps import Ctx, UserOrAdmin
-from scheduler.api.schemas import JobBrief, JobCreate, JobRead, WhyRead
-from scheduler.services import arrays
-from scheduler.services import jobs as svc
-from scheduler.states import ACTIVE, JobState
+from gpuq.scheduler.api.array_schemas import JobArrayCreate, JobArrayRead
+from gpuq.scheduler.api.deps import Ctx, UserOrAdmin
+from gpuq.scheduler.api.schemas import JobBrief, JobCreate, JobRead, WhyRead
+from gpuq.scheduler.services import arrays
+from gpuq.scheduler.services import jobs as svc
+from gpuq.scheduler.states import ACTIVE, JobState
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

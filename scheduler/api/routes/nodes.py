@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
-from scheduler.api.deps import Ctx, NodeCaller, UserOrAdmin, node_principal
-from scheduler.api.schemas import (
+from gpuq.scheduler.api.deps import Ctx, NodeCaller, UserOrAdmin, node_principal
+from gpuq.scheduler.api.schemas import (
     Heartbeat,
     HeartbeatReply,
     JobStateReport,
@@ -22,12 +22,12 @@ from scheduler.api.schemas import (
     NodeRegister,
     RegisterReply,
 )
-from scheduler.auth import Principal
-from scheduler.context import Context
-from scheduler.dispatch import queue_name
-from scheduler.logstore import OffsetMismatch
-from scheduler.services import nodes as svc
-from scheduler.states import TERMINAL, JobState
+from gpuq.scheduler.auth import Principal
+from gpuq.scheduler.context import Context
+from gpuq.scheduler.dispatch import queue_name
+from gpuq.scheduler.logstore import OffsetMismatch
+from gpuq.scheduler.services import nodes as svc
+from gpuq.scheduler.states import TERMINAL, JobState
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
 

@@ -8,10 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from scheduler.api.deps import Ctx, UserOrAdmin
-from scheduler.api.usage_schemas import UsageReport
-from scheduler.errors import Invalid
-from scheduler.services import usage_report as svc
+from gpuq.scheduler.api.deps import Ctx, UserOrAdmin
+from gpuq.scheduler.api.usage_schemas import UsageReport
+from gpuq.scheduler.errors import Invalid
+from gpuq.scheduler.services import usage_report as svc
 
 router = APIRouter(tags=["usage"])
 

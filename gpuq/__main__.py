@@ -1,0 +1,5 @@
+"""``python -m gpuq`` runs the ``gpuq`` command."""
+
+from gpuq.cli.main import main
+
+main()
