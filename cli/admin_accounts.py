@@ -8,9 +8,10 @@ from typing import Any
 import click
 from rich.table import Table
 
-from gpuq.cli.adminapi import QOS_NAMES, SHARES, call, drop_none
+from gpuq.cli.adminapi import SHARES, call, drop_none
 from gpuq.cli.context import Env, echo_json, pass_env
 from gpuq.cli.render import echo_table, local_time, plain_table
+from gpuq.wire.common import QOS_NAMES
 
 #: ``--default-qos inherit``: take the parent's (sends ``default_qos: null``).
 INHERIT = "inherit"

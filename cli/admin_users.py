@@ -7,9 +7,10 @@ from typing import Any
 
 import click
 
-from gpuq.cli.adminapi import QOS_NAMES, SHARES, call, drop_none
+from gpuq.cli.adminapi import SHARES, call, drop_none
 from gpuq.cli.context import Env, echo_json, pass_env
 from gpuq.cli.render import echo_table, plain_table
+from gpuq.wire.common import QOS_NAMES
 
 NONE = "none"
 

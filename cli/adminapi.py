@@ -9,8 +9,6 @@ import click
 from gpuq.cli.context import Env
 
 ADMIN = "/v1/admin"
-#: The job QOS names (``scheduler.api.schemas.QOS_NAMES``).
-QOS_NAMES = ("normal", "preemptible", "high")
 
 
 def drop_none(**kw: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import click
 from gpuq.cli.accounting_render import idle_text, kwh_text, pct_text
 from gpuq.cli.context import Env, echo_json, pass_env
 from gpuq.cli.units import format_duration, format_mib
+from gpuq.wire.states import ACTIVE
 
 Job = Mapping[str, Any]
 #: A GPU whose mean utilisation is at most this is called unused, percent.
@@ -74,7 +75,7 @@ def eff_report(job: Job) -> str:
     lines = [f"Job {job['id']} ({job.get('name') or ''})  {job.get('user')} / "
              f"{job.get('account')}  {job['state']}"
              + ("" if acct.get("final") else "  (still running: figures so far)"
-                if job["state"] in ("RUNNING", "DISPATCHED") else "")]
+                if job["state"] in ACTIVE else "")]
     if not acct:
         lines.append("No accounting yet: the job has not run.")
         return "\n".join(lines)

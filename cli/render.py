@@ -19,14 +19,13 @@ from rich.table import Table
 
 from gpuq.cli.accounting_render import accounting_rows
 from gpuq.cli.units import format_duration, format_energy, format_mib
+from gpuq.wire.states import ACTIVE, TERMINAL, JobState
 
-ACTIVE_STATES = ("DISPATCHED", "RUNNING")
-PENDING_STATES = ("PENDING",)
-TERMINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED")
+ACTIVE_STATES = tuple(s.value for s in JobState if s in ACTIVE)
+PENDING_STATES = (JobState.PENDING.value,)
+TERMINAL_STATES = tuple(s.value for s in JobState if s in TERMINAL)
+#: The states a job can be listed in (REQUEUED shows only in a job's events).
 ALL_STATES = (*PENDING_STATES, *ACTIVE_STATES, *TERMINAL_STATES)
-#: Ends after which a job that allows it is requeued (NODE_FAIL | PREEMPTED -> REQUEUED ->
-#: PENDING); REQUEUED shows only in a job's events.
-REQUEUEABLE_STATES = ("NODE_FAIL", "PREEMPTED")
 JOB_COLUMNS = ("JOBID", "NAME", "USER", "ACCOUNT", "STATE", "TIME", "GPUS", "NODE(GPUS)/REASON")
 #: After the node of a job borrowing reserved GPUs in ``gpuq q``; ``BORROW_NOTE`` says why.
 BORROW_MARK = "*"

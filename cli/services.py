@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ DEFAULT_SIMULATED = "4xA100-80GB"
 
 
 def _settings(**overrides: Any) -> Any:
-    from gpuq.scheduler.config import Settings
+    from gpuq.config import Settings
 
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -58,8 +59,8 @@ def server(log_level: str, **opts: Any) -> None:
     from GPUQ_* variables and the file named by GPUQ_CONFIG.
     """
     _logging(log_level)
-    from gpuq.scheduler.prefork import SetupError
-    from gpuq.scheduler.server import run
+    from gpuq.scheduler.entry.prefork import SetupError
+    from gpuq.scheduler.entry.server import run
 
     try:
         code = run(_settings(**opts))
@@ -193,8 +194,7 @@ def up(simulate_gpus: str | None, port: int, host: str, data_dir: Path | None,
     directory. Writes the CLI configuration for you, so `gpuq submit` works at once from
     another terminal. Stop with Ctrl-C.
     """
-    from gpuq.scheduler.clock import system_clock
-    from gpuq.scheduler.local import provision
+    from gpuq.scheduler.entry.local import provision
 
     if os.geteuid() == 0 and not allow_root_jobs:
         click.echo("gpuq up: running as root: jobs would run as root, so they will be "
@@ -211,7 +211,7 @@ def up(simulate_gpus: str | None, port: int, host: str, data_dir: Path | None,
             parse_spec(simulate_gpus)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--simulate-gpus") from None
-    creds = provision(settings, unix_user=getpass.getuser(), now=system_clock())
+    creds = provision(settings, unix_user=getpass.getuser(), now=datetime.now(UTC))
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     written = write_client_config(config_file or client_config_path(), url, creds.user_token,
                                   creds.admin_token)
@@ -230,7 +230,7 @@ def up(simulate_gpus: str | None, port: int, host: str, data_dir: Path | None,
         "GPUQ_WORKER_RUN_AS": "daemon",
         "GPUQ_WORKER_ALLOW_ROOT_JOBS": "1" if allow_root_jobs else "0",
     })
-    py = [sys.executable, "-m", "cli"]
+    py = [sys.executable, "-m", "gpuq"]
     srv = Child("server", [*py, "server"], env)
     wrk = Child("worker", [*py, "worker"], env)
     stopping = False

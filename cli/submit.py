@@ -16,13 +16,12 @@ from gpuq.cli.context import Env, echo_json, pass_env
 from gpuq.cli.export import build_environment
 from gpuq.cli.script import directive_lines, script_with_args
 from gpuq.cli.units import MemoryType, TimeType
+from gpuq.wire.common import QOS_NAMES
 
 _COMMAND_FORM = "gpuq.submit.command_form"
 #: Options that go into the request body as they are (None: not given, server default).
 _SPEC_KEYS = ("name", "gpus", "gpu_model", "cpus", "memory_mib", "time_limit_s", "account",
               "requeue", "nice", "qos")
-#: ``JobCreate.qos`` (``scheduler.api.schemas.QOS_NAMES``).
-QOS_NAMES = ("normal", "preemptible", "high")
 
 
 class SubmitCommand(click.Command):

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from gpuq.scheduler.api.schemas import (
+from gpuq.wire.nodes import (
     Heartbeat,
     HeartbeatReply,
     JobStateReport,

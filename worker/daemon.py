@@ -20,10 +20,10 @@ from types import FrameType
 from celery import Celery
 from celery.worker import state as celery_state
 
-from gpuq.scheduler.api.schemas import GpuSample as WireGpuSample
-from gpuq.scheduler.api.schemas import Heartbeat, JobRef, RegisterReply
-from gpuq.scheduler.config import Settings
-from gpuq.scheduler.dispatch import make_celery
+from gpuq.broker import make_celery
+from gpuq.config import Settings
+from gpuq.wire.nodes import GpuSample as WireGpuSample
+from gpuq.wire.nodes import Heartbeat, JobRef, RegisterReply
 from gpuq.worker.client import ApiError, NodeClient, ServerUnavailable
 from gpuq.worker.gpus import GpuBackend, GpuSample, open_backend
 from gpuq.worker.host import read_node_token, registration

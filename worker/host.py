@@ -8,9 +8,9 @@ import stat
 from importlib import metadata
 from pathlib import Path
 
-from gpuq.scheduler.api.schemas import GpuInfo as WireGpuInfo
-from gpuq.scheduler.api.schemas import NodeRegister
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
+from gpuq.wire.nodes import GpuInfo as WireGpuInfo
+from gpuq.wire.nodes import NodeRegister
 from gpuq.worker.gpus import GpuBackend
 
 log = logging.getLogger(__name__)

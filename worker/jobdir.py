@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from gpuq.wire.states import RUN_ENDS, JobState
+
 SPEC = "spec.json"
 SCRIPT = "script"
 STATE = "state.json"
@@ -46,8 +48,9 @@ REPORTED = "reported"
 USAGE = "usage.json"
 STALE = "stale"
 
-RUNNING = "RUNNING"
-FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+#: The state file of a run that has started, and of one that has ended on the node.
+RUNNING = JobState.RUNNING.value
+FINAL = frozenset(s.value for s in RUN_ENDS)
 
 
 class RunKey(NamedTuple):

@@ -8,7 +8,7 @@ import pwd
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gpuq.scheduler.api.schemas import LaunchSpec
+from gpuq.wire.nodes import LaunchSpec
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 #: Never handed to a job, whatever the spec says.

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import gpuq
-from gpuq.scheduler.api.schemas import JobSample, LaunchSpec, WorkerJob
+from gpuq.wire.nodes import JobSample, LaunchSpec, WorkerJob
 from gpuq.worker import jobdir as jd
 from gpuq.worker import usage
 from gpuq.worker.cgroups import CgroupUnavailable, JobCgroup, looks_like_job_cgroup, prepare_node

@@ -15,7 +15,7 @@ import pwd
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from gpuq.scheduler.api.schemas import GpuProcess as WireGpuProcess
+from gpuq.wire.nodes import GpuProcess as WireGpuProcess
 from gpuq.worker.gpus.base import GpuProcess
 
 #: The wire's limits on ``GpuProcess.command`` / ``user``.

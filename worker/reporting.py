@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpuq.scheduler.api.schemas import JobStateReport
+from gpuq.wire.nodes import JobStateReport
 from gpuq.worker import jobdir as jd
 from gpuq.worker.client import ApiError, NodeClient
 

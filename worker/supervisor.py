@@ -1,4 +1,4 @@
-"""One supervisor process per job: ``python -m worker.supervisor <jobdir>``.
+"""One supervisor process per job: ``python -m gpuq.worker.supervisor <jobdir>``.
 
 Started detached by the daemon (its own session, stdin from /dev/null), so it outlives a
 daemon restart. It starts the job in its own session (process group) in ``workdir`` with
@@ -561,7 +561,7 @@ def _check_workdir_as(run_as: dict[str, Any], workdir: str) -> None:
 
 
 def _forked_supervisor(jobdir: str) -> int:
-    """In a child of ``serve``: become what ``python -m worker.supervisor JOBDIR`` is (its
+    """In a child of ``serve``: become what ``python -m gpuq.worker.supervisor JOBDIR`` is (its
     own session, stdin from /dev/null, stdout and stderr to ``supervisor.log``, no other
     descriptor of the server's) and run the supervisor."""
     code = 1
@@ -594,7 +594,7 @@ def _forked_supervisor(jobdir: str) -> int:
 
 
 def serve() -> int:
-    """``python -m worker.supervisor --serve``: a fork server for the daemon, which
+    """``python -m gpuq.worker.supervisor --serve``: a fork server for the daemon, which
     starts one per node once, so that a launch forks this small, single-threaded,
     already-imported process (about a millisecond) instead of starting a new Python
     (tens of milliseconds). Reads one job directory per line on stdin, answers each with
@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["--serve"]:
         return serve()
     if len(args) != 1:
-        print("usage: python -m worker.supervisor JOBDIR | --serve", file=sys.stderr)
+        print("usage: python -m gpuq.worker.supervisor JOBDIR | --serve", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s supervisor[%(process)d] %(message)s")

@@ -12,15 +12,13 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from gpuq.scheduler.dispatch import KILL, LAUNCH
+from gpuq.broker import KILL, LAUNCH
+from gpuq.wire.states import ACTIVE, JobState
 from gpuq.worker.client import NodeClient, ServerUnavailable
 from gpuq.worker.jobdir import RunKey
 from gpuq.worker.jobs import JobManager
 
 log = logging.getLogger(__name__)
-#: The states in which a job may run on its node (the scheduler's ACTIVE): in any other
-#: (a final one, or PENDING again after a requeue) nothing of it should run here.
-ACTIVE = frozenset({"DISPATCHED", "RUNNING"})
 #: How long a launch waits for its job to start before ``on_started`` (a few ms usually).
 STARTED_WAIT_S = 1.0
 
@@ -42,7 +40,7 @@ class Handlers:
         spec = self.api.launch_spec(job_id)
         if spec is None:
             outcome = "ignored: not assigned to this node"
-        elif spec.state != "DISPATCHED":
+        elif spec.state != JobState.DISPATCHED:
             outcome = f"ignored: the job is {spec.state}"
         elif spec.cancel_requested:
             outcome = "ignored: cancel requested"

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gpuq.scheduler.api.schemas import JobGpuSample, JobSample
+from gpuq.wire.nodes import JobGpuSample, JobSample
 from gpuq.worker.gpus.base import GpuSample
 
 

@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gpuq.scheduler import __version__
+from gpuq import __version__
 from gpuq.scheduler.api.callers import CallerCache
 from gpuq.scheduler.api.listing_cache import ListingCache
 from gpuq.scheduler.api.routes import (
@@ -21,9 +21,9 @@ from gpuq.scheduler.api.routes import (
     nodes,
     usage,
 )
-from gpuq.scheduler.context import Context
 from gpuq.scheduler.errors import ServiceError
-from gpuq.scheduler.group_commit import HeartbeatBatcher, SubmitBatcher
+from gpuq.scheduler.runtime.context import Context
+from gpuq.scheduler.runtime.group_commit import HeartbeatBatcher, SubmitBatcher
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def create_app(ctx: Context) -> FastAPI:
     app.state.listings = ListingCache()
     url = ctx.settings.effective_database_url
     if url.startswith("postgresql"):
-        from gpuq.scheduler.wakeups import conninfo
+        from gpuq.scheduler.runtime.wakeups import conninfo
 
         # The listeners start with the server (in each API process, after the fork).
         for cache, wanted in ((app.state.listings, ctx.settings.listing_cache),

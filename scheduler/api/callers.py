@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from gpuq.scheduler.auth import AuthError, Principal, expired_message
-from gpuq.scheduler.wakeups import WakeListener
+from gpuq.scheduler.runtime.wakeups import WakeListener
+from gpuq.scheduler.services.auth import AuthError, Principal, expired_message
 
 #: The most callers kept; beyond it the cache starts again (tokens in use are few).
 MAX_ENTRIES = 10_000

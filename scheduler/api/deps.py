@@ -10,9 +10,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gpuq.scheduler.api.callers import CallerCache
-from gpuq.scheduler.auth import AuthError, Principal, check_token, hash_token
-from gpuq.scheduler.context import Context
+from gpuq.scheduler.runtime.context import Context
 from gpuq.scheduler.services.audit import Actor
+from gpuq.scheduler.services.auth import AuthError, Principal, check_token, hash_token
 
 _bearer = HTTPBearer(auto_error=False, description="a gpuq token: gpuq_...")
 

@@ -26,7 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from gpuq.scheduler.wakeups import WakeListener
+from gpuq.scheduler.runtime.wakeups import WakeListener
 
 CHANNEL = "gpuq_jobs"
 

@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from gpuq.wire.states import JobState, NodeState
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -144,7 +146,7 @@ class Node(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     #: UP or DOWN (see ``scheduler.states.NodeState``); UNKNOWN until it registers.
-    state: Mapped[str] = mapped_column(String(16), default="UNKNOWN")
+    state: Mapped[str] = mapped_column(String(16), default=NodeState.UNKNOWN.value)
     state_reason: Mapped[str] = mapped_column(String(256), default="")
     #: Drained by an admin: running jobs finish, nothing new starts. Kept across DOWN/UP.
     drain: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -235,7 +237,7 @@ class Job(Base):
     preemptions: Mapped[int] = mapped_column(Integer, default=0)
 
     # --- observed and desired state -------------------------------------------------------
-    state: Mapped[str] = mapped_column(String(16), default="PENDING")
+    state: Mapped[str] = mapped_column(String(16), default=JobState.PENDING.value)
     reason: Mapped[str] = mapped_column(String(256), default="")
     #: Desired state: the user asked to cancel; the node has not confirmed yet.
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -250,7 +252,7 @@ class Job(Base):
     gpu_energy_earlier_j: Mapped[float] = mapped_column(Float, default=0.0)
     max_gpu_memory_mib: Mapped[float | None] = mapped_column(Float)
 
-    # --- accounting (scheduler/accounting.py) ---------------------------------------------
+    # --- accounting (scheduler/domain/accounting.py) ---------------------------------------------
     #: GPU-seconds and billed GPU-seconds charged so far (the sum of its usage records).
     gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     billed_seconds: Mapped[float] = mapped_column(Float, default=0.0)

@@ -11,7 +11,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.api.schemas import (
+from gpuq.config import Settings
+from gpuq.scheduler.db.models import Account, ApiToken, Grant, Job, Membership, User
+from gpuq.scheduler.errors import Conflict, Invalid, NotFound
+from gpuq.scheduler.services.audit import Actor, record
+from gpuq.scheduler.services.auth import issue_token
+from gpuq.scheduler.services.nodes import get_or_create_node
+from gpuq.wire.admin import (
     AccountCreate,
     AccountRead,
     AccountUpdate,
@@ -26,13 +32,7 @@ from gpuq.scheduler.api.schemas import (
     UserRead,
     UserUpdate,
 )
-from gpuq.scheduler.auth import issue_token
-from gpuq.scheduler.config import Settings
-from gpuq.scheduler.db.models import Account, ApiToken, Grant, Job, Membership, User
-from gpuq.scheduler.errors import Conflict, Invalid, NotFound
-from gpuq.scheduler.services.audit import Actor, record
-from gpuq.scheduler.services.nodes import get_or_create_node
-from gpuq.scheduler.states import ACTIVE, JobState
+from gpuq.wire.states import ACTIVE, JobState
 
 ROOT = "root"
 #: Jobs that keep an account or a membership in use.
@@ -399,7 +399,7 @@ def revoke_token(session: Session, token_id: int, *, actor: Actor, now: datetime
 def import_usage(session: Session, records: list[UsageImport], *, actor: Actor, now: datetime,
                  settings: Settings) -> UsageImportResult:
     """Import history; all records or none (the request's transaction)."""
-    from gpuq.scheduler.usage import import_usage as add
+    from gpuq.scheduler.domain.usage import import_usage as add
 
     total = 0.0
     for i, rec in enumerate(records):

@@ -25,13 +25,13 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.api.array_schemas import JobArrayCreate, JobArrayRead
-from gpuq.scheduler.auth import Principal
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
 from gpuq.scheduler.db.models import Job, JobEvent
 from gpuq.scheduler.errors import Forbidden
+from gpuq.scheduler.services.auth import Principal
 from gpuq.scheduler.services.jobs import check_submit, job_fields
-from gpuq.scheduler.states import JobState
+from gpuq.wire.arrays import JobArrayCreate, JobArrayRead
+from gpuq.wire.states import JobState
 
 #: The reason of an element's first event.
 EVENT_REASON = "submitted (array)"

@@ -11,8 +11,8 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.api.schemas import AuditRead
 from gpuq.scheduler.db.models import AuditEntry
+from gpuq.wire.admin import AuditRead
 
 #: The actor of the scheduler's own changes (a grant starting or ending).
 SYSTEM_ACTOR = "gpuq"

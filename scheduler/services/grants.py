@@ -1,24 +1,25 @@
 """Grants, the database side: create (with the exact overcommit check), list, change,
-revoke, usage; and what the scheduling loop calls each cycle (``refresh_states``,
-``share_boosts``, ``reservations``, ``next_change``). Never commits."""
+revoke, usage; and the grants' state changes the scheduling loop makes each cycle
+(``refresh_states``). What is in effect now: ``domain/grants_in_effect.py``. Never
+commits."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 
-from sqlalchemy import case, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler import grants as pure
-from gpuq.scheduler.api.schemas import GrantCreate, GrantRead, GrantRevoke, GrantUpdate, GrantUsage
-from gpuq.scheduler.config import Settings
-from gpuq.scheduler.db.models import Account, Gpu, Grant, Job, Node, UsageRecord
+from gpuq.config import Settings
+from gpuq.scheduler.db.models import Gpu, Grant, Job, Node, UsageRecord
+from gpuq.scheduler.domain import grants as pure
+from gpuq.scheduler.domain.grants_in_effect import RESERVATION, SHARE
 from gpuq.scheduler.errors import Conflict, Invalid, NotFound, Overcommitted
 from gpuq.scheduler.services.admin import account_by_name, subtree_ids
 from gpuq.scheduler.services.audit import SYSTEM, Actor, record
+from gpuq.wire.grants import GrantCreate, GrantRead, GrantRevoke, GrantUpdate, GrantUsage
 
-SHARE, RESERVATION = "share", "reservation"
 #: Stored states the loop still moves (the others are final).
 LIVE_STATES = (pure.SCHEDULED, pure.ACTIVE)
 
@@ -302,44 +303,3 @@ def refresh_states(session: Session, now: datetime, settings: Settings | None = 
         if action is not None:
             record(session, actor=SYSTEM, action=action, target=f"grant:{grant.id}", now=now,
                    before=before, after=grant_read(session, grant, now=now, live=False))
-
-
-def _in_effect(now: datetime):  # noqa: ANN202 - a where clause
-    return (Grant.revoked_at.is_(None), Grant.start_at <= now, Grant.end_at > now)
-
-
-def share_boosts(session: Session, now: datetime) -> dict[str, int]:
-    """Raw shares to add to each account now (active share grants, budget not used up)."""
-    rows = session.execute(
-        select(Account.name, func.sum(Grant.shares)).join(Account, Account.id == Grant.account_id)
-        .where(Grant.kind == SHARE, Grant.exhausted_at.is_(None), *_in_effect(now))
-        .group_by(Account.name))
-    return {name: int(total or 0) for name, total in rows}
-
-
-def reservations(session: Session, now: datetime,
-                 ) -> list[tuple[int, str, int, str | None, tuple[str, ...]]]:
-    """Reservation grants in effect now: (id, account, gpus, gpu model, nodes), by id."""
-    rows = session.execute(
-        select(Grant.id, Account.name, Grant.gpus, Grant.gpu_model, Grant.nodes)
-        .join(Account, Account.id == Grant.account_id)
-        .where(Grant.kind == RESERVATION, *_in_effect(now)).order_by(Grant.id))
-    return [(gid, acct, gpus or 0, model, tuple(nodes or ())) for gid, acct, gpus, model, nodes
-            in rows]
-
-
-def next_change(session: Session, now: datetime) -> datetime | None:
-    """The next start or end of any grant not revoked, after ``now`` (None: none)."""
-    # One query: a grant that starts after now also ends after now.
-    start, end = session.execute(
-        select(func.min(case((Grant.start_at > now, Grant.start_at))), func.min(Grant.end_at))
-        .where(Grant.revoked_at.is_(None), Grant.end_at > now)).one()
-    times = [_aware(t) for t in (start, end) if t is not None]
-    return min(times) if times else None
-
-
-def _aware(t: datetime) -> datetime:
-    # In case an aggregate bypasses the column type: SQLite keeps naive UTC (or a string).
-    if isinstance(t, str):
-        t = datetime.fromisoformat(t)
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

@@ -15,23 +15,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
-from gpuq.scheduler import accounting
-from gpuq.scheduler.api.schemas import JobAhead, JobCreate, JobEventRead, JobRead, WhyRead
-from gpuq.scheduler.auth import Principal
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
 from gpuq.scheduler.db.models import Account, Gpu, Job, JobEvent, Node, User
+from gpuq.scheduler.domain import accounting
+from gpuq.scheduler.domain.snapshot import node_views
 from gpuq.scheduler.errors import Forbidden, Invalid, NotFound
+from gpuq.scheduler.lifecycle.rules import record_submit, transition
 from gpuq.scheduler.policy.filters import INSTALLED, first_failure
 from gpuq.scheduler.policy.snapshot import JobView
-from gpuq.scheduler.snapshot import node_views
-from gpuq.scheduler.states import (
-    ACTIVE,
-    TERMINAL,
-    JobState,
-    NodeState,
-    record_submit,
-    transition,
-)
+from gpuq.scheduler.services.auth import Principal
+from gpuq.wire.jobs import JobAhead, JobCreate, JobEventRead, JobRead, WhyRead
+from gpuq.wire.states import ACTIVE, TERMINAL, JobState, NodeState
 
 
 def _account_for(session: Session, user: User, name: str | None) -> Account:

@@ -11,8 +11,13 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from gpuq.scheduler import accounting, metrics
-from gpuq.scheduler.api.schemas import (
+from gpuq.config import Settings
+from gpuq.scheduler import measures
+from gpuq.scheduler.db.models import Gpu, GpuAllocation, Job, JobSample, Node
+from gpuq.scheduler.domain import accounting
+from gpuq.scheduler.errors import Conflict, NotFound
+from gpuq.scheduler.lifecycle.rules import InvalidTransition, requeue, transition
+from gpuq.wire.nodes import (
     GpuProcess,
     GpuRead,
     GpuSample,
@@ -24,20 +29,9 @@ from gpuq.scheduler.api.schemas import (
     NodeRead,
     NodeRegister,
 )
-from gpuq.scheduler.api.schemas import JobSample as WireJobSample
-from gpuq.scheduler.api.schemas import WorkerJob as WireJob
-from gpuq.scheduler.config import Settings
-from gpuq.scheduler.db.models import Gpu, GpuAllocation, Job, JobSample, Node
-from gpuq.scheduler.errors import Conflict, NotFound
-from gpuq.scheduler.states import (
-    ACTIVE,
-    TERMINAL,
-    InvalidTransition,
-    JobState,
-    NodeState,
-    requeue,
-    transition,
-)
+from gpuq.wire.nodes import JobSample as WireJobSample
+from gpuq.wire.nodes import WorkerJob as WireJob
+from gpuq.wire.states import ACTIVE, TERMINAL, JobState, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +154,7 @@ class _Steady:
 def steady_heartbeats(session: Session, beats: list[tuple[str, Heartbeat]], *,
                       now: datetime, settings: Settings
                       ) -> list[tuple[HeartbeatReply, bool] | None]:
-    """``steady_heartbeat`` for many nodes at once (scheduler/group_commit.py): the nodes
+    """``steady_heartbeat`` for many nodes at once (scheduler/runtime/group_commit.py): the nodes
     and their GPUs in one query; the active runs of the nodes whose heartbeats carry no
     job sample in another, unlocked; those of the nodes with samples (every real
     worker's) in a third, locked and with what ``record_sample`` reads, then written back
@@ -289,7 +283,7 @@ def heartbeat(session: Session, node: Node, body: Heartbeat, *, now: datetime,
         seen = reported.get((job.id, job.attempt))
         if seen is not None:
             if job.state == JobState.DISPATCHED.value and seen.state == "RUNNING":
-                metrics.observe_dispatch(job, now)
+                measures.observe_dispatch(job.dispatched_at, now)
                 transition(session, job, JobState.RUNNING, now=now,
                            reason="running (seen in heartbeat)")
                 changed = True
@@ -448,7 +442,7 @@ def report_state(session: Session, job: Job, body: JobStateReport, *, now: datet
     if new == JobState.RUNNING and job.state != JobState.DISPATCHED.value:
         return job.state  # a late RUNNING after the end, or before dispatch: ignore
     if new == JobState.RUNNING:
-        metrics.observe_dispatch(job, now)
+        measures.observe_dispatch(job.dispatched_at, now)
     # The worker reports CANCELLED for every run it signalled (whatever the exit code: a
     # job that checkpoints and exits 0 on SIGTERM was preempted). COMPLETED, FAILED or
     # TIMEOUT while a preemption is pending means the run ended by itself before the
@@ -477,7 +471,7 @@ def end_preempted(session: Session, job: Job, *, now: datetime, how: str,
     """A job being preempted was stopped (whatever its exit: a job that checkpoints and
     exits 0 on SIGTERM was still preempted): PREEMPTED, then back to the queue unless it
     asked not to be requeued. Its usage is charged up to now first."""
-    from gpuq.scheduler.usage import charge_job
+    from gpuq.scheduler.domain.usage import charge_job
 
     if job.state == JobState.RUNNING.value:
         charge_job(session, job, until=now, settings=settings)
@@ -519,7 +513,7 @@ def mark_down(session: Session, node: Node, *, now: datetime, reason: str,
     """A node stopped answering: DOWN. Its active jobs end as NODE_FAIL; those that allow
     it go back to the queue (a new attempt, elsewhere or here once the node is back).
     Their usage is charged up to the node's last heartbeat, the last sign they ran."""
-    from gpuq.scheduler.usage import charge_job
+    from gpuq.scheduler.domain.usage import charge_job
 
     node.state, node.state_reason = NodeState.DOWN.value, reason
     jobs = list(session.scalars(

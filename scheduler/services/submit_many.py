@@ -1,4 +1,5 @@
-"""Many single-job submits in one transaction (the group commit of ``scheduler/group_commit.py``).
+"""Many single-job submits in one transaction (the group commit of
+``scheduler/runtime/group_commit.py``).
 
 Each submit is checked as ``jobs.submit`` checks it (a failing one gets its own 4xx and
 takes nothing from the others); the accepted ones are inserted together (their ids from
@@ -20,12 +21,11 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.api.schemas import JobCreate, JobRead
-from gpuq.scheduler.auth import Principal
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
 from gpuq.scheduler.db.models import Job, JobEvent
 from gpuq.scheduler.errors import ServiceError
 from gpuq.scheduler.services.arrays import bulk_insert, reserve_ids
+from gpuq.scheduler.services.auth import Principal
 from gpuq.scheduler.services.jobs import (
     Accepted,
     check_runnable,
@@ -33,7 +33,8 @@ from gpuq.scheduler.services.jobs import (
     job_fields,
     read_fields,
 )
-from gpuq.scheduler.states import JobState
+from gpuq.wire.jobs import JobCreate, JobRead
+from gpuq.wire.states import JobState
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from typing import Any
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.accounting import J_PER_KWH
-from gpuq.scheduler.api.usage_schemas import UsageReport, UsageRow
-from gpuq.scheduler.auth import Principal
 from gpuq.scheduler.db.models import Account, Membership, UsageRecord, User
+from gpuq.scheduler.domain.accounting import J_PER_KWH
 from gpuq.scheduler.errors import Forbidden, Invalid, NotFound
+from gpuq.scheduler.services.auth import Principal
+from gpuq.wire.usage import UsageReport, UsageRow
 
 KEYS = ("account", "user", "gpu-model", "day")
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from gpuq.scheduler.config import DEFAULT_GPU_BILLING_WEIGHTS
+from gpuq.config import DEFAULT_GPU_BILLING_WEIGHTS
 from gpuq.scheduler.policy import schedule as policy_schedule
 from gpuq.scheduler.policy.decisions import Decisions, Start
 from gpuq.scheduler.policy.snapshot import (

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from gpuq.config import Settings
 from gpuq.scheduler.api.app import create_app
 from gpuq.scheduler.clock import ManualClock
-from gpuq.scheduler.config import Settings
-from gpuq.scheduler.context import Context
-from gpuq.scheduler.loop import cycle
-from gpuq.scheduler.server import build_context
+from gpuq.scheduler.entry.bootstrap import build_context
+from gpuq.scheduler.runtime.context import Context
+from gpuq.scheduler.runtime.loop import cycle
 
 
 @dataclass

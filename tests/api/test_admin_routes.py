@@ -78,7 +78,8 @@ def test_every_admin_route_is_documented_with_examples(api: Api) -> None:
 @pytest.mark.parametrize("path", ["/v1/admin/grants", "/v1/admin/accounts/{name}"])
 def test_body_examples_are_valid_requests(api: Api, path: str) -> None:
     """The examples are real: each one passes the route's own validation."""
-    from gpuq.scheduler.api.schemas import AccountUpdate, GrantCreate
+    from gpuq.wire.admin import AccountUpdate
+    from gpuq.wire.grants import GrantCreate
 
     model = {"/v1/admin/grants": GrantCreate, "/v1/admin/accounts/{name}": AccountUpdate}[path]
     schema = create_app(api.ctx).openapi()

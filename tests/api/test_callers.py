@@ -9,8 +9,8 @@ import time
 from sqlalchemy import select, text, update
 
 from gpuq.scheduler.api.callers import TRUSTED_S, CallerCache
-from gpuq.scheduler.auth import Principal
 from gpuq.scheduler.db.models import ApiToken, User
+from gpuq.scheduler.services.auth import Principal
 from tests.api.conftest import Api, bearer
 
 

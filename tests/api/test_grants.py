@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gpuq.scheduler.db.models import Grant
+from gpuq.scheduler.domain import grants_in_effect as in_effect
 from gpuq.scheduler.services import grants as grant_service
 from tests.api.conftest import Api, audit_entries
 
@@ -286,8 +287,8 @@ def test_loop_views(cluster: Api) -> None:
     def views(hours: float) -> tuple[Any, Any, Any]:
         now = T0 + timedelta(hours=hours)
         with api.ctx.transaction() as s:
-            return (grant_service.share_boosts(s, now), grant_service.reservations(s, now),
-                    grant_service.next_change(s, now))
+            return (in_effect.share_boosts(s, now), in_effect.reservations(s, now),
+                    in_effect.next_change(s, now))
 
     assert views(0) == ({"lab1": 10}, [(r1["id"], "lab1", 2, "A100-80GB", ("gpu01",))],
                         T0 + timedelta(hours=1))
@@ -384,14 +385,14 @@ def test_a_share_grants_budget_runs_out(cluster: Api) -> None:
     refresh(api)
     assert stored(api, g["id"])[0] == "active"
     with api.ctx.transaction() as s:
-        assert grant_service.share_boosts(s, api.clock()) == {"lab1": 9}
+        assert in_effect.share_boosts(s, api.clock()) == {"lab1": 9}
     add_usage(api, user="alice", account="lab1", start=1, end=2, gpus=1, weight=1.5)  # 1.5
     api.clock.advance(3600)
     refresh(api)
     assert stored(api, g["id"]) == ("expired", "budget of 3 billed GPU-hours used up")
     with api.ctx.transaction() as s:
-        assert grant_service.share_boosts(s, api.clock()) == {}
-        assert grant_service.next_change(s, api.clock()) is not None  # its end still counts
+        assert in_effect.share_boosts(s, api.clock()) == {}
+        assert in_effect.next_change(s, api.clock()) is not None  # its end still counts
     out = api.ok("GET", f"/v1/admin/grants/{g['id']}", api.admin)
     assert out["state"] == "expired" and out["usage"]["budget_left_gpu_hours"] == 0
     entry = audit_entries(api, action="grant.expire")[0]
@@ -404,9 +405,9 @@ def test_two_reservations_at_once_are_checked_one_after_the_other(cluster: Api) 
     the second check waits for the first transaction and then sees its grant."""
     import threading
 
-    from gpuq.scheduler.api.schemas import GrantCreate
     from gpuq.scheduler.errors import Overcommitted
     from gpuq.scheduler.services.audit import Actor
+    from gpuq.wire.grants import GrantCreate
 
     api = cluster
     body = GrantCreate(account="lab1", kind="reservation", gpus=5,

@@ -1,4 +1,4 @@
-"""scheduler/grants.py: a grant's state over time, and the exact overcommit check (pure:
+"""scheduler/domain/grants.py: a grant's state over time, and the exact overcommit check (pure:
 no database, no clock but the one handed in)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gpuq.scheduler.clock import ManualClock
-from gpuq.scheduler.grants import Reservation, eligible_gpus, find_overcommit, state_at
+from gpuq.scheduler.domain.grants import Reservation, eligible_gpus, find_overcommit, state_at
 
 T0 = datetime(2027, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

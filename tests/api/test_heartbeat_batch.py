@@ -1,4 +1,4 @@
-"""Group commit of heartbeats (scheduler/group_commit.py ``HeartbeatBatcher``,
+"""Group commit of heartbeats (scheduler/runtime/group_commit.py ``HeartbeatBatcher``,
 services/nodes.py ``steady_heartbeats``): the steady heartbeats of a batch are written
 together exactly as each would be alone; a heartbeat that is not steady (or a second one
 of the same node) gets ``None`` and nothing of it is written, so that its route takes it
@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler import group_commit
-from gpuq.scheduler.api.schemas import Heartbeat, HeartbeatReply
 from gpuq.scheduler.db.models import Gpu, Job, JobEvent, JobSample, Node
+from gpuq.scheduler.runtime import group_commit
 from gpuq.scheduler.services import nodes as svc
+from gpuq.wire.nodes import Heartbeat, HeartbeatReply
 from tests.api.conftest import Api
 
 STEADY = (HeartbeatReply(launch=[], kill=[]), False)

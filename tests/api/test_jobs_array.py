@@ -6,9 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from gpuq.scheduler.api.array_schemas import MAX_ARRAY_TASKS, JobArrayCreate, parse_array
 from gpuq.scheduler.api.deps import _load_accounts
-from gpuq.scheduler.auth import check_token
 from gpuq.scheduler.db.models import Job, JobEvent
 from gpuq.scheduler.services.arrays import (
     bulk_insert,
@@ -16,7 +14,9 @@ from gpuq.scheduler.services.arrays import (
     insert_elements_sql,
     reserve_ids,
 )
+from gpuq.scheduler.services.auth import check_token
 from gpuq.scheduler.services.jobs import check_submit, job_fields
+from gpuq.wire.arrays import MAX_ARRAY_TASKS, JobArrayCreate, parse_array
 from tests.api.conftest import Api
 
 

@@ -1,4 +1,4 @@
-"""Group commit of single submits (scheduler/group_commit.py, services/submit_many.py):
+"""Group commit of single submits (scheduler/runtime/group_commit.py, services/submit_many.py):
 submits that arrive together share a transaction, each is answered as if alone, a
 refused one takes nothing from the others, and nothing accepted is lost."""
 
@@ -11,15 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select, text
 
-from gpuq.scheduler import group_commit
 from gpuq.scheduler.api.deps import _load_accounts
-from gpuq.scheduler.api.schemas import JobCreate
-from gpuq.scheduler.auth import Principal, check_token
 from gpuq.scheduler.db.models import Job, JobEvent
 from gpuq.scheduler.errors import Invalid
-from gpuq.scheduler.group_commit import SubmitBatcher
+from gpuq.scheduler.runtime import group_commit
+from gpuq.scheduler.runtime.group_commit import SubmitBatcher
 from gpuq.scheduler.services import jobs as svc
+from gpuq.scheduler.services.auth import Principal, check_token
 from gpuq.scheduler.services.submit_many import Created, Runnable, submit_many
+from gpuq.wire.jobs import JobCreate
 from tests.api.conftest import Api
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from gpuq.scheduler.api.schemas import JobBrief
 from gpuq.scheduler.db.models import Job
+from gpuq.wire.jobs import JobBrief
 from tests.api.conftest import Api
 
 BRIEF_FIELDS = list(JobBrief.model_fields)

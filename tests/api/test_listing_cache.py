@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gpuq.scheduler.api.listing_cache import CHANNEL, ListingCache
 from gpuq.scheduler.db.session import make_engine, make_sessionmaker
-from gpuq.scheduler.wakeups import conninfo
+from gpuq.scheduler.runtime.wakeups import conninfo
 from tests.api.conftest import Api
 from tests.scheduler.rows import add_job, add_node
 

@@ -13,20 +13,17 @@ from cli_fakeapi import T0, Auth, FakeApi, _role
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from gpuq.scheduler.api.schemas import (
+from gpuq.wire.admin import (
     AccountRead,
     AccountUpdate,
     AuditRead,
-    GrantCreate,
-    GrantRead,
-    GrantRevoke,
-    GrantUpdate,
     MembershipUpdate,
     TokenCreate,
     TokenCreated,
     UserRead,
     UserUpdate,
 )
+from gpuq.wire.grants import GrantCreate, GrantRead, GrantRevoke, GrantUpdate
 
 ACTOR = "root"
 

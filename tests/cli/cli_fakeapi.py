@@ -16,23 +16,11 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from gpuq.scheduler.api.array_schemas import JobArrayCreate
 from gpuq.scheduler.api.routes.admin import parse_usage
-from gpuq.scheduler.api.schemas import (
-    FairShareRow,
-    GpuRead,
-    JobAhead,
-    JobBrief,
-    JobCreate,
-    JobRead,
-    NodeDrain,
-    NodeRead,
-    PriorityFactors,
-    UsageImportResult,
-    UserCreate,
-    UserRead,
-    WhyRead,
-)
+from gpuq.wire.admin import FairShareRow, NodeDrain, UsageImportResult, UserCreate, UserRead
+from gpuq.wire.arrays import JobArrayCreate
+from gpuq.wire.jobs import JobAhead, JobBrief, JobCreate, JobRead, PriorityFactors, WhyRead
+from gpuq.wire.nodes import GpuRead, NodeRead
 
 USER_TOKEN = "gpuq_user_secret"
 ADMIN_TOKEN = "gpuq_admin_secret"

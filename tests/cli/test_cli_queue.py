@@ -9,7 +9,7 @@ from typing import Any
 from cli_fakeapi import T0, FakeApi, brief, make_job
 
 from gpuq.cli.render import BORROW_NOTE, IDLE_MARK, IDLE_NOTE, jobs_table, render
-from gpuq.scheduler.api.schemas import JobBrief
+from gpuq.wire.jobs import JobBrief
 
 ACCOUNTING: dict[str, Any] = {
     "gpu_hours": 1.0, "billed_gpu_hours": 1.0, "energy_kwh": None, "energy_method": None,

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-PY = [sys.executable, "-m", "cli"]
+PY = [sys.executable, "-m", "gpuq"]
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""``gpuq server --workers 3`` (scheduler/prefork.py) as deployed: PostgreSQL, Redis, a real
+"""``gpuq server --workers 3`` (scheduler/entry/prefork.py) as deployed: PostgreSQL, Redis, a real
 worker on simulated GPUs, the real CLI. The scheduling loop's timer is 30 s, so a job that
 runs within seconds of its submit was woken over LISTEN/NOTIFY from an API process."""
 

@@ -94,7 +94,7 @@ def test_up_cancel_and_restart_of_a_dead_worker(up: Up) -> None:
              or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", 10, "killed")
 
     # Kill the worker hard: `gpuq up` starts it again and jobs still run.
-    workers = subprocess.run(["pgrep", "-f", "-P", str(up.proc.pid), "cli worker"],
+    workers = subprocess.run(["pgrep", "-f", "-P", str(up.proc.pid), "gpuq worker"],
                              capture_output=True, text=True).stdout.split()
     assert workers, "the worker is a child process of gpuq up"
     for w in workers:

@@ -9,12 +9,12 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from gpuq.config import Settings
 from gpuq.scheduler.api.app import create_app
 from gpuq.scheduler.clock import ManualClock
-from gpuq.scheduler.config import Settings
 from gpuq.scheduler.db.models import Account, ApiToken, User
-from gpuq.scheduler.local import provision
-from gpuq.scheduler.server import build_context
+from gpuq.scheduler.entry.bootstrap import build_context
+from gpuq.scheduler.entry.local import provision
 from tests.api.conftest import RecordingDispatcher
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -16,16 +16,17 @@ import pytest
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler import loop as loop_module
+from gpuq.config import Settings
 from gpuq.scheduler.clock import ManualClock
-from gpuq.scheduler.config import Settings
-from gpuq.scheduler.context import Context
 from gpuq.scheduler.db.models import GpuAllocation, Job, Node
-from gpuq.scheduler.loop import CycleResult, _apply, cycle
+from gpuq.scheduler.domain.snapshot import build_snapshot_rows
+from gpuq.scheduler.entry.bootstrap import build_context
+from gpuq.scheduler.lifecycle.rules import transition
 from gpuq.scheduler.policy import schedule
-from gpuq.scheduler.server import build_context
-from gpuq.scheduler.snapshot import build_snapshot_rows
-from gpuq.scheduler.states import JobState, transition
+from gpuq.scheduler.runtime import loop as loop_module
+from gpuq.scheduler.runtime.context import Context
+from gpuq.scheduler.runtime.loop import CycleResult, _apply, cycle
+from gpuq.wire.states import JobState
 from tests.scheduler.rows import T0, add_job, add_node
 from tests.scheduler.test_loop import wait_for_a_lock_wait
 

@@ -12,9 +12,9 @@ import pytest
 from kombu import Connection
 from kombu.transport import filesystem
 
-from gpuq.scheduler.config import Settings
-from gpuq.scheduler.dispatch import make_celery, send_launch
-from gpuq.scheduler.fsbroker import Transport
+from gpuq.broker import make_celery, send_launch
+from gpuq.config import Settings
+from gpuq.fsbroker import Transport
 
 MESSAGES = 400
 
@@ -74,7 +74,7 @@ def test_a_message_appears_whole_or_not_at_all(tmp_path: Path) -> None:
 @pytest.mark.skipif(not hasattr(filesystem.Channel, "_put"), reason="kombu changed")
 def test_kombus_own_transport_is_seen_half_written(tmp_path: Path) -> None:
     """Why gpuq has its own: kombu's writes in place (if kombu fixes this, this test
-    fails and scheduler/fsbroker.py can go)."""
+    fails and gpuq/fsbroker.py can go)."""
     for i in range(20):  # a race: usually seen in the first round
         (tmp_path / str(i)).mkdir()
         if _partial_reads(tmp_path / str(i), filesystem.Transport)[1]:

@@ -1,4 +1,4 @@
-"""Freezing the objects a server process starts with (scheduler/gcfreeze.py)."""
+"""Freezing the objects a server process starts with (scheduler/runtime/gcfreeze.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gpuq.scheduler.gcfreeze import freeze_startup_objects
+from gpuq.scheduler.runtime.gcfreeze import freeze_startup_objects
 
 
 class Node:

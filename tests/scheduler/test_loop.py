@@ -15,16 +15,17 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from gpuq.config import Settings
 from gpuq.scheduler.clock import ManualClock
-from gpuq.scheduler.config import Settings
-from gpuq.scheduler.context import Context
 from gpuq.scheduler.db.models import GpuAllocation, Job, Node
 from gpuq.scheduler.db.session import make_engine
-from gpuq.scheduler.loop import LOCK_KEY, CycleResult, _apply, cycle
+from gpuq.scheduler.domain.snapshot import build_snapshot
+from gpuq.scheduler.entry.bootstrap import build_context
+from gpuq.scheduler.lifecycle.rules import transition
 from gpuq.scheduler.policy import Decisions, Start, schedule
-from gpuq.scheduler.server import build_context
-from gpuq.scheduler.snapshot import build_snapshot
-from gpuq.scheduler.states import JobState, transition
+from gpuq.scheduler.runtime.context import Context
+from gpuq.scheduler.runtime.loop import LOCK_KEY, CycleResult, _apply, cycle
+from gpuq.wire.states import JobState
 from tests.scheduler.rows import T0, add_job, add_node, allocations, events
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from gpuq.scheduler import loop as loop_module
-from gpuq.scheduler.config import Settings
-from gpuq.scheduler.loop import CycleResult, SchedulerLoop
+from gpuq.config import Settings
+from gpuq.scheduler.runtime import loop as loop_module
+from gpuq.scheduler.runtime.loop import CycleResult, SchedulerLoop
 
 CYCLE_S = 0.1
 

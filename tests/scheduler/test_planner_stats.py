@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from gpuq.scheduler.context import Context
 from gpuq.scheduler.db.models import Job
-from gpuq.scheduler.loop import PlannerStats, SchedulerLoop, cycle
+from gpuq.scheduler.runtime.context import Context
+from gpuq.scheduler.runtime.loop import PlannerStats, SchedulerLoop, cycle
 from tests.scheduler.rows import add_job, add_node
 from tests.scheduler.test_loop import Loop, make_loop
 

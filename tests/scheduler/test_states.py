@@ -10,16 +10,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gpuq.scheduler.db.models import GpuAllocation, Job, JobEvent, Node
-from gpuq.scheduler.states import (
-    ACTIVE,
-    TERMINAL,
+from gpuq.scheduler.lifecycle.rules import (
     InvalidTransition,
-    JobState,
     can_transition,
     record_submit,
     set_pending_reason,
     transition,
 )
+from gpuq.wire.states import ACTIVE, TERMINAL, JobState
 from tests.scheduler.rows import T0, add_job, add_node, allocations, events
 
 S = JobState

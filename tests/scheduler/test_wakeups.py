@@ -1,4 +1,4 @@
-"""Wake-ups across processes over PostgreSQL LISTEN/NOTIFY (scheduler/wakeups.py): a NOTIFY
+"""Wake-ups across processes over PostgreSQL LISTEN/NOTIFY (scheduler/runtime/wakeups.py): a NOTIFY
 from another connection wakes the listener, a burst of wake() makes few NOTIFYs, and both
 ends reconnect when their connections are killed."""
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from gpuq.scheduler.wakeups import CHANNEL, WakeListener, WakeSender, conninfo
+from gpuq.scheduler.runtime.wakeups import CHANNEL, WakeListener, WakeSender, conninfo
 from tests.e2e.conftest import wait_for
 
 pytestmark = pytest.mark.postgres

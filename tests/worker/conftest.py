@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from gpuq.scheduler.api.schemas import LaunchSpec
+from gpuq.wire.nodes import LaunchSpec
 
 TOKEN = "node-secret-token-123"
 

@@ -6,14 +6,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gpuq.scheduler.api.schemas import (
-    Heartbeat,
-    JobRef,
-    JobSample,
-    JobStateReport,
-    NodeRegister,
-    WorkerJob,
-)
+from gpuq.wire.nodes import Heartbeat, JobRef, JobSample, JobStateReport, NodeRegister, WorkerJob
 from gpuq.worker.client import ApiError, LogAck, NodeClient, ServerUnavailable
 
 TOKEN = "node-secret-token-123"  # the fake server's (conftest.TOKEN)

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gpuq.scheduler.config import Settings
-from gpuq.scheduler.dispatch import make_celery, send_launch
+from gpuq.broker import make_celery, send_launch
+from gpuq.config import Settings
 from gpuq.worker import jobdir as jd
 from gpuq.worker.client import NodeClient
 from gpuq.worker.daemon import Daemon
@@ -206,8 +206,8 @@ def start_daemon(tmp_path: Path, http_server: str, token: str, gpus: str,
                 GPUQ_SERVER_URL=http_server, GPUQ_NODE_TOKEN=token, GPUQ_SIMULATE_GPUS=gpus,
                 GPUQ_WORKER_CGROUP_ROOT="", **env)
     return subprocess.Popen(
-        [sys.executable, "-c", "from scheduler.config import Settings\n"
-                               "from worker.daemon import run\nrun(Settings())"],
+        [sys.executable, "-c", "from gpuq.config import Settings\n"
+                               "from gpuq.worker.daemon import run\nrun(Settings())"],
         env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 

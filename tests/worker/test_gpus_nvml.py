@@ -15,7 +15,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
 from gpuq.worker.gpus import GpuBackendUnavailable, GpuProcess, open_backend
 from gpuq.worker.gpus.nvml import CRITICAL_XIDS, MIB, NvmlBackend
 from gpuq.worker.procs import JobProcesses, foreign_processes

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
 from gpuq.worker.gpus import GpuProcess, open_backend
 from gpuq.worker.gpus.sim import (
     BUSY_POWER_W,
@@ -156,7 +156,7 @@ def test_a_foreign_process_from_the_file_is_on_the_gpu_until_it_ends(
     assert all(s.processes == () for s in b.samples()), "no file: no faults"
     # Another process (a test, a demo script) writes the file; the daemon is not told.
     subprocess.run([sys.executable, "-c",
-                    "import sys; from worker.gpus.sim import write_faults; "
+                    "import sys; from gpuq.worker.gpus.sim import write_faults; "
                     "write_faults(sys.argv[1], foreign={1: [int(sys.argv[2])]})",
                     str(faults), str(hand_run.pid)], check=True)
     idle, used = b.samples()

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gpuq.scheduler.api.schemas import LaunchSpec
+from gpuq.wire.nodes import LaunchSpec
 from gpuq.worker import jobdir as jd
 from gpuq.worker.client import NodeClient, ServerUnavailable
 from gpuq.worker.gpus.base import GpuSample
@@ -196,7 +196,7 @@ def test_unassigned_job_is_retired_without_a_report(
 SPAWN_AND_DIE = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    from gpuq.scheduler.api.schemas import LaunchSpec
+    from gpuq.wire.nodes import LaunchSpec
     from gpuq.worker.client import NodeClient
     from gpuq.worker.jobenv import daemon_identity
     from gpuq.worker.jobs import JobManager

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gpuq.scheduler.api.schemas import LaunchSpec
+from gpuq.wire.nodes import LaunchSpec
 from gpuq.worker.jobenv import (
     DEFAULT_PATH,
     Identity,

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
 from gpuq.worker import cgroups
 from gpuq.worker import jobdir as jd
 from gpuq.worker.cgroups import CgroupUnavailable, JobCgroup
@@ -191,7 +191,7 @@ def test_job_cgroup_holds_the_jobs_processes_while_it_runs(
     assert not path.exists()
 
 
-#: The supervisor as ``python -m worker.supervisor`` runs it, with ``clone3`` unavailable
+#: The supervisor as ``python -m gpuq.worker.supervisor`` runs it, with ``clone3`` unavailable
 #: (as under a seccomp profile that hides it): the job joins its cgroup before exec.
 WITHOUT_CLONE3 = ("import sys, gpuq.worker.spawn; gpuq.worker.spawn.SYS_CLONE3.clear(); "
                   "from gpuq.worker.supervisor import main; sys.exit(main(sys.argv[1:]))")

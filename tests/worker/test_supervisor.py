@@ -1,4 +1,4 @@
-"""The job supervisor, run for real: ``python -m worker.supervisor <jobdir>``."""
+"""The job supervisor, run for real: ``python -m gpuq.worker.supervisor <jobdir>``."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpuq.scheduler.api.schemas import JobSample
+from gpuq.wire.nodes import JobSample
 from gpuq.worker.gpus.base import GpuSample
 from gpuq.worker.usage import advance, last_sample, start_record
 

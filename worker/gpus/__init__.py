@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
 from gpuq.worker.gpus.base import GpuBackend, GpuBackendUnavailable, GpuInfo, GpuProcess, GpuSample
 from gpuq.worker.gpus.models import normalise_model
 

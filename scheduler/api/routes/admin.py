@@ -10,14 +10,16 @@ from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from gpuq.scheduler.api.deps import Admin, AdminActor, Ctx
-from gpuq.scheduler.api.schemas import (
+from gpuq.scheduler.services import admin as svc
+from gpuq.scheduler.services import nodes
+from gpuq.scheduler.services.audit import record
+from gpuq.wire.admin import (
     AccountCreate,
     AccountRead,
     AccountUpdate,
     MembershipCreate,
     MembershipUpdate,
     NodeDrain,
-    NodeRead,
     TokenCreate,
     TokenCreated,
     TokenRead,
@@ -27,9 +29,7 @@ from gpuq.scheduler.api.schemas import (
     UserRead,
     UserUpdate,
 )
-from gpuq.scheduler.services import admin as svc
-from gpuq.scheduler.services import nodes
-from gpuq.scheduler.services.audit import record
+from gpuq.wire.nodes import NodeRead
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 

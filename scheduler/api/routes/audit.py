@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from gpuq.scheduler.api.deps import Admin, Ctx
-from gpuq.scheduler.api.schemas import AuditRead
 from gpuq.scheduler.errors import Invalid
 from gpuq.scheduler.services import audit as svc
+from gpuq.wire.admin import AuditRead
 
 router = APIRouter(prefix="/v1/admin/audit", tags=["audit"])
 

@@ -7,9 +7,9 @@ import math
 from fastapi import APIRouter
 
 from gpuq.scheduler.api.deps import Ctx, UserOrAdmin
-from gpuq.scheduler.api.schemas import FairShareRow
+from gpuq.scheduler.domain.snapshot import tree_views
 from gpuq.scheduler.policy import classic_fairshare, fair_tree
-from gpuq.scheduler.snapshot import tree_views
+from gpuq.wire.admin import FairShareRow
 
 router = APIRouter(tags=["fair share"])
 

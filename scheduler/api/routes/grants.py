@@ -8,15 +8,8 @@ from fastapi import APIRouter, Body, Path, Query
 
 from gpuq.scheduler.api.deps import Admin, AdminActor, Ctx
 from gpuq.scheduler.api.routes.admin import ex
-from gpuq.scheduler.api.schemas import (
-    GrantCreate,
-    GrantKind,
-    GrantRead,
-    GrantRevoke,
-    GrantState,
-    GrantUpdate,
-)
 from gpuq.scheduler.services import grants as svc
+from gpuq.wire.grants import GrantCreate, GrantKind, GrantRead, GrantRevoke, GrantState, GrantUpdate
 
 router = APIRouter(prefix="/v1/admin/grants", tags=["grants"])
 

@@ -6,9 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from gpuq.scheduler import __version__
+from gpuq import __version__
 from gpuq.scheduler.api.deps import AnyCaller, Ctx
-from gpuq.scheduler.api.schemas import WhoAmI
+from gpuq.wire.admin import WhoAmI
 
 router = APIRouter(tags=["health"])
 

@@ -10,12 +10,12 @@ from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 from pydantic_core import to_json
 
-from gpuq.scheduler.api.array_schemas import JobArrayCreate, JobArrayRead
 from gpuq.scheduler.api.deps import Ctx, UserOrAdmin
-from gpuq.scheduler.api.schemas import JobBrief, JobCreate, JobRead, WhyRead
 from gpuq.scheduler.services import arrays
 from gpuq.scheduler.services import jobs as svc
-from gpuq.scheduler.states import ACTIVE, JobState
+from gpuq.wire.arrays import JobArrayCreate, JobArrayRead
+from gpuq.wire.jobs import JobBrief, JobCreate, JobRead, WhyRead
+from gpuq.wire.states import ACTIVE, JobState
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -29,7 +29,7 @@ _JOB_LIST = TypeAdapter(list[JobRead])
 async def submit_job(body: JobCreate, request: Request, principal: UserOrAdmin) -> Response:
     """Submit a job. With an ``idempotency_key`` seen before, returns that job (200)."""
     # Written with the submits that arrive meanwhile, in one transaction; answered once it
-    # has committed (scheduler/group_commit.py). The answer comes serialised.
+    # has committed (scheduler/runtime/group_commit.py). The answer comes serialised.
     answer = await asyncio.wrap_future(request.app.state.submits.submit(principal, body))
     return Response(answer.body, status_code=201 if answer.created else 200,
                     media_type="application/json")

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gpuq.scheduler import metrics
 from gpuq.scheduler.api.deps import Ctx, get_principal
+from gpuq.scheduler.runtime import metrics
 
 router = APIRouter(tags=["metrics"])
 _bearer = HTTPBearer(auto_error=False)

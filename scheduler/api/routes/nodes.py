@@ -12,8 +12,13 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
+from gpuq.broker import queue_name
 from gpuq.scheduler.api.deps import Ctx, NodeCaller, UserOrAdmin, node_principal
-from gpuq.scheduler.api.schemas import (
+from gpuq.scheduler.runtime.context import Context
+from gpuq.scheduler.runtime.logstore import OffsetMismatch
+from gpuq.scheduler.services import nodes as svc
+from gpuq.scheduler.services.auth import Principal
+from gpuq.wire.nodes import (
     Heartbeat,
     HeartbeatReply,
     JobStateReport,
@@ -22,12 +27,7 @@ from gpuq.scheduler.api.schemas import (
     NodeRegister,
     RegisterReply,
 )
-from gpuq.scheduler.auth import Principal
-from gpuq.scheduler.context import Context
-from gpuq.scheduler.dispatch import queue_name
-from gpuq.scheduler.logstore import OffsetMismatch
-from gpuq.scheduler.services import nodes as svc
-from gpuq.scheduler.states import TERMINAL, JobState
+from gpuq.wire.states import TERMINAL, JobState
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"])
 
@@ -63,7 +63,7 @@ async def heartbeat(name: str, body: Heartbeat, request: Request,
     _own(principal, name)
     ctx: Context = request.app.state.ctx
     # Nearly every heartbeat is steady (nothing to reconcile): written with the others
-    # that arrive meanwhile, in one transaction (scheduler/group_commit.py); anything
+    # that arrive meanwhile, in one transaction (scheduler/runtime/group_commit.py); anything
     # else goes alone through the full reconciliation.
     done = await asyncio.wrap_future(request.app.state.heartbeats.beat(name, body))
     if done is None:

@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from gpuq.scheduler.api.deps import Ctx, UserOrAdmin
-from gpuq.scheduler.api.usage_schemas import UsageReport
 from gpuq.scheduler.errors import Invalid
 from gpuq.scheduler.services import usage_report as svc
+from gpuq.wire.usage import UsageReport
 
 router = APIRouter(tags=["usage"])
 

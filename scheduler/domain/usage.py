@@ -14,11 +14,11 @@ from datetime import datetime
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from gpuq.scheduler import accounting
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
 from gpuq.scheduler.db.models import Grant, Job, Membership, Node, SchedulerState, UsageRecord
+from gpuq.scheduler.domain import accounting
 from gpuq.scheduler.policy.usage import billed_seconds, decay_factor
-from gpuq.scheduler.states import JobState
+from gpuq.wire.states import JobState
 
 
 def _state(session: Session) -> SchedulerState:

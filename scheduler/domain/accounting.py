@@ -27,10 +27,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.api.schemas import GpuAccounting, JobAccounting
-from gpuq.scheduler.api.schemas import JobSample as WireJobSample
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
 from gpuq.scheduler.db.models import Job, JobEvent, UsageRecord
+from gpuq.wire.jobs import GpuAccounting, JobAccounting
+from gpuq.wire.nodes import JobSample as WireJobSample
 
 J_PER_KWH = 3.6e6
 #: The totals ``charge_interval`` moves onto usage records, job column -> record column.
@@ -111,7 +111,7 @@ def observe(session: Session, job: Job, sample: WireJobSample, *, now: datetime,
 
 
 def _mean_as_gpu(index: int, sample: WireJobSample) -> Any:
-    from gpuq.scheduler.api.schemas import JobGpuSample
+    from gpuq.wire.nodes import JobGpuSample
 
     return JobGpuSample(index=index, utilization_pct=sample.utilization_pct)
 

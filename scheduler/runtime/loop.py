@@ -20,15 +20,18 @@ from typing import Any
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler import idle, metrics
-from gpuq.scheduler.context import Context
+from gpuq.scheduler import measures
 from gpuq.scheduler.db.models import GpuAllocation, Grant, Job, JobEvent, Node, SchedulerState
+from gpuq.scheduler.domain import grants_in_effect as in_effect
+from gpuq.scheduler.domain import idle
+from gpuq.scheduler.domain.snapshot import PENDING_COLUMNS, build_snapshot_rows
+from gpuq.scheduler.domain.usage import charge
+from gpuq.scheduler.lifecycle.rules import transition
 from gpuq.scheduler.policy import Decisions, Snapshot, schedule
+from gpuq.scheduler.runtime.context import Context
 from gpuq.scheduler.services import grants as grant_service
 from gpuq.scheduler.services.nodes import mark_down
-from gpuq.scheduler.snapshot import PENDING_COLUMNS, build_snapshot_rows
-from gpuq.scheduler.states import JobState, NodeState, transition
-from gpuq.scheduler.usage import charge
+from gpuq.wire.states import JobState, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +335,7 @@ def cycle(ctx: Context, *, housekeeping: bool = True) -> CycleResult:
     ``housekeeping`` (nodes without heartbeats marked down, usage charged, grant states
     refreshed, idle jobs cancelled) comes first, in its own transaction; the loop skips
     it in a cycle an event woke shortly after the last one (``SchedulerLoop``)."""
-    with metrics.cycle_timer():
+    with measures.cycle_timer():
         return _cycle(ctx, housekeeping)
 
 
@@ -356,7 +359,7 @@ def _cycle(ctx: Context, housekeeping: bool = True) -> CycleResult:
         result.active = len(snapshot.pending) + len(snapshot.running)
         decisions = schedule(snapshot)
         _apply(session, decisions, now, result, snapshot, rows)
-        result.next_grant_change = grant_service.next_change(session, now)
+        result.next_grant_change = in_effect.next_change(session, now)
     for job_id, node, for_job in result.preempted:
         log.info("job %s on %s: preempting for job %s", job_id, node, for_job)
         ctx.dispatcher.kill(node, job_id)

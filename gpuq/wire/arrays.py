@@ -7,7 +7,7 @@ import re
 
 from pydantic import BaseModel, Field, field_validator
 
-from gpuq.scheduler.api.schemas import JobCreate
+from gpuq.wire.jobs import JobCreate
 
 #: The most jobs one array may make (Slurm's MaxArraySize is a site setting too).
 MAX_ARRAY_TASKS = 10_000

@@ -25,7 +25,7 @@ other if it dies.
 
 * An API process builds its own engine, context and app and serves the inherited socket
   with ``uvicorn.Server.run(sockets=[sock])`` (the kernel hands each connection to one of
-  the processes accepting). Its ``ctx.wake`` is a ``WakeSender`` (scheduler/wakeups.py):
+  the processes accepting). Its ``ctx.wake`` is a ``WakeSender`` (scheduler/runtime/wakeups.py):
   NOTIFY ``gpuq_wake``. Its responses carry ``X-Gpuq-Pid``, the process that served them.
 * The loop process runs ``SchedulerLoop`` and a ``WakeListener`` that wakes it on each
   NOTIFY. As with server replicas, the loop's advisory lock makes loops take turns.
@@ -50,8 +50,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from gpuq.scheduler.config import Settings
-from gpuq.scheduler.gcfreeze import freeze_startup_objects
+from gpuq.config import Settings
+from gpuq.scheduler.runtime.gcfreeze import freeze_startup_objects
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,8 @@ def _serve_api(settings: Settings, sock: socket.socket, dsn: str) -> None:
     import uvicorn
 
     from gpuq.scheduler.api.app import create_app
-    from gpuq.scheduler.server import open_context
-    from gpuq.scheduler.wakeups import WakeSender
+    from gpuq.scheduler.runtime.context import open_context
+    from gpuq.scheduler.runtime.wakeups import WakeSender
 
     ctx = open_context(settings)
     sender = WakeSender(dsn)
@@ -186,9 +186,9 @@ def _run_loop(settings: Settings, sock: socket.socket, dsn: str) -> None:
     """The loop process: the scheduling loop, woken by the API processes' NOTIFYs."""
     stop = _StopFlag()
     sock.close()  # this process serves no HTTP
-    from gpuq.scheduler.loop import SchedulerLoop
-    from gpuq.scheduler.server import open_context
-    from gpuq.scheduler.wakeups import WakeListener
+    from gpuq.scheduler.runtime.context import open_context
+    from gpuq.scheduler.runtime.loop import SchedulerLoop
+    from gpuq.scheduler.runtime.wakeups import WakeListener
 
     if settings.loop_nice:
         try:
@@ -344,9 +344,9 @@ def run(settings: Settings) -> int:
     path = metrics_dir(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _prepare_metrics(path)
-    from gpuq.scheduler import metrics
-    from gpuq.scheduler.server import build_context
-    from gpuq.scheduler.wakeups import conninfo
+    from gpuq.scheduler.entry.bootstrap import build_context
+    from gpuq.scheduler.runtime import metrics
+    from gpuq.scheduler.runtime.wakeups import conninfo
 
     metrics.enable_multiprocess(path)
     dsn = conninfo(settings.effective_database_url)

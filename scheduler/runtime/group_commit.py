@@ -28,12 +28,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from gpuq.scheduler.api.schemas import Heartbeat, HeartbeatReply, JobCreate
-from gpuq.scheduler.auth import Principal
-from gpuq.scheduler.context import Context
+from gpuq.scheduler.runtime.context import Context
 from gpuq.scheduler.services import jobs as svc
 from gpuq.scheduler.services import nodes as node_svc
+from gpuq.scheduler.services.auth import Principal
 from gpuq.scheduler.services.submit_many import Created, Runnable, submit_many
+from gpuq.wire.jobs import JobCreate
+from gpuq.wire.nodes import Heartbeat, HeartbeatReply
 
 log = logging.getLogger(__name__)
 

@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     #: Bytes of job output kept per job on the server; beyond it the log is truncated.
     max_log_bytes: int = 256 * 1024 * 1024
 
-    # --- accounting, idle GPUs, metrics (scheduler/accounting.py, idle.py, metrics.py) ----
+    # --- accounting, idle GPUs, metrics (scheduler/domain/accounting.py, idle.py, metrics.py) ----
     #: Grid carbon intensity, grams CO2e per kWh (about the world average); per node below.
     carbon_intensity_g_per_kwh: float = Field(475.0, ge=0)
     #: Node name -> grams CO2e per kWh, for nodes on another grid (or a greener contract).

@@ -8,7 +8,7 @@ Two kinds:
 * read from the database at every scrape (``StateCollector``): jobs by state and account,
   GPUs by state, running GPUs and fair-share per account, power per node, idle GPUs.
 
-With ``gpuq server --workers N`` (scheduler/prefork.py) the histograms are observed in
+With ``gpuq server --workers N`` (scheduler/entry/prefork.py) the histograms are observed in
 several processes (the cycle in the loop's, the dispatch latency in the API's):
 prometheus_client's multiprocess mode keeps each process's values in files under
 ``PROMETHEUS_MULTIPROC_DIR``, which the supervisor empties and sets before anything imports
@@ -19,32 +19,22 @@ then makes ``exposition`` sum those files (``MultiProcessCollector``) instead of
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest, values
+from prometheus_client import CollectorRegistry, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
-from gpuq.scheduler.context import Context
 from gpuq.scheduler.db.models import Account, GpuAllocation, Job, Node
-from gpuq.scheduler.states import JobState, NodeState
+from gpuq.scheduler.measures import PROCESS
+from gpuq.scheduler.runtime.context import Context
+from gpuq.wire.states import JobState, NodeState
 
-PROCESS = CollectorRegistry(auto_describe=True)
-CYCLE_SECONDS = Histogram(
-    "gpuq_schedule_cycle_seconds", "Duration of one scheduling cycle (wall clock)",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=PROCESS)
-DISPATCH_LATENCY = Histogram(
-    "gpuq_dispatch_latency_seconds",
-    "From the loop dispatching a job to its node reporting it running",
-    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120), registry=PROCESS)
 QUEUE_STATES = (JobState.PENDING, JobState.DISPATCHED, JobState.RUNNING)
 GPU_STATES = ("free", "allocated", "occupied", "unhealthy", "unavailable")
 #: The multiprocess mode's directory, once ``enable_multiprocess`` was called.
@@ -62,21 +52,6 @@ def enable_multiprocess(path: Path) -> None:
             f"prometheus_client is not in multiprocess mode on {path}: "
             "PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is imported")
     _multiprocess_dir = path
-
-
-@contextlib.contextmanager
-def cycle_timer() -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        CYCLE_SECONDS.observe(time.perf_counter() - start)
-
-
-def observe_dispatch(job: Job, now: datetime) -> None:
-    """A job just went RUNNING: how long after its dispatch."""
-    if job.dispatched_at is not None:
-        DISPATCH_LATENCY.observe(max(0.0, (now - job.dispatched_at).total_seconds()))
 
 
 class StateCollector:
@@ -165,8 +140,8 @@ class StateCollector:
         yield idle_jobs
 
     def _fairshare(self) -> Iterator[GaugeMetricFamily]:
+        from gpuq.scheduler.domain.snapshot import tree_views
         from gpuq.scheduler.policy import classic_fairshare, fair_tree
-        from gpuq.scheduler.snapshot import tree_views
 
         with self.ctx.transaction() as session:
             accounts, assocs, usage = tree_views(session, self.ctx.clock())

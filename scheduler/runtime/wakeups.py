@@ -1,6 +1,6 @@
 """Wake-ups across processes: PostgreSQL ``LISTEN``/``NOTIFY`` on the channel ``gpuq_wake``.
 
-With ``gpuq server --workers N`` (scheduler/prefork.py) the API runs in N processes and
+With ``gpuq server --workers N`` (scheduler/entry/prefork.py) the API runs in N processes and
 the scheduling loop in another, so an API process's ``ctx.wake()`` (after a submit, a
 job's end report, a node change...) cannot just set the loop's ``threading.Event``.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
 
 LAUNCH = "gpuq.launch"
 KILL = "gpuq.kill"
@@ -41,8 +41,8 @@ def make_celery(settings: Settings) -> Celery:
     }
     if url.startswith("filesystem://"):
         # kombu's own writes a message in place, which a consumer can read half-written
-        # (scheduler/fsbroker.py).
-        conf["broker_transport"] = "gpuq.scheduler.fsbroker:Transport"
+        # (gpuq/fsbroker.py).
+        conf["broker_transport"] = "gpuq.fsbroker:Transport"
         folder = settings.broker_dir
         (folder / "processed").mkdir(parents=True, exist_ok=True)
         conf["broker_transport_options"] = {

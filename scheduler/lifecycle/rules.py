@@ -16,49 +16,12 @@ attempt. A job that asked not to be requeued stays NODE_FAIL or PREEMPTED.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from gpuq.scheduler.db.models import GpuAllocation, Job, JobEvent
-
-
-class JobState(StrEnum):
-    PENDING = "PENDING"
-    DISPATCHED = "DISPATCHED"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMEOUT = "TIMEOUT"
-    NODE_FAIL = "NODE_FAIL"
-    #: Stopped to give its GPUs to another job (a grant reclaiming them, or a higher QOS).
-    PREEMPTED = "PREEMPTED"
-    #: On its way back to the queue after NODE_FAIL or PREEMPTED (never stays here).
-    REQUEUED = "REQUEUED"
-
-
-class NodeState(StrEnum):
-    UNKNOWN = "UNKNOWN"
-    UP = "UP"
-    DOWN = "DOWN"
-    DRAIN = "DRAIN"
-
-
-ACTIVE = frozenset({JobState.DISPATCHED, JobState.RUNNING})
-TERMINAL = frozenset(
-    {
-        JobState.COMPLETED,
-        JobState.FAILED,
-        JobState.CANCELLED,
-        JobState.TIMEOUT,
-        JobState.NODE_FAIL,
-        JobState.PREEMPTED,
-    }
-)
-#: Ends after which a job that allows it goes back to the queue.
-REQUEUEABLE = frozenset({JobState.NODE_FAIL, JobState.PREEMPTED})
+from gpuq.wire.states import ACTIVE, REQUEUEABLE, TERMINAL, JobState
 
 #: A DISPATCHED job may end without a RUNNING report (a job that exits at once, a lost
 #: message); the node's report of how it ended is taken as it is.

@@ -7,7 +7,7 @@
 * ``cancel``: as notify, then the job is cancelled ``idle_cancel_grace_s`` later unless
   its GPUs got busy again meanwhile (which clears the flag).
 
-Every flag and action is an event on the job. ``observe`` (scheduler/accounting.py) keeps
+Every flag and action is an event on the job. ``observe`` (scheduler/domain/accounting.py) keeps
 ``idle_since`` at every heartbeat; the loop calls ``enforce`` every cycle.
 """
 
@@ -23,9 +23,9 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
 from gpuq.scheduler.db.models import Job, JobEvent
-from gpuq.scheduler.states import JobState
+from gpuq.wire.states import JobState
 
 log = logging.getLogger(__name__)
 #: Seconds a webhook POST may take.

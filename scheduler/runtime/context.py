@@ -10,9 +10,9 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from gpuq.config import Settings
 from gpuq.scheduler.clock import Clock, system_clock
-from gpuq.scheduler.config import Settings
-from gpuq.scheduler.logstore import LogStore
+from gpuq.scheduler.runtime.logstore import LogStore
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,12 @@ class CeleryDispatcher:
     """Sends tasks; a failed send is logged, not raised: heartbeats repair lost messages."""
 
     def __init__(self, settings: Settings) -> None:
-        from gpuq.scheduler.dispatch import make_celery
+        from gpuq.broker import make_celery
 
         self.app = make_celery(settings)
 
     def launch(self, node: str, job_id: int) -> None:
-        from gpuq.scheduler.dispatch import send_launch
+        from gpuq.broker import send_launch
 
         try:
             send_launch(self.app, node, job_id)
@@ -39,7 +39,7 @@ class CeleryDispatcher:
             log.exception("could not send launch of job %s to %s", job_id, node)
 
     def kill(self, node: str, job_id: int) -> None:
-        from gpuq.scheduler.dispatch import send_kill
+        from gpuq.broker import send_kill
 
         try:
             send_kill(self.app, node, job_id)
@@ -62,3 +62,19 @@ class Context:
         """One unit of work: commit on success, roll back on any exception."""
         with self.sessions() as session, session.begin():
             yield session
+
+
+def open_context(settings: Settings, *, clock: Clock = system_clock,
+                 dispatcher: Dispatcher | None = None) -> Context:
+    """The shared context on a new engine, as it is (no migration, no bootstrap)."""
+    from gpuq.scheduler.db.session import make_engine, make_sessionmaker
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    return Context(
+        settings=settings,
+        sessions=make_sessionmaker(engine),
+        dispatcher=dispatcher or CeleryDispatcher(settings),
+        logs=LogStore(settings.log_dir, settings.max_log_bytes),
+        clock=clock,
+    )

@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.config import Settings
+from gpuq.config import Settings
 from gpuq.scheduler.db.models import Account, Gpu, Job, Membership, Node, User
+from gpuq.scheduler.domain import grants_in_effect as in_effect
 from gpuq.scheduler.policy import (
     AccountView,
     AssocView,
@@ -25,8 +26,7 @@ from gpuq.scheduler.policy import (
 )
 from gpuq.scheduler.policy.grants import boost_shares
 from gpuq.scheduler.policy.usage import billed_seconds
-from gpuq.scheduler.services import grants as grant_service
-from gpuq.scheduler.states import ACTIVE, JobState, NodeState
+from gpuq.wire.states import ACTIVE, JobState, NodeState
 
 
 def job_view(job: Any, users: dict[int, str], accounts: dict[int, str],
@@ -102,7 +102,7 @@ def tree_views(session: Session, now: datetime | None = None
         assocs.append(AssocView(user, names[account_id], shares, parent))
         usage[(user, names[account_id])] = used
     if now is not None:
-        accounts = boost_shares(accounts, grant_service.share_boosts(session, now))
+        accounts = boost_shares(accounts, in_effect.share_boosts(session, now))
     return accounts, tuple(assocs), usage
 
 
@@ -201,7 +201,7 @@ def build_snapshot_rows(session: Session, now: datetime, settings: Settings | No
     accounts, assocs, usage = tree_views(session, now)
     grants = tuple(GrantView(id=gid, account=acct, gpus=gpus, gpu_model=model,
                              nodes=tuple(nodes))
-                   for gid, acct, gpus, model, nodes in grant_service.reservations(session, now))
+                   for gid, acct, gpus, model, nodes in in_effect.reservations(session, now))
     for job in active:
         key = (users.get(job.user_id, ""), account_names.get(job.account_id, ""))
         if key in usage:

@@ -10,9 +10,12 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.auth import issue_token
+from gpuq.config import Settings
+from gpuq.scheduler.clock import Clock, system_clock
 from gpuq.scheduler.db.models import ApiToken, User
+from gpuq.scheduler.runtime.context import Context, Dispatcher, open_context
 from gpuq.scheduler.services.admin import ensure_root
+from gpuq.scheduler.services.auth import issue_token
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +52,15 @@ def bootstrap(session: Session, *, now: datetime, admin_token_file: Path) -> str
     write_secret(admin_token_file, secret)
     log.warning("created the first admin token in %s", admin_token_file)
     return secret
+
+
+def build_context(settings: Settings, *, clock: Clock = system_clock,
+                  dispatcher: Dispatcher | None = None) -> Context:
+    """Open the database (bringing its schema up to date) and make the shared context."""
+    from gpuq.scheduler.db.session import upgrade
+
+    ctx = open_context(settings, clock=clock, dispatcher=dispatcher)
+    upgrade(ctx.sessions.kw["bind"])
+    with ctx.transaction() as session:
+        bootstrap(session, now=clock(), admin_token_file=settings.effective_admin_token_file)
+    return ctx
