@@ -7,6 +7,9 @@ restarted daemon re-adopts its runs by listing that directory: supervisors still
 keep running, runs that ended while it was away get reported. Once the server has
 acknowledged a run's final state (after all of its output), or has said it is not the
 job's current run, the directory moves to ``<state_dir>/done/`` once the run has ended.
+
+Supervisors are started by ``worker.starter``; what a run directory shows is
+``worker.observe``'s; what is sent to the server, ``worker.reporting``'s.
 """
 
 from __future__ import annotations
@@ -20,52 +23,27 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import gpuq
 from gpuq.wire.nodes import JobSample, LaunchSpec, WorkerJob
 from gpuq.worker import jobdir as jd
 from gpuq.worker import usage
-from gpuq.worker.cgroups import CgroupUnavailable, JobCgroup, looks_like_job_cgroup, prepare_node
+from gpuq.worker.cgroups import CgroupUnavailable, prepare_node
 from gpuq.worker.client import NodeClient
 from gpuq.worker.gpus.base import GpuBackend, GpuSample
 from gpuq.worker.jobdir import RunKey
 from gpuq.worker.jobenv import Identity, LaunchRefused, build_env, identity_for
+from gpuq.worker.observe import Observed, job_cgroup, observe
 from gpuq.worker.procs import JobProcesses
 from gpuq.worker.reporting import Reporter
+from gpuq.worker.starter import Forked, SupervisorStarter
 
 log = logging.getLogger(__name__)
-#: Seconds a job directory may go without a supervisor taking its lock before the
-#: job counts as failed to start (only for supervisors this daemon did not start itself).
-START_TIMEOUT_S = 60.0
 #: Beyond the kill grace period, how long a launch waits for an older attempt of the
 #: same job to end before it starts the new one anyway.
 OLDER_ATTEMPT_EXTRA_WAIT_S = 5.0
 DONE_KEEP = 200
-#: Of the daemon's environment, only these reach the supervisor (never the node token).
-SUPERVISOR_ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LANG", "LC_ALL", "TZ")
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What the daemon sees of one run directory."""
-
-    key: RunKey
-    dir: Path
-    #: ``RUNNING`` (also while the supervisor is starting) or a final state.
-    state: str
-    #: Whether the job's process was started (state.json says so).
-    started: bool = False
-    exit_code: int | None = None
-    reason: str = ""
-
-    @property
-    def job_id(self) -> int:
-        return self.key.job_id
 
 
 class JobManager:
@@ -80,12 +58,12 @@ class JobManager:
         self.node, self.kill_grace_s = node, kill_grace_s
         self.cgroup_root = self._cgroup_root(cgroup_root)
         self._identity, self._gpus = identity, gpus
-        self._python, self._wall = python, wall
+        self._wall = wall
         self._lock = threading.Lock()
-        self._children: dict[RunKey, subprocess.Popen[bytes] | _Forked] = {}
-        self._forker_lock = threading.Lock()
-        self._forker: subprocess.Popen[bytes] | None = None
-        self._forker_done: weakref.finalize | None = None
+        #: The supervisors this daemon started, by run; one is dropped once it has exited
+        #: and its run has a state (or is gone), or when its run is retired.
+        self._children: dict[RunKey, subprocess.Popen[bytes] | Forked] = {}
+        self.starter = SupervisorStarter(python)
         self.reporter = Reporter(api, chunk_bytes=chunk_bytes)
 
     def _cgroup_root(self, setting: str) -> str:
@@ -185,57 +163,15 @@ class JobManager:
                 return
             time.sleep(0.02)
 
-    def _supervisor_env(self) -> dict[str, str]:
-        env = {k: os.environ[k] for k in SUPERVISOR_ENV if k in os.environ}
-        src = str(Path(gpuq.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-        return env
-
     def _spawn(self, key: RunKey, d: Path) -> None:
-        """Start the run's supervisor: forked by the fork server (``python -m
-        gpuq.worker.supervisor --serve``, started once), else as a new Python process."""
-        proc: subprocess.Popen[bytes] | _Forked | None = self._fork_supervisor(d)
-        if proc is None:
-            with open(d / jd.SUPERVISOR_LOG, "ab") as out:
-                proc = subprocess.Popen([self._python, "-m", "gpuq.worker.supervisor", str(d)],
-                                        stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True,
-                                        close_fds=True, cwd="/", env=self._supervisor_env())
+        """Start the run's supervisor (``SupervisorStarter.start``) and keep it."""
+        proc = self.starter.start(d)
         with self._lock:
             self._children[key] = proc
 
-    def _fork_supervisor(self, d: Path) -> _Forked | None:
-        """Ask the fork server for a supervisor of ``d`` (starting the server first if it
-        is not running); ``None`` if it cannot (the caller starts one itself)."""
-        if "\n" in str(d):
-            return None
-        with self._forker_lock:
-            try:
-                if self._forker is None or self._forker.poll() is not None:
-                    self._forker = subprocess.Popen(
-                        [self._python, "-m", "gpuq.worker.supervisor", "--serve"],
-                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
-                        close_fds=True, cwd="/", env=self._supervisor_env())
-                    self._forker_done = weakref.finalize(self, _stop_forker, self._forker)
-                assert self._forker.stdin is not None and self._forker.stdout is not None
-                self._forker.stdin.write(f"{d}\n".encode())
-                self._forker.stdin.flush()
-                answer = self._forker.stdout.readline().decode().strip()
-                return _Forked(int(answer))
-            except (OSError, ValueError) as e:
-                log.warning("the supervisor fork server failed (%s); starting the "
-                            "supervisor as a new process", e or type(e).__name__)
-                if self._forker is not None:
-                    _stop_forker(self._forker)
-                    self._forker = None
-                return None
-
     def close(self) -> None:
         """Stop the fork server (the supervisors it started keep running)."""
-        with self._forker_lock:
-            if self._forker is not None:
-                _stop_forker(self._forker)
-                self._forker = None
+        self.starter.close()
 
     def kill(self, job_id: int, attempt: int, grace_s: float | None = None) -> bool:
         """Cancel one run: its supervisor sends SIGTERM, then SIGKILL after the grace
@@ -354,69 +290,19 @@ class JobManager:
                 self._retire(obs)
 
     def observe(self, key: RunKey, d: Path) -> Observed:
-        state = jd.read_json(d / jd.STATE)
-        if state is not None and state.get("state") in jd.FINAL:
-            return self._observed(key, d, state)
-        if jd.supervisor_alive(d) or self._starting(key, d, state):
-            return Observed(key, d, jd.RUNNING, started=state is not None)
-        # A supervisor writes the job's end before it exits: it may have done both since
-        # the read above (a job of a few ms, observed as it starts). Read it again.
-        state = jd.read_json(d / jd.STATE) or state
-        if state is not None and state.get("state") in jd.FINAL:
-            return self._observed(key, d, state)
-        return self._observed(key, d, self._supervisor_lost(key, d, state))
+        """The run as it is now (``worker.observe``)."""
+        return observe(key, d, launched=self._launched, wall=self._wall)
 
-    @staticmethod
-    def _observed(key: RunKey, d: Path, state: dict[str, Any]) -> Observed:
-        return Observed(key, d, state["state"], started=state.get("pid") is not None,
-                        exit_code=state.get("exit_code"), reason=state.get("reason") or "")
-
-    def _starting(self, key: RunKey, d: Path, state: dict[str, Any] | None) -> bool:
-        if state is not None:
-            return False
+    def _launched(self, key: RunKey) -> bool | None:
+        """Whether the supervisor this daemon started for ``key`` is still there;
+        ``None`` if it keeps none for the run (it did not start one, or dropped it)."""
         with self._lock:
             child = self._children.get(key)
-        if child is not None:
-            return child.poll() is None
-        try:
-            age_s = self._wall() - d.stat().st_mtime
-        except FileNotFoundError:
-            return False
-        return age_s < START_TIMEOUT_S
-
-    def _supervisor_lost(self, key: RunKey, d: Path,
-                         state: dict[str, Any] | None) -> dict[str, Any]:
-        """The supervisor is gone without recording an end: record one for it."""
-        state = dict(state or {"job_id": key.job_id, "attempt": key.attempt, "pid": None,
-                               "pgid": None})
-        cancelled = (d / jd.CANCEL).exists()
-        if state.get("pid") is None:
-            reason = ("cancelled before it started" if cancelled else
-                      f"the job's supervisor exited before starting it (see {d}/supervisor.log)")
-        elif state.get("boot_id") != jd.boot_id():
-            reason = "the node restarted while the job was running"
-        else:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(state["pgid"]), signal.SIGKILL)
-            cgroup = _job_cgroup(state)
-            if cgroup is not None:  # processes that left the job's process group too
-                cgroup.kill()
-                give_up_at = time.monotonic() + 1.0
-                while not cgroup.remove() and time.monotonic() < give_up_at:
-                    time.sleep(0.02)
-            reason = "the job's supervisor died; the job was killed"
-        state.update(state="CANCELLED" if cancelled else "FAILED", exit_code=None,
-                     reason=reason, ended_at=jd.iso_utc(self._wall()))
-        with jd.try_lock(d) as got:
-            if not got:  # a supervisor has just appeared after all
-                return {"state": jd.RUNNING, "pid": state.get("pid")}
-            jd.write_json_atomic(d / jd.STATE, state, mode=0o644)
-        log.warning("job %s: %s", key, reason)
-        return state
+        return None if child is None else child.poll() is None
 
     # --- housekeeping ------------------------------------------------------------------
     def _retire(self, obs: Observed) -> None:
-        cgroup = _job_cgroup(jd.read_json(obs.dir / jd.STATE))
+        cgroup = job_cgroup(jd.read_json(obs.dir / jd.STATE))
         if cgroup is not None and not cgroup.remove():  # its supervisor removes it, or tried
             log.warning("job %s: its cgroup %s is not empty: pids %s", obs.key, cgroup.path,
                         cgroup.pids())
@@ -439,58 +325,3 @@ class JobManager:
                 d = jd.find_run(self.jobs_dir, key)
                 if proc.poll() is not None and (d is None or (d / jd.STATE).exists()):
                     del self._children[key]
-
-
-class _Forked:
-    """A supervisor the fork server started (its child, not ours): ``poll()`` says
-    whether it is still there, as ``Popen.poll`` does (the exit status is not known)."""
-
-    def __init__(self, pid: int) -> None:
-        if pid <= 0:
-            raise ValueError(f"bad pid {pid}")
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                with open(f"/proc/{self.pid}/stat", "rb") as f:
-                    gone = f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
-            except FileNotFoundError:
-                gone = os.path.isdir("/proc/self") or not _pid_exists(self.pid)
-            except (OSError, IndexError):
-                gone = not _pid_exists(self.pid)
-            if gone:
-                self.returncode = -1
-        return self.returncode
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stop_forker(proc: subprocess.Popen[bytes]) -> None:
-    """Close the fork server's stdin (it exits at EOF) and reap it."""
-    for stream in (proc.stdin, proc.stdout):
-        with contextlib.suppress(OSError):
-            if stream is not None:
-                stream.close()
-    try:
-        proc.wait(timeout=2.0)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _job_cgroup(state: dict[str, Any] | None) -> JobCgroup | None:
-    """The cgroup a run's ``state.json`` names, if it is still there (and is one)."""
-    path = (state or {}).get("cgroup")
-    if not path or not looks_like_job_cgroup(Path(path)):
-        return None
-    return JobCgroup(Path(path))

@@ -16,14 +16,12 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gpuq.wire.nodes import JobStateReport
+from gpuq.wire.states import JobState
 from gpuq.worker import jobdir as jd
 from gpuq.worker.client import ApiError, NodeClient
-
-if TYPE_CHECKING:
-    from gpuq.worker.jobs import Observed
+from gpuq.worker.observe import Observed
 
 log = logging.getLogger(__name__)
 #: Chunks shipped per job per pass, so one chatty job cannot starve the others.
@@ -49,7 +47,8 @@ class Reporter:
             return obs.state in jd.FINAL
         try:
             if obs.started and not jd.read_text(d / jd.REPORTED):
-                self.api.report(key.job_id, JobStateReport(attempt=key.attempt, state="RUNNING"))
+                running = JobStateReport(attempt=key.attempt, state=JobState.RUNNING)
+                self.api.report(key.job_id, running)
                 jd.write_text_atomic(d / jd.REPORTED, jd.RUNNING)
             caught_up = self.ship(d, key)
             if obs.state not in jd.FINAL or not caught_up:

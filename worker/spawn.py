@@ -10,9 +10,10 @@ Python has no ``clone3``, so ``spawn_into_cgroup`` calls it through ``ctypes`` w
 releasing the GIL. The child is then a copy of the (single-threaded) supervisor that runs
 a few ``os`` calls and execs: what ``subprocess.Popen`` does in C, in the same order
 (signals blocked across the clone; the job's signal dispositions reset; a new session;
-stdin, stdout and stderr; the account switch and workdir of ``_child_setup``; exec along
-the environment's ``PATH``). A failure in the child is written to the report pipe in
-``_child_setup``'s format and the child exits 127; the caller raises it as ``OSError``.
+stdin, stdout and stderr; the account switch and workdir of ``jobstart.child_setup``;
+exec along the environment's ``PATH``). A failure in the child is written to the report
+pipe in ``child_setup``'s format and the child exits 127; the caller raises it as
+``OSError``.
 
 The caller must be single-threaded: raw ``clone3`` runs no fork handlers, so a lock that
 another thread holds at that moment (malloc's, say) would stay held in the child, which
@@ -75,8 +76,9 @@ def spawn_into_cgroup(argv: Sequence[str], *, env: dict[str, str], cgroup_dir: s
 
     stdin is ``/dev/null``, stdout and stderr append to ``stdout_path``; ``child_setup``
     (the account switch) runs in the child before ``cwd`` is entered and ``argv`` is
-    executed; failures there go to ``report_w`` (close-on-exec) as ``_child_setup``'s
-    lines. Raises ``CloneUnavailable`` if it could not clone (nothing started)."""
+    executed; failures there go to ``report_w`` (close-on-exec) as
+    ``jobstart.child_setup``'s lines. Raises ``CloneUnavailable`` if it could not clone
+    (nothing started)."""
     call = _syscall()
     if call is None:
         raise CloneUnavailable("clone3 is not available on this platform")

@@ -1,36 +1,37 @@
 """One supervisor process per job: ``python -m gpuq.worker.supervisor <jobdir>``.
 
 Started detached by the daemon (its own session, stdin from /dev/null), so it outlives a
-daemon restart. It starts the job in its own session (process group) in ``workdir`` with
-the environment from ``spec.json``, sends stdout and stderr to ``output.log``, enforces the
-time limit, and treats SIGTERM/SIGINT to itself as a cancel. It is the only writer of
-``state.json`` (which records the job's pid = pgid = sid, its cgroup, and the supervisor's
-own pid).
+daemon restart; forked by the fork server (``python -m gpuq.worker.supervisor --serve``,
+``worker.forkserver``) or started as a new Python process. It starts the job in its own
+session (process group) in ``workdir`` with the environment from ``spec.json``, sends
+stdout and stderr to ``output.log``, enforces the time limit, and treats SIGTERM/SIGINT to
+itself as a cancel. It is the only writer of ``state.json`` (which records the job's pid =
+pgid = sid, its cgroup, and the supervisor's own pid).
 
 Every process of the job goes when the job ends, including those that left its process
 group (``setsid``, double forks): the supervisor is a child subreaper, so the job's orphans
-become its children, and where it can it puts the job in a cgroup of its own (see
-``worker.cgroups``; the leader is created in it with ``clone3`` (``worker.spawn``), or
-joins it before it execs where that cannot be done, so nothing forks out of it). A
-cancel or the time limit sends SIGTERM to the job's process group, to every process in its
-cgroup and to every live descendant of the supervisor (found in ``/proc``), and SIGKILL
-(``cgroup.kill``) to what is left after the grace period; when the job's leader exits by
-itself, what it left behind is killed at once. The end is recorded only once none of them
-is left (or ``KILL_WAIT_S`` after the SIGKILL, for a process that does not die).
+become its children (``worker.jobtree``), and where it can it puts the job in a cgroup of
+its own (see ``worker.cgroups``; the leader is created in it with ``clone3``
+(``worker.spawn``), or joins it before it execs where that cannot be done, so nothing forks
+out of it). A cancel or the time limit sends SIGTERM to the job's process group, to every
+process in its cgroup and to every live descendant of the supervisor (found in ``/proc``),
+and SIGKILL (``cgroup.kill``) to what is left after the grace period; when the job's leader
+exits by itself, what it left behind is killed at once. The end is recorded only once none
+of them is left (or ``KILL_WAIT_S`` after the SIGKILL, for a process that does not die).
 
 When the job runs as another account (a root daemon), the job gets what it needs as that
 account: its script is copied to a directory the account owns, its output goes to a file
 descriptor the supervisor opened (the state directory stays private), and it enters its
 ``workdir`` as that account (a job cannot start in a directory its user cannot reach,
-the whole path included: it fails with exit code 126 or 127, saying so).
+the whole path included: it fails with exit code 126 or 127, saying so; see
+``worker.jobstart``).
 
-Standard library only.
+Standard library only (its gpuq imports too): it must start fast.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import functools
 import logging
@@ -46,110 +47,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gpuq.wire.states import JobState
+from gpuq.worker import forkserver
 from gpuq.worker import jobdir as jd
 from gpuq.worker.cgroups import CgroupUnavailable, JobCgroup
+from gpuq.worker.jobstart import (
+    check_workdir_as,
+    child_setup,
+    read_report,
+    report_error,
+    start_error,
+)
+from gpuq.worker.jobtree import MAX_WAIT_S, JobTree, become_subreaper, poll_s, signal_name
 from gpuq.worker.spawn import CloneUnavailable, Spawned, spawn_into_cgroup
 
 log = logging.getLogger("gpuq.supervisor")
-PR_SET_CHILD_SUBREAPER = 36
-#: Upper bound on a wait, in seconds: how often the ``cancel`` file is looked at.
-MAX_WAIT_S = 0.5
-#: How often, in seconds, the job's processes are looked for while they are being killed
-#: (descendants that are not the supervisor's children send it no SIGCHLD): at first, then
-#: less and less often (up to ``MAX_WAIT_S``), as each look reads all of ``/proc``.
-KILL_POLL_S = 0.05
-#: After SIGKILL, how long the job's processes (other than its leader, always waited for)
-#: may take to go before the end is recorded anyway, with a warning.
-KILL_WAIT_S = 5.0
 LOCK_TRIES = 40
-
-
-def exit_code_of(status: int) -> int:
-    """Shell convention: the exit status, or 128+N for a process killed by signal N."""
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
-
-
-def _signal_name(n: int) -> str:
-    try:
-        return signal.Signals(n).name
-    except ValueError:
-        return f"signal {n}"
-
-
-def _become_subreaper() -> bool:
-    """Make orphaned descendants reparent to this process (Linux); whether it worked."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _poll_s(elapsed_s: float) -> float:
-    """How long to wait before looking for the job's processes again, ``elapsed_s``
-    after the kill began."""
-    return min(MAX_WAIT_S, KILL_POLL_S + 0.1 * max(0.0, elapsed_s))
-
-
-def _process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, pgid) of every live process visible in ``/proc`` (zombies left out)."""
-    table: dict[int, tuple[int, int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return table
-    for name in entries:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[0] not in (b"Z", b"X"):
-            table[int(name)] = (int(fields[1]), int(fields[2]))
-    return table
-
-
-def _descendants(table: dict[int, tuple[int, int]], root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    out: set[int] = set()
-    todo = list(children.get(root, ()))
-    while todo:
-        pid = todo.pop()
-        if pid not in out:
-            out.add(pid)
-            todo.extend(children.get(pid, ()))
-    return out
-
-
-def _child_setup(report_fd: int, cgroup: JobCgroup | None, run_as: dict[str, Any] | None,
-                 workdir: str) -> None:
-    """Runs in the job's process between fork and exec (the supervisor has a single
-    thread): joins the job's cgroup while still the supervisor's account, then becomes the
-    job's account and enters ``workdir`` as it. What fails is written to ``report_fd``."""
-    if cgroup is not None:
-        try:
-            cgroup.join()
-        except OSError as e:  # the job runs without it; the supervisor says so
-            os.write(report_fd, f"cgroup\t{e.strerror or e}\n".encode())
-    if run_as is None:
-        return
-    try:
-        os.setgroups(list(run_as.get("groups") or []))
-        os.setregid(run_as["gid"], run_as["gid"])
-        os.setreuid(run_as["uid"], run_as["uid"])
-        # Enter the workdir as the job's user, after the switch (Popen's cwd would be
-        # entered as root: a way into directories the user cannot reach, and no way
-        # into root-squashed NFS homes).
-        os.chdir(workdir)
-    except OSError as e:
-        os.write(report_fd, "error\t{}\t{}\t{}\n".format(
-            e.errno or 0, e.filename or "", e.strerror or e).encode())
-        raise
 
 
 class Supervisor:
@@ -160,8 +73,7 @@ class Supervisor:
         self.spec: dict[str, Any] = {}
         self.state: dict[str, Any] = {}
         self._stop_signal = False
-        self._leader = 0
-        self._leader_code: int | None = None
+        self._tree: JobTree | None = None
         self._tmpdir: str | None = None
         self._cgroup: JobCgroup | None = None
 
@@ -181,15 +93,15 @@ class Supervisor:
                 return 2
             self.spec = spec
             self._install_signals()
-            if not _become_subreaper():
+            if not become_subreaper():
                 log.warning("job %s: cannot become a child subreaper; processes that leave "
                             "the job's process group may outlive it", self.label)
             try:
                 self._supervise()
             except BaseException:
                 log.exception("job %s: supervisor failed", self.label)
-                if self._leader:  # never leave a job running unsupervised
-                    self._signal_job(signal.SIGKILL)
+                if self._tree is not None:  # never leave a job running unsupervised
+                    self._tree.signal(signal.SIGKILL)
                 raise
             return 0
         finally:
@@ -226,6 +138,13 @@ class Supervisor:
         signal.signal(signal.SIGHUP, lambda s, f: None)
         signal.signal(signal.SIGCHLD, lambda s, f: None)  # wakes the wait loop
 
+    def _sleep(self, timeout_s: float) -> None:
+        """Sleep until a signal arrives (SIGCHLD included) or ``timeout_s`` passes."""
+        select.select([self._wake_r], [], [], timeout_s)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 512):
+                pass
+
     # --- the job -----------------------------------------------------------------------
     def _write(self, **fields: Any) -> None:
         self.state.update(fields)
@@ -236,7 +155,7 @@ class Supervisor:
         """``<job id>.<attempt>`` for messages."""
         return f"{self.spec.get('job_id')}.{self.spec.get('attempt', 1)}"
 
-    def _end(self, state: str, exit_code: int | None, reason: str) -> None:
+    def _end(self, state: JobState, exit_code: int | None, reason: str) -> None:
         log.info("job %s: %s (%s)", self.label, state, reason)
         self._write(state=state, exit_code=exit_code, reason=reason,
                     ended_at=jd.iso_utc(self.wall()))
@@ -262,35 +181,38 @@ class Supervisor:
         if spec.get("refused"):
             with open(self.dir / jd.LOG, "ab") as out:
                 out.write(f"gpuq: not started: {spec['refused']}\n".encode())
-            return self._end("FAILED", None, str(spec["refused"])[:256])
+            return self._end(JobState.FAILED, None, str(spec["refused"])[:256])
         if self._cancel_asked():
-            return self._end("CANCELLED", None, "cancelled before it started")
+            return self._end(JobState.CANCELLED, None, "cancelled before it started")
         try:
             argv = self._argv(launch)
             proc = self._start(argv, launch["workdir"])
         except (OSError, subprocess.SubprocessError, ValueError) as e:
-            code, reason = self._start_error(e, launch)
+            code, reason = start_error(e, launch)
             with open(self.dir / jd.LOG, "ab") as out:
                 out.write(f"gpuq: {reason}\n".encode())
-            return self._end("FAILED", code, reason)
-        self._leader = proc.pid
+            return self._end(JobState.FAILED, code, reason)
+        self._tree = JobTree(proc.pid, self._cgroup, label=self.label, clock=self.clock,
+                             sleep=self._sleep)
         start_s = self.clock()
-        self._write(state=jd.RUNNING, pid=proc.pid, pgid=proc.pid,
+        self._write(state=JobState.RUNNING, pid=proc.pid, pgid=proc.pid,
                     cgroup=str(self._cgroup.path) if self._cgroup else None,
                     started_at=jd.iso_utc(self.wall()))
-        ending, code = self._wait(start_s + float(launch["time_limit_s"]))
+        ending, code = self._wait(self._tree, start_s + float(launch["time_limit_s"]))
         proc.returncode = code  # reaped here, not by Popen
-        if ending == "TIMEOUT":
-            self._end("TIMEOUT", code, f"time limit of {launch['time_limit_s']} s reached")
-        elif ending == "CANCELLED":
-            self._end("CANCELLED", code, "cancelled")
+        if ending == JobState.TIMEOUT:
+            self._end(JobState.TIMEOUT, code,
+                      f"time limit of {launch['time_limit_s']} s reached")
+        elif ending == JobState.CANCELLED:
+            self._end(JobState.CANCELLED, code, "cancelled")
         elif code == 0:
-            self._end("COMPLETED", 0, "exit code 0")
+            self._end(JobState.COMPLETED, 0, "exit code 0")
         elif code > 128:
-            self._end("FAILED", code, f"killed by {_signal_name(code - 128)}")
+            self._end(JobState.FAILED, code, f"killed by {signal_name(code - 128)}")
         else:
-            self._end("FAILED", code, f"exit code {code}")
+            self._end(JobState.FAILED, code, f"exit code {code}")
 
+    # --- starting it -------------------------------------------------------------------
     def _argv(self, launch: dict[str, Any]) -> list[str]:
         if launch.get("command"):
             return [str(a) for a in launch["command"]]
@@ -310,11 +232,13 @@ class Supervisor:
         return [str(path)] if shebang else ["/bin/bash", str(path)]
 
     def _start(self, argv: list[str], workdir: str) -> subprocess.Popen[bytes] | Spawned:
+        """Start the job's leader: inside its cgroup with ``clone3`` where it has one and
+        that can be done, else with ``Popen`` (joining the cgroup before exec)."""
         run_as = self.spec.get("run_as")
         if not (run_as and run_as["uid"] != os.geteuid()):
             run_as = None
         if run_as is not None:
-            _check_workdir_as(run_as, workdir)  # to fail saying why
+            check_workdir_as(run_as, workdir)  # to fail saying why
         self._cgroup = self._make_cgroup()
         if self._cgroup is not None:
             spawned = self._spawn_into_cgroup(argv, workdir, run_as)
@@ -323,7 +247,7 @@ class Supervisor:
         kwargs: dict[str, Any] = {"cwd": None if run_as else workdir}
         report_r, report_w = os.pipe()
         if run_as is not None or self._cgroup is not None:
-            kwargs["preexec_fn"] = functools.partial(_child_setup, report_w, self._cgroup,
+            kwargs["preexec_fn"] = functools.partial(child_setup, report_w, self._cgroup,
                                                      run_as, workdir)
         try:
             with open(self.dir / jd.LOG, "ab") as out:
@@ -343,7 +267,7 @@ class Supervisor:
         (the caller starts it with ``Popen`` and joins the cgroup before exec)."""
         assert self._cgroup is not None
         report_r, report_w = os.pipe()
-        setup = (functools.partial(_child_setup, report_w, None, run_as, workdir)
+        setup = (functools.partial(child_setup, report_w, None, run_as, workdir)
                  if run_as is not None else None)
         try:
             spawned = spawn_into_cgroup(argv, env=self.spec["env"],
@@ -368,20 +292,16 @@ class Supervisor:
         return spawned
 
     def _child_report(self, report_r: int, report_w: int) -> None:
-        """Read what ``_child_setup`` said; raise the ``OSError`` it failed with, if any."""
-        os.close(report_w)
-        with os.fdopen(report_r, "rb") as f:
-            lines = f.read().decode(errors="replace").splitlines()
-        for line in lines:
-            what, _, rest = line.partition("\t")
+        """Act on what ``child_setup`` said (``jobstart.read_report``): drop the cgroup it
+        could not join; raise the ``OSError`` it failed with, if any."""
+        for what, rest in read_report(report_r, report_w):
             if what == "cgroup" and self._cgroup is not None:
                 log.info("job %s: could not join %s (%s); killing by process group and "
                          "descendants only", self.label, self._cgroup.path, rest)
                 self._remove_cgroup()
                 self._cgroup = None
             elif what == "error":
-                errno_, filename, strerror = (rest.split("\t", 2) + ["", ""])[:3]
-                raise OSError(int(errno_ or 0), strerror, filename or None)
+                raise report_error(rest)
 
     def _make_cgroup(self) -> JobCgroup | None:
         """The job's cgroup, or ``None`` (with one log line) where there can be none."""
@@ -409,40 +329,27 @@ class Supervisor:
                 return
             time.sleep(0.02)
 
-    @staticmethod
-    def _start_error(e: Exception, launch: dict[str, Any]) -> tuple[int, str]:
-        code = 127 if isinstance(e, FileNotFoundError) else 126
-        if not isinstance(e, OSError):
-            return code, f"cannot start the job: {e}"[:256]
-        if e.filename == launch["workdir"]:
-            what = f"workdir {launch['workdir']}"
-        elif e.filename:
-            what = f"program {e.filename}"
-        else:
-            what = "the job"
-        return code, f"cannot start {what}: {e.strerror or e}"[:256]
-
     # --- waiting -----------------------------------------------------------------------
-    def _wait(self, deadline_s: float) -> tuple[str | None, int]:
+    def _wait(self, tree: JobTree, deadline_s: float) -> tuple[JobState | None, int]:
         """Wait for the job; returns (``TIMEOUT``/``CANCELLED``/``None``, exit code)."""
         grace_s = default_grace_s = float(self.spec.get("kill_grace_s", 10.0))
-        ending: str | None = None
+        ending: JobState | None = None
         kill_at = 0.0
         while True:
-            self._reap()
+            tree.reap()
             now = self.clock()
             if ending is None:
                 if self._cancel_asked():
-                    ending = "CANCELLED"
+                    ending = JobState.CANCELLED
                     grace_s = self._cancel_grace_s(default_grace_s)
                 elif now >= deadline_s:
-                    ending = "TIMEOUT"
+                    ending = JobState.TIMEOUT
                 if ending is not None:
                     log.info("job %s: %s: SIGTERM to all of the job's processes",
                              self.label, ending)
-                    self._signal_job(signal.SIGTERM)
+                    tree.signal(signal.SIGTERM)
                     kill_at = now + grace_s
-            if self._leader_code is not None and (ending is None or not self._job_alive()):
+            if tree.leader_code is not None and (ending is None or not tree.alive()):
                 break
             if ending is not None and now >= kill_at:
                 log.info("job %s: still there after %.1f s: SIGKILL", self.label, grace_s)
@@ -450,206 +357,29 @@ class Supervisor:
             if ending is None:
                 wake_at = min(deadline_s, now + MAX_WAIT_S)
             else:
-                wake_at = min(kill_at, now + _poll_s(now - (kill_at - grace_s)))
+                wake_at = min(kill_at, now + poll_s(now - (kill_at - grace_s)))
             self._sleep(max(0.0, wake_at - now))
         # Whatever the job left behind goes with it.
-        self._kill_rest()
-        assert self._leader_code is not None
-        return ending, self._leader_code
-
-    def _kill_rest(self) -> None:
-        """SIGKILL what is left of the job and wait until it is gone: its leader always
-        (its exit status is the job's), the other processes up to ``KILL_WAIT_S``."""
-        since = self.clock()
-        give_up_at = since + KILL_WAIT_S
-        warned = False
-        while True:
-            self._reap()
-            left = self._job_pids()
-            if (self._leader_code is not None and not left
-                    and not (self._cgroup is not None and self._cgroup.populated())):
-                return
-            self._signal_job(signal.SIGKILL, left)
-            if self.clock() >= give_up_at:
-                if self._leader_code is not None:
-                    log.warning("job %s: pid(s) %s still there %.0f s after SIGKILL; "
-                                "recording the end anyway", self.label,
-                                ", ".join(map(str, sorted(left))) or "?", KILL_WAIT_S)
-                    return
-                if not warned:
-                    warned = True
-                    log.warning("job %s: its leader (pid %d) is still there %.0f s after "
-                                "SIGKILL; waiting for it", self.label, self._leader,
-                                KILL_WAIT_S)
-            self._sleep(_poll_s(self.clock() - since))
-
-    def _sleep(self, timeout_s: float) -> None:
-        """Sleep until a signal arrives (SIGCHLD included) or ``timeout_s`` passes."""
-        select.select([self._wake_r], [], [], timeout_s)
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._wake_r, 512):
-                pass
-
-    def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if pid == self._leader:
-                self._leader_code = exit_code_of(status)
-
-    def _job_pids(self) -> set[int]:
-        """The job's live processes: its process group, its cgroup, and every descendant
-        of the supervisor (orphans reparent to it: it is a subreaper)."""
-        table = _process_table()
-        me = os.getpid()
-        pids = _descendants(table, me)
-        if self._leader:
-            pids.update(pid for pid, (_, pgid) in table.items() if pgid == self._leader)
-        if self._cgroup is not None:
-            pids.update(pid for pid in self._cgroup.pids() if pid in table)
-        pids.discard(me)
-        return pids
-
-    def _job_alive(self) -> bool:
-        self._reap()
-        return bool(self._job_pids()) or (self._cgroup is not None
-                                          and self._cgroup.populated())
-
-    def _signal_job(self, sig: int, pids: set[int] | None = None) -> None:
-        """Send ``sig`` to the job's process group, cgroup and descendants (``pids``,
-        when just looked up)."""
-        if self._cgroup is not None:
-            if sig == signal.SIGKILL:
-                self._cgroup.kill()
-            else:
-                self._cgroup.signal(sig)
-        if self._leader:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._leader, sig)
-        for pid in self._job_pids() if pids is None else pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
+        tree.kill_rest()
+        assert tree.leader_code is not None
+        return ending, tree.leader_code
 
 
-def _check_workdir_as(run_as: dict[str, Any], workdir: str) -> None:
-    """Raise the ``OSError`` that the job's account gets entering ``workdir`` (a child
-    switches to the account and tries), so that a job that cannot start there fails with
-    the reason rather than Popen's "Exception occurred in preexec_fn"."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 0
-        try:
-            os.setgroups(list(run_as.get("groups") or []))
-            os.setgid(run_as["gid"])
-            os.setuid(run_as["uid"])
-            os.chdir(workdir)
-        except OSError as e:
-            code = e.errno or 255
-        except BaseException:
-            code = 255
-        os._exit(min(code, 255))
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code == 255 or code < 0:
-        raise OSError(f"could not check the workdir as {run_as.get('name')}")
-    if code:
-        raise OSError(code, os.strerror(code), workdir)
-
-
-def _forked_supervisor(jobdir: str) -> int:
-    """In a child of ``serve``: become what ``python -m gpuq.worker.supervisor JOBDIR`` is (its
-    own session, stdin from /dev/null, stdout and stderr to ``supervisor.log``, no other
-    descriptor of the server's) and run the supervisor."""
-    code = 1
-    try:
-        os.setsid()
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
-                    signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        null = os.open(os.devnull, os.O_RDONLY)
-        out = os.open(os.path.join(jobdir, jd.SUPERVISOR_LOG),
-                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        _close_fds_from(3)
-        code = main([jobdir])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    except BaseException:
-        with contextlib.suppress(Exception):
-            log.exception("supervisor for %s failed", jobdir)
-    finally:
-        with contextlib.suppress(Exception):
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
-    return code  # pragma: no cover - not reached
-
-
-def serve() -> int:
-    """``python -m gpuq.worker.supervisor --serve``: a fork server for the daemon, which
-    starts one per node once, so that a launch forks this small, single-threaded,
-    already-imported process (about a millisecond) instead of starting a new Python
-    (tens of milliseconds). Reads one job directory per line on stdin, answers each with
-    the new supervisor's pid (or ``error <why>``) on stdout; exits at EOF (when the
-    daemon goes; the supervisors it started keep running, as before)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGCHLD, _reap_all)  # no zombies between launches
-    stdin = sys.stdin.buffer
-    while True:
-        line = stdin.readline()
-        _reap_all()
-        if not line:
-            return 0
-        jobdir = line.decode(errors="replace").rstrip("\n")
-        try:
-            pid = os.fork()
-        except OSError as e:
-            os.write(1, f"error {e}\n".encode())
-            continue
-        if pid == 0:  # pragma: no cover - the child
-            _forked_supervisor(jobdir)
-        os.write(1, f"{pid}\n".encode())
-
-
-def _close_fds_from(low: int) -> None:
-    try:
-        fds = [int(f) for f in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = list(range(low, 1024))
-    for fd in fds:
-        if fd >= low:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def _reap_all(*_: object) -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+def supervise(jobdir: str) -> int:
+    """Supervise the run in ``jobdir`` to its end, logging to stderr; the exit status."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s supervisor[%(process)d] %(message)s")
+    return Supervisor(Path(jobdir)).run()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args == ["--serve"]:
-        return serve()
+        return forkserver.serve(supervise)
     if len(args) != 1:
         print("usage: python -m gpuq.worker.supervisor JOBDIR | --serve", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s supervisor[%(process)d] %(message)s")
-    return Supervisor(Path(args[0])).run()
+    return supervise(args[0])
 
 
 if __name__ == "__main__":

@@ -28,9 +28,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpuq.config import Settings
-from gpuq.scheduler.db.models import Job, JobEvent, UsageRecord
+from gpuq.scheduler.db.models import Job, UsageRecord
+from gpuq.scheduler.lifecycle import rules, writes
 from gpuq.wire.jobs import GpuAccounting, JobAccounting
 from gpuq.wire.nodes import JobSample as WireJobSample
+from gpuq.wire.states import JobState
 
 J_PER_KWH = 3.6e6
 #: The totals ``charge_interval`` moves onto usage records, job column -> record column.
@@ -103,11 +105,11 @@ def observe(session: Session, job: Job, sample: WireJobSample, *, now: datetime,
             job.idle_flagged_at = None
             was = job.idle_action
             job.idle_action = ""
-            session.add(JobEvent(job_id=job.id, time=now, old_state=job.state,
-                                 new_state=job.state,
-                                 reason="idle: its GPUs are busy again"
-                                 + (" (the idle cancel is off)" if was == "cancel-pending"
-                                    else "")))
+            busy = "idle: its GPUs are busy again" + (
+                " (the idle cancel is off)" if was == "cancel-pending" else "")
+            # ``job``: a Job, or the steady heartbeat's row of one (services/heartbeats.py)
+            facts = rules.Facts(job.id, JobState(job.state))
+            writes.apply_one(session, job, rules.note(facts, busy), now=now)
 
 
 def _mean_as_gpu(index: int, sample: WireJobSample) -> Any:
@@ -175,12 +177,12 @@ def energy_method(methods: set[str | None]) -> str | None:
     return known.pop() if len(known) == 1 else "mixed"
 
 
-def read(job: Job) -> JobAccounting | None:
-    """The job's accounting for the API (``None`` before it ever ran)."""
+def read(job: Job, gpu_memory: dict[int, int]) -> JobAccounting | None:
+    """The job's accounting for the API (``None`` before it ever ran); ``gpu_memory``: its
+    node's GPUs' memory (MiB) by index."""
     if job.started_at is None and not job.gpu_seconds and job.attempt == 0:
         return None
     stats = job.gpu_stats or {}
-    memory = {g.index: g.memory_mib for g in job.node.gpus} if job.node is not None else {}
     gpus = []
     for key, g in sorted((stats.get("gpus") or {}).items(), key=lambda kv: int(kv[0])):
         sampled = float(g.get("sampled_s", 0.0))
@@ -189,7 +191,7 @@ def read(job: Job) -> JobAccounting | None:
             utilization_mean_pct=round(100.0 * g.get("busy_s", 0.0) / sampled, 2)
             if sampled > 0 else None,
             utilization_peak_pct=g.get("peak"), memory_peak_mib=g.get("mem_peak"),
-            memory_mib=memory.get(int(key)), energy_j=g.get("energy_j"),
+            memory_mib=gpu_memory.get(int(key)), energy_j=g.get("energy_j"),
             energy_method=g.get("method")))
     sampled = float(job.gpu_sampled_s or 0.0)
     return JobAccounting(

@@ -24,7 +24,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpuq.config import Settings
-from gpuq.scheduler.db.models import Job, JobEvent
+from gpuq.scheduler.db.models import Job
+from gpuq.scheduler.lifecycle import rules, writes
 from gpuq.wire.states import JobState
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,7 @@ def _minutes(seconds: float) -> str:
 
 
 def _event(session: Session, job: Job, now: datetime, reason: str) -> None:
-    session.add(JobEvent(job_id=job.id, time=now, old_state=job.state, new_state=job.state,
-                         reason=reason[:256]))
+    writes.apply_one(session, job, rules.note(rules.Facts.of(job), reason), now=now)
 
 
 def enforce(session: Session, *, now: datetime, settings: Settings) -> IdleResult:
@@ -64,11 +64,11 @@ def enforce(session: Session, *, now: datetime, settings: Settings) -> IdleResul
                 continue
             _flag(session, job, now, settings, result)
         elif job.idle_action == "cancel-pending" and now - job.idle_flagged_at >= grace:
-            job.cancel_requested_at = now
             job.idle_action = "cancelled"
-            _event(session, job, now, f"idle: cancelled (GPUs under "
-                   f"{settings.idle_utilization_pct:g}% since "
-                   f"{job.idle_since:%Y-%m-%d %H:%M:%S} UTC; QOS {job.qos})")
+            writes.apply_one(session, job, rules.request_cancel(
+                rules.Facts.of(job), f"idle: cancelled (GPUs under "
+                f"{settings.idle_utilization_pct:g}% since "
+                f"{job.idle_since:%Y-%m-%d %H:%M:%S} UTC; QOS {job.qos})"), now=now)
             if job.node is not None:
                 result.kills.append((job.id, job.node.name))
             result.notices.append(_notice(job, "cancelled", now))

@@ -1,22 +1,17 @@
-"""Group commit for single-job submits and steady heartbeats: the requests that arrive
-while one transaction is being written go into the next, together.
+"""Group commit for single-job submits and heartbeats: the requests that arrive while one
+transaction is being written go into the next, together.
 
-One thread per API process takes every submit waiting in its queue (up to
-``MAX_BATCH``), checks and inserts them in one transaction (``services/submit_many.py``)
-and answers each. There is no waiting for a batch to fill: a lone submit is written at
-once, as before; under load the batches grow by themselves (while one commits, the next
-queues), so 32 clients cost one transaction and a few statements instead of 32 of each.
+One thread per API process and kind takes every request waiting in its queue (up to
+``MAX_BATCH``) and hands them to the service as one batch, in one transaction
+(``services/submits.py``, ``services/heartbeats.py``), then answers each. There is no
+waiting for a batch to fill: a lone request is written at once, as a batch of one; under
+load the batches grow by themselves (while one commits, the next queues), so 32 clients
+cost one transaction and a few statements instead of 32 of each.
 
-A submit is answered only after its transaction has committed: an accepted job is never
+A request is answered only after its transaction has committed: an accepted job is never
 lost. If a batch fails as a whole (a database error, an idempotency key that a parallel
-retry took meanwhile), each of its submits is written again alone with ``jobs.submit``,
-so one bad submit cannot fail the others.
-
-Heartbeats (``HeartbeatBatcher``) go the same way: the steady ones of a batch (nearly all:
-the node runs what the database says) are written together by
-``services.nodes.steady_heartbeats``, a handful of statements for the batch instead of
-five round trips each. A heartbeat that is not steady, or a batch that failed, is
-answered ``None``: the route then takes it alone through the full reconciliation.
+retry took meanwhile), each of its requests is written again alone, as a batch of one in
+a transaction of its own, so one bad request cannot fail the others.
 """
 
 from __future__ import annotations
@@ -26,13 +21,14 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.orm import Session
 
 from gpuq.scheduler.runtime.context import Context
-from gpuq.scheduler.services import jobs as svc
-from gpuq.scheduler.services import nodes as node_svc
 from gpuq.scheduler.services.auth import Principal
-from gpuq.scheduler.services.submit_many import Created, Runnable, submit_many
+from gpuq.scheduler.services.heartbeats import heartbeats
+from gpuq.scheduler.services.submits import Answer, Runnable, submit_many
 from gpuq.wire.jobs import JobCreate
 from gpuq.wire.nodes import Heartbeat, HeartbeatReply
 
@@ -40,17 +36,6 @@ log = logging.getLogger(__name__)
 
 #: The most requests written in one transaction.
 MAX_BATCH = 256
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A submit's answer: the job as JSON, and whether it was made now (201) or found by
-    its idempotency key (200)."""
-
-    body: bytes
-    created: bool
 
 
 @dataclass
@@ -60,9 +45,19 @@ class _Submit:
     future: Future[Answer] = field(default_factory=Future)
 
 
+@dataclass
+class _Beat:
+    name: str
+    body: Heartbeat
+    future: Future[tuple[HeartbeatReply, bool]] = field(default_factory=Future)
+
+
+T = TypeVar("T", _Submit, _Beat)
+
+
 class GroupCommit(Generic[T]):
     """A queue and the thread that takes everything in it (up to ``max_batch``) and hands
-    it to ``_write`` as one batch, which must answer each item's future."""
+    it to ``_write`` as one batch, then answers each item's future."""
 
     thread_name = "gpuq-group-commit"
 
@@ -115,19 +110,41 @@ class GroupCommit(Generic[T]):
                 batch.append(item)
             self.batches += 1
             self.items += len(batch)
-            try:
-                self._write(batch)
-            except Exception as e:  # noqa: BLE001 - never leave a caller waiting
-                log.exception("%s: a batch failed", self.thread_name)
-                for item in batch:
-                    future = item.future  # type: ignore[attr-defined]
-                    if not future.done():
-                        future.set_exception(e)
+            self._answer(batch)
             if stop:
                 return
 
-    def _write(self, batch: list[T]) -> None:
+    def _answer(self, batch: list[T]) -> None:
+        """Write the batch in one transaction and answer each item; if that fails as a
+        whole, write each item alone."""
+        try:
+            with self.ctx.transaction() as session:
+                outcomes = self._write(session, batch)
+        except Exception:  # noqa: BLE001 - written again one by one below
+            log.warning("%s: a batch of %d failed as a whole; writing each alone",
+                        self.thread_name, len(batch), exc_info=True)
+            outcomes = [self._alone(item) for item in batch]
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+        self._answered(outcomes)
+
+    def _alone(self, item: T) -> Any:
+        """One item as a batch of one, in its own transaction (an error is its answer)."""
+        try:
+            with self.ctx.transaction() as session:
+                return self._write(session, [item])[0]
+        except Exception as e:  # noqa: BLE001 - its caller gets it
+            return e
+
+    def _write(self, session: Session, batch: list[T]) -> list[Any]:
+        """One outcome per item: its result, or the exception its caller gets."""
         raise NotImplementedError
+
+    def _answered(self, outcomes: list[Any]) -> None:
+        """After a batch was answered."""
 
 
 class SubmitBatcher(GroupCommit[_Submit]):
@@ -150,74 +167,28 @@ class SubmitBatcher(GroupCommit[_Submit]):
         self._put(item)
         return item.future
 
-    def _write(self, batch: list[_Submit]) -> None:
-        ctx = self.ctx
-        now = ctx.clock()
-        try:
-            with ctx.transaction() as session:
-                outcomes = submit_many(session, [(s.principal, s.spec) for s in batch],
-                                       now=now, settings=ctx.settings,
-                                       runnable=self._runnable)
-        except Exception:  # noqa: BLE001 - written again one by one below
-            log.warning("a batch of %d submits failed as a whole; writing each alone",
-                        len(batch), exc_info=True)
-            outcomes = [None] * len(batch)
-        made = False
-        for item, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, Created):
-                item.future.set_result(Answer(outcome.body, True))
-                made = True
-            elif outcome is not None:
-                item.future.set_exception(outcome)
-            else:
-                made |= self._alone(item)
-        if made:
-            ctx.wake()
+    def _write(self, session: Session, batch: list[_Submit]) -> list[Any]:
+        return submit_many(session, [(s.principal, s.spec) for s in batch],
+                           now=self.ctx.clock(), settings=self.ctx.settings,
+                           runnable=self._runnable)
 
-    def _alone(self, item: _Submit) -> bool:
-        """Write one submit in its own transaction (a retry, or after a failed batch)."""
-        ctx = self.ctx
-        try:
-            with ctx.transaction() as session:
-                job, created = svc.submit(session, item.principal, item.spec,
-                                          now=ctx.clock(), settings=ctx.settings)
-                body = svc.to_read(job, item.principal).model_dump_json().encode()
-        except Exception as e:  # noqa: BLE001 - the caller gets it
-            item.future.set_exception(e)
-            return False
-        item.future.set_result(Answer(body, created))
-        return created
-
-
-@dataclass
-class _Beat:
-    name: str
-    body: Heartbeat
-    future: Future[tuple[HeartbeatReply, bool] | None] = field(default_factory=Future)
+    def _answered(self, outcomes: list[Any]) -> None:
+        if any(isinstance(o, Answer) and o.created for o in outcomes):
+            self.ctx.wake()
 
 
 class HeartbeatBatcher(GroupCommit[_Beat]):
-    """Queue a heartbeat with ``beat``; the batcher thread writes the steady ones."""
+    """Queue a heartbeat with ``beat``; the batcher thread writes and answers it."""
 
     thread_name = "gpuq-heartbeats"
 
-    def beat(self, name: str, body: Heartbeat) -> Future[tuple[HeartbeatReply, bool] | None]:
-        """The reply and whether the loop should look (as ``services.nodes.heartbeat``
-        says), once committed; ``None`` if the heartbeat must be taken alone."""
+    def beat(self, name: str, body: Heartbeat) -> Future[tuple[HeartbeatReply, bool]]:
+        """The reply and whether the loop should look (``services.heartbeats``), once
+        committed (or its error: a ``ServiceError`` for a node that must register)."""
         item = _Beat(name, body)
         self._put(item)
         return item.future
 
-    def _write(self, batch: list[_Beat]) -> None:
-        ctx = self.ctx
-        try:
-            with ctx.transaction() as session:
-                results = node_svc.steady_heartbeats(
-                    session, [(b.name, b.body) for b in batch], now=ctx.clock(),
-                    settings=ctx.settings)
-        except Exception:  # noqa: BLE001 - each is taken alone by its route
-            log.warning("a batch of %d heartbeats failed as a whole; taking each alone",
-                        len(batch), exc_info=True)
-            results = [None] * len(batch)
-        for item, result in zip(batch, results, strict=True):
-            item.future.set_result(result)
+    def _write(self, session: Session, batch: list[_Beat]) -> list[Any]:
+        return heartbeats(session, [(b.name, b.body) for b in batch], now=self.ctx.clock(),
+                          settings=self.ctx.settings)

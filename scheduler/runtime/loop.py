@@ -21,16 +21,16 @@ from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from gpuq.scheduler import measures
-from gpuq.scheduler.db.models import GpuAllocation, Grant, Job, JobEvent, Node, SchedulerState
+from gpuq.scheduler.db.models import GpuAllocation, Grant, Job, Node, SchedulerState
 from gpuq.scheduler.domain import grants_in_effect as in_effect
 from gpuq.scheduler.domain import idle
 from gpuq.scheduler.domain.snapshot import PENDING_COLUMNS, build_snapshot_rows
 from gpuq.scheduler.domain.usage import charge
-from gpuq.scheduler.lifecycle.rules import transition
+from gpuq.scheduler.lifecycle import rules, writes
 from gpuq.scheduler.policy import Decisions, Snapshot, schedule
 from gpuq.scheduler.runtime.context import Context
 from gpuq.scheduler.services import grants as grant_service
-from gpuq.scheduler.services.nodes import mark_down
+from gpuq.scheduler.services.runs import mark_down
 from gpuq.wire.states import JobState, NodeState
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ def _apply(session: Session, decisions: Decisions, now: datetime, result: CycleR
     the pending jobs' reasons, priorities and claims are written by set-based UPDATEs, and
     only where a value changes (see ``_write_pending``)."""
     rows = rows if rows is not None else {}
+    starts: list[tuple[Job, rules.Change]] = []
+    claimed: set[tuple[int, int]] = set()
     for start in decisions.starts:
         # Read the rows as they are now, not as the snapshot loaded them, and lock the job:
         # on PostgreSQL an API transaction that is cancelling it commits first, and the
@@ -92,20 +94,22 @@ def _apply(session: Session, decisions: Decisions, now: datetime, result: CycleR
         if node.state != NodeState.UP.value or node.drain or taken or occupied:
             result.dropped.append(start.job_id)
             continue
-        for index in start.gpu_indices:
-            session.add(GpuAllocation(job_id=job.id, node_id=node.id, gpu_index=index))
-        job.node_id = node.id
-        job.gpu_indices = list(start.gpu_indices)
-        job.attempt += 1
-        gpus = ",".join(map(str, start.gpu_indices)) or "none"
-        transition(session, job, JobState.DISPATCHED, now=now,
-                   reason=f"dispatched to {node.name} GPUs [{gpus}]")
+        # Within the batch too: no two starts on one GPU, even if a policy asked for it.
+        mine = {(node.id, i) for i in start.gpu_indices}
+        if mine & claimed:
+            result.dropped.append(start.job_id)
+            continue
+        claimed |= mine
+        starts.append((job, rules.dispatched(rules.Facts.of(job), node_id=node.id,
+                                             node=node.name,
+                                             gpu_indices=tuple(start.gpu_indices))))
         result.started.append((job.id, node.name))
+    writes.apply(session, starts, now=now)
     started = {j for j, _ in result.started}
     _apply_preemptions(session, decisions, now, result)
-    writes = _PendingWrites()
+    pending = _PendingWrites()
     if snapshot is not None:  # what the jobs held before: claims and borrowing labels
-        _apply_claims(session, snapshot, decisions, started, rows, writes)
+        _apply_claims(session, snapshot, decisions, started, rows, pending)
         _apply_borrowing(session, snapshot, decisions, started, now)
     waiting = [i for i in decisions.pending_reasons if i not in started]
     held = _pending_rows(session, waiting, rows)
@@ -115,14 +119,14 @@ def _apply(session: Session, decisions: Decisions, now: datetime, result: CycleR
             continue
         reason = decisions.pending_reasons[job_id]
         if job.reason != reason:
-            writes.reasons[reason].append(job_id)
+            pending.reasons[reason].append(job_id)
         changes = _record_priority(job, decisions, job_id)
         if changes:
-            writes.columns[job_id].update(changes)
+            pending.columns[job_id].update(changes)
     # The ORM's changes (starts, preemptions, borrowing labels) go now, not at whatever
     # query autoflushes next; then the pending rows' changes, set-based.
     session.flush()
-    _write_pending(session, writes)
+    _write_pending(session, pending)
 
 
 @dataclass
@@ -150,7 +154,7 @@ def _pending_rows(session: Session, ids: list[int], rows: dict[int, Any]) -> dic
     return held
 
 
-def _write_pending(session: Session, writes: _PendingWrites) -> None:
+def _write_pending(session: Session, todo: _PendingWrites) -> None:
     """Write the pending jobs' changes: one UPDATE per new reason (``id IN (...)``) for
     rows with nothing else to write, one executemany per set of changed columns. Each
     row is written only while it is still PENDING, as it is when the UPDATE reaches it,
@@ -162,8 +166,8 @@ def _write_pending(session: Session, writes: _PendingWrites) -> None:
     pending = jobs.c.state == JobState.PENDING.value
     # A row written anyway below takes its new reason along: one new row version, not two
     # (a new job gets its first reason and its factors in the same cycle).
-    per_row = {job_id: dict(values) for job_id, values in writes.columns.items()}
-    for reason, ids in writes.reasons.items():
+    per_row = {job_id: dict(values) for job_id, values in todo.columns.items()}
+    for reason, ids in todo.reasons.items():
         for job_id in ids:
             if job_id in per_row:
                 per_row[job_id]["reason"] = reason
@@ -216,47 +220,47 @@ def _apply_preemptions(session: Session, decisions: Decisions, now: datetime,
     """Ask each victim's node to stop it (SIGTERM, the grace period, SIGKILL); its end
     report makes it PREEMPTED and requeues it. A victim that ended or was cancelled
     meanwhile is left alone."""
+    asks: list[tuple[Job, rules.Change]] = []
     for p in decisions.preemptions:
         job = session.get(Job, p.victim_id, populate_existing=True,
                           with_for_update={"key_share": True})
-        if (job is None or job.state not in (JobState.DISPATCHED.value, JobState.RUNNING.value)
-                or job.preempt_requested_at is not None or job.cancel_requested_at is not None
-                or job.node is None):
+        if job is None or job.node is None:
             continue
-        job.preempt_requested_at = now
-        job.preempt_reason = p.reason[:256]
-        session.add(JobEvent(job_id=job.id, time=now, old_state=job.state,
-                             new_state=job.state, reason=f"preemption requested: {p.reason}"[:256]))
+        ask = rules.request_preemption(rules.Facts.of(job), p.reason)
+        if ask is None:
+            continue
+        asks.append((job, ask))
         if p.grant is not None:
             session.execute(update(Grant).where(Grant.id == p.grant)
                             .values(preemptions=Grant.preemptions + 1))
         result.preempted.append((job.id, job.node.name, p.for_job))
+    writes.apply(session, asks, now=now)
 
 
 def _apply_claims(session: Session, snapshot: Snapshot, decisions: Decisions,
                   started: set[int], rows: dict[int, Any] | None = None,
-                  writes: _PendingWrites | None = None) -> None:
+                  pending: _PendingWrites | None = None) -> None:
     """Keep each pending job's claim as the policy says (new, kept or dropped). A job
     started this cycle drops it with its start (its ORM object); the others' changes go
-    to ``writes`` (written only while they are pending), or, without it, to their ORM
+    to ``pending`` (written only while they are pending), or, without it, to their ORM
     objects."""
     had = {j.id for j in snapshot.pending if j.claim is not None}
     ids = sorted(had | set(decisions.claims))
     held = (_pending_rows(session, [i for i in ids if i not in started], rows or {})
-            if writes is not None else {})
+            if pending is not None else {})
     for job_id in ids:
         c = decisions.claims.get(job_id)
         want = None if c is None or job_id in started else {
             "node": c.node, "gpus": list(c.gpu_indices), "victims": list(c.victims),
             "grant": c.grant}
-        if job_id in started or writes is None:
+        if job_id in started or pending is None:
             job = session.get(Job, job_id)
             if job is not None and job.claim != want:
                 job.claim = want
             continue
         row = held.get(job_id)
         if row is not None and row.claim != want:
-            writes.columns[job_id]["claim"] = want
+            pending.columns[job_id]["claim"] = want
 
 
 def _apply_borrowing(session: Session, snapshot: Snapshot, decisions: Decisions,
@@ -265,6 +269,7 @@ def _apply_borrowing(session: Session, snapshot: Snapshot, decisions: Decisions,
     preempted); an event when a job starts or stops borrowing."""
     before = {j.id: (j.borrowed_grant, j.borrowed_gpus) for j in snapshot.running}
     active = set(before) | started
+    notes: list[tuple[Job, rules.Change]] = []
     for job_id in active:
         b = decisions.borrowing.get(job_id)
         want = (b.grant, b.gpus) if b is not None else (None, 0)
@@ -279,8 +284,8 @@ def _apply_borrowing(session: Session, snapshot: Snapshot, decisions: Decisions,
             why = (f"borrowing {want[1]} idle GPU{'s' if want[1] != 1 else ''} reserved by "
                    f"grant {want[0]}: may be preempted when its account needs them"
                    if want[0] is not None else f"no longer borrowing GPUs of grant {old_grant}")
-            session.add(JobEvent(job_id=job.id, time=now, old_state=job.state,
-                                 new_state=job.state, reason=why))
+            notes.append((job, rules.note(rules.Facts.of(job), why)))
+    writes.apply(session, notes, now=now)
 
 
 #: The age factor a job's stored factors may lag behind by (about ten minutes of age with

@@ -6,26 +6,23 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
-from sqlalchemy.orm.attributes import set_committed_value
 
 from gpuq.config import Settings
 from gpuq.scheduler.db.models import Account, Gpu, Job, JobEvent, Node, User
 from gpuq.scheduler.domain import accounting
 from gpuq.scheduler.domain.snapshot import node_views
 from gpuq.scheduler.errors import Forbidden, Invalid, NotFound
-from gpuq.scheduler.lifecycle.rules import record_submit, transition
+from gpuq.scheduler.lifecycle import rules, writes
 from gpuq.scheduler.policy.filters import INSTALLED, first_failure
 from gpuq.scheduler.policy.snapshot import JobView
 from gpuq.scheduler.services.auth import Principal
 from gpuq.wire.jobs import JobAhead, JobCreate, JobEventRead, JobRead, WhyRead
-from gpuq.wire.states import ACTIVE, TERMINAL, JobState, NodeState
+from gpuq.wire.states import ACTIVE, JobState, NodeState
 
 
 def _account_for(session: Session, user: User, name: str | None) -> Account:
@@ -179,39 +176,6 @@ def job_fields(spec: JobCreate, ok: Accepted, *, now: datetime) -> dict[str, Any
     )
 
 
-def submit(session: Session, principal: Principal, spec: JobCreate, *, now: datetime,
-           settings: Settings) -> tuple[Job, bool]:
-    """Create a PENDING job; returns (job, created). A seen idempotency key returns the
-    job it made before, so a retried submit never makes two jobs."""
-    user = principal.user
-    if user is None:
-        raise Forbidden("only user and admin tokens can submit jobs")
-    if spec.idempotency_key is not None:
-        old = session.scalar(select(Job).where(Job.user_id == user.id,
-                                               Job.idempotency_key == spec.idempotency_key))
-        if old is not None:
-            return old, False
-    ok = check_submit(session, principal, spec, settings=settings)
-    job = Job(**job_fields(spec, ok, now=now))
-    try:
-        with session.begin_nested():
-            session.add(job)
-            session.flush()
-    except IntegrityError:
-        # The same key raced in from a parallel retry: return the job it made.
-        old = session.scalar(select(Job).where(Job.user_id == user.id,
-                                               Job.idempotency_key == spec.idempotency_key))
-        if old is None:
-            raise
-        return old, False
-    record_submit(session, job, now=now, reason="submitted")
-    # What to_read shows, from the checks' rows: no lazy loads for them.
-    set_committed_value(job, "user", ok.user)
-    set_committed_value(job, "account", ok.account)
-    set_committed_value(job, "node", None)
-    return job, True
-
-
 def get_job(session: Session, job_id: int, *, lock: bool = False) -> Job:
     """The job; with ``lock``, its row is locked for the rest of the transaction (on
     PostgreSQL), so a state change cannot race the scheduling loop's."""
@@ -234,55 +198,56 @@ def check_owner(principal: Principal, job: Job) -> None:
 
 
 def cancel(session: Session, principal: Principal, job: Job, *, now: datetime) -> bool:
-    """Cancel a job. Returns True when the node must be told to kill it."""
+    """Cancel a job (``rules.cancelled``). Returns True when the node must be told to
+    kill it."""
     check_owner(principal, job)
-    who = principal.user.name if principal.user else "admin"
-    state = JobState(job.state)
-    if state in TERMINAL:
-        return False
-    if state == JobState.PENDING:
-        transition(session, job, JobState.CANCELLED, now=now, reason=f"cancelled by {who}")
-        return False
-    if job.cancel_requested_at is None:
-        job.cancel_requested_at = now
-        session.add(JobEvent(job_id=job.id, time=now, old_state=job.state, new_state=job.state,
-                             reason=f"cancel requested by {who}"))
-    return state in ACTIVE
+    change = rules.cancelled(rules.Facts.of(job),
+                             by=principal.user.name if principal.user else "admin")
+    writes.apply_one(session, job, change, now=now)
+    return job.state in ACTIVE
 
 
 def list_jobs(session: Session, *, states: list[str] | None, user: str | None,
               account: str | None, node: str | None, limit: int,
               principal: Principal) -> list[dict[str, Any]]:
-    """The queue as ``JobRead`` fields, newest first: one query of columns (the user,
-    account and node names joined in; no ORM objects), one more for the GPU memory that
-    the accounting of jobs that ran shows. Read as ``to_read`` reads a job."""
-    q = (select(*_LISTED, User.name.label("user_name"), Account.name.label("account_name"),
-                Node.name.label("node_name"))
-         .join(User, Job.user_id == User.id).join(Account, Job.account_id == Account.id)
-         .outerjoin(Node, Job.node_id == Node.id))
-    q = _filtered(q, states=states, user=user, account=account, node=node)
-    rows = session.execute(q.order_by(Job.id.desc()).limit(limit)).all()
+    """The queue as ``JobRead`` fields, newest first (see ``_read``)."""
+    q = _filtered(_LISTING, states=states, user=user, account=account, node=node)
+    return _read(session, q.order_by(Job.id.desc()).limit(limit), principal)
+
+
+def read_own_jobs(session: Session, ids: list[int]) -> list[dict[str, Any]]:
+    """These jobs as ``JobRead`` fields as their owners see them, by id (the answers to
+    their submits; see ``_read``)."""
+    return _read(session, _LISTING.where(Job.id.in_(ids)).order_by(Job.id), None)
+
+
+def _read(session: Session, q: Any, principal: Principal | None) -> list[dict[str, Any]]:
+    """The jobs of ``q`` (a ``_LISTING`` query) as ``JobRead`` fields, as ``principal``
+    sees them (None: as their owners do): one query of
+    columns (the user, account and node names joined in; no ORM objects), one more for
+    the GPU memory that the accounting of jobs that ran shows. Read as ``to_read`` reads
+    a job."""
+    rows = session.connection().execute(q).all()
     ran = {r.node_id for r in rows if r.node_id is not None and _ran(r)}
-    gpus: dict[int, list[SimpleNamespace]] = {}
+    memory: dict[int, dict[int, int]] = {}
     if ran:
-        for node_id, index, memory in session.execute(
-                select(Gpu.node_id, Gpu.index, Gpu.memory_mib).where(Gpu.node_id.in_(ran))
-                .order_by(Gpu.node_id, Gpu.index)):
-            gpus.setdefault(node_id, []).append(SimpleNamespace(index=index, memory_mib=memory))
-    out = []
-    for r in rows:
-        job = SimpleNamespace(**r._mapping)
-        job.user = SimpleNamespace(name=r.user_name)
-        job.account = SimpleNamespace(name=r.account_name)
-        job.node = SimpleNamespace(name=r.node_name, gpus=gpus.get(r.node_id, ())) \
-            if r.node_name is not None else None
-        out.append(read_fields(job, _mine(principal, r.user_id)))  # type: ignore[arg-type]
-    return out
+        for node_id, index, mib in session.connection().execute(
+                select(Gpu.node_id, Gpu.index, Gpu.memory_mib).where(Gpu.node_id.in_(ran))):
+            memory.setdefault(node_id, {})[index] = mib
+    return [read_fields(r, user=r.user_name, account=r.account_name, node=r.node_name,
+                        gpu_memory=memory.get(r.node_id, {}),
+                        mine=principal is None or _mine(principal, r.user_id))
+            for r in rows]
 
 
 #: The Job columns the listing reads (all but the idempotency key), by attribute name.
 _LISTED = [getattr(Job, a.key) for a in sa_inspect(Job).column_attrs
            if a.key != "idempotency_key"]
+#: The jobs with the names of their user, account and node.
+_LISTING = (select(*_LISTED, User.name.label("user_name"), Account.name.label("account_name"),
+                   Node.name.label("node_name"))
+            .join(User, Job.user_id == User.id).join(Account, Job.account_id == Account.id)
+            .outerjoin(Node, Job.node_id == Node.id))
 
 
 def _filtered(q: Any, *, states: list[str] | None, user: str | None, account: str | None,
@@ -341,20 +306,28 @@ def _mine(principal: Principal, user_id: int) -> bool:
 
 
 def to_read(job: Job, principal: Principal, *, events: list[JobEvent] | None = None) -> JobRead:
+    node = job.node
+    memory = {g.index: g.memory_mib for g in node.gpus} if node is not None and _ran(job) \
+        else {}
     return JobRead(
-        **read_fields(job, _mine(principal, job.user_id)),
+        **read_fields(job, user=job.user.name, account=job.account.name,
+                      node=node.name if node is not None else None, gpu_memory=memory,
+                      mine=_mine(principal, job.user_id)),
         events=[JobEventRead(time=e.time, old_state=e.old_state, new_state=e.new_state,
                              reason=e.reason) for e in events] if events is not None else None,
     )
 
 
-def read_fields(job: Job, mine: bool) -> dict[str, Any]:
-    """What ``JobRead`` shows of a job but its events (the spec only if ``mine``)."""
+def read_fields(job: Any, *, user: str, account: str, node: str | None,
+                gpu_memory: dict[int, int], mine: bool) -> dict[str, Any]:
+    """What ``JobRead`` shows of a job but its events (the spec only if ``mine``): ``job``
+    has the Job columns as attributes (a ``Job`` or a row); its user's, account's and
+    node's names, and its node's GPUs' memory by index, come beside it."""
     return dict(
         id=job.id,
         name=job.name,
-        user=job.user.name,
-        account=job.account.name,
+        user=user,
+        account=account,
         state=job.state,
         reason=job.reason,
         gpus=job.gpus,
@@ -363,7 +336,7 @@ def read_fields(job: Job, mine: bool) -> dict[str, Any]:
         memory_mib=job.memory_mib,
         time_limit_s=job.time_limit_s,
         priority=job.priority,
-        node=job.node.name if job.node else None,
+        node=node,
         gpu_indices=list(job.gpu_indices or []),
         exit_code=job.exit_code,
         cancel_requested=job.cancel_requested_at is not None,
@@ -371,7 +344,7 @@ def read_fields(job: Job, mine: bool) -> dict[str, Any]:
         attempt=job.attempt,
         gpu_energy_j=job.gpu_energy_j,
         max_gpu_memory_mib=job.max_gpu_memory_mib,
-        accounting=accounting.read(job),
+        accounting=accounting.read(job, gpu_memory),
         nice=job.nice,
         qos=job.qos,
         priority_factors=job.priority_factors,

@@ -1,9 +1,10 @@
 """Group commit of heartbeats (scheduler/runtime/group_commit.py ``HeartbeatBatcher``,
-services/nodes.py ``steady_heartbeats``): the steady heartbeats of a batch are written
+services/heartbeats.py): the steady heartbeats of a batch (``_steady``) are written
 together exactly as each would be alone; a heartbeat that is not steady (or a second one
-of the same node) gets ``None`` and nothing of it is written, so that its route takes it
-alone; through the API, heartbeats arriving together share a transaction, and a batch
-that fails as a whole is answered one by one, still correctly."""
+of the same node) gets ``None`` there and nothing of it is written, so that
+``reconcile`` takes it; through the API, heartbeats arriving together share a
+transaction, and a batch that fails as a whole is answered one by one, still
+correctly."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from gpuq.scheduler.db.models import Gpu, Job, JobEvent, JobSample, Node
 from gpuq.scheduler.runtime import group_commit
-from gpuq.scheduler.services import nodes as svc
+from gpuq.scheduler.services import heartbeats as svc
 from gpuq.wire.nodes import Heartbeat, HeartbeatReply
 from tests.api.conftest import Api
 
@@ -79,9 +80,10 @@ def beat(*runs: int, **kw: Any) -> Heartbeat:
 
 
 def batch(api: Api, beats: list[tuple[str, Heartbeat]]) -> list[Any]:
-    """``steady_heartbeats`` in one committed transaction, at the API's clock."""
+    """The steady part of a batch (``_steady``) in one committed transaction, at the
+    API's clock."""
     with api.ctx.transaction() as s:
-        return svc.steady_heartbeats(s, beats, now=api.clock(), settings=api.ctx.settings)
+        return svc._steady(s, beats, now=api.clock(), settings=api.ctx.settings)
 
 
 def tables(s: Session) -> dict[str, list[dict[str, Any]]]:
@@ -157,7 +159,7 @@ def test_a_batch_writes_exactly_what_the_same_heartbeats_write_alone(
         api: Api, cluster: Cluster) -> None:
     """The same heartbeats (steady ones with and without job samples, one not steady)
     leave every row a heartbeat may write the same, and get the same answers, whether
-    written by ``steady_heartbeats`` in one batch or by ``steady_heartbeat`` one by one."""
+    written by ``_steady`` in one batch or as batches of one."""
     n1, n2 = cluster.runs["n1"], cluster.runs["n2"]
     beats = [("n1", beat(n1, energy_j=5000.0)), ("n5", beat(UNKNOWN)),
              ("n2", beat(n2, watts=90.0)), ("n3", beat(watts=70.0))]
@@ -167,9 +169,9 @@ def test_a_batch_writes_exactly_what_the_same_heartbeats_write_alone(
         with api.ctx.sessions() as s:
             s.begin()
             if together:
-                out = svc.steady_heartbeats(s, beats, now=now, settings=settings)
+                out = svc._steady(s, beats, now=now, settings=settings)
             else:
-                out = [svc.steady_heartbeat(s, n, b, now=now, settings=settings)
+                out = [svc._steady(s, [(n, b)], now=now, settings=settings)[0]
                        for n, b in beats]
             rows = tables(s)
             s.rollback()
@@ -366,16 +368,18 @@ def test_concurrent_heartbeats_share_transactions_and_are_answered_as_alone(
 
 
 class _FailingBatches:
-    """``services.nodes`` as the batcher sees it: each batch is written, then fails (as a
-    commit might); the routes' lone heartbeats still use the real module."""
+    """``heartbeats`` as the batcher sees it: each batch of more than one is written, then
+    fails (as a commit might); a batch of one (a heartbeat written alone) goes through."""
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
 
-    def steady_heartbeats(self, session: Session, beats: list[Any], **kw: Any) -> Any:
+    def __call__(self, session: Session, beats: list[Any], **kw: Any) -> Any:
         self.sizes.append(len(beats))
-        svc.steady_heartbeats(session, beats, **kw)
-        raise RuntimeError("injected")
+        out = svc.heartbeats(session, beats, **kw)
+        if len(beats) > 1:
+            raise RuntimeError("injected")
+        return out
 
 
 def test_a_batch_that_fails_is_answered_one_by_one(
@@ -385,12 +389,12 @@ def test_a_batch_that_fails_is_answered_one_by_one(
     each of its heartbeats taken alone: all answered 200 with the right reply, each
     written once (one sample row, not two)."""
     broken = _FailingBatches()
-    monkeypatch.setattr(group_commit, "node_svc", broken)
+    monkeypatch.setattr(group_commit, "heartbeats", broken)
     reqs, expected = _requests(cluster)
     answers = _together(api, cluster, db_url, reqs)
     assert answers == expected
     assert max(broken.sizes) == len(reqs) - 1  # the held batch of six failed as a whole
-    assert "a batch of 6 heartbeats failed as a whole" in caplog.text
+    assert "gpuq-heartbeats: a batch of 6 failed as a whole" in caplog.text
     rows = node_rows(api)
     assert all(r[:2] == ("UP", api.clock()) for r in rows.values())
     assert rows["n1"][2] == [(True, 2.0)] * 2 and rows["n4"][2] == [(True, 4.0)] * 2

@@ -8,12 +8,8 @@ from sqlalchemy import select
 
 from gpuq.scheduler.api.deps import _load_accounts
 from gpuq.scheduler.db.models import Job, JobEvent
-from gpuq.scheduler.services.arrays import (
-    bulk_insert,
-    element_rows,
-    insert_elements_sql,
-    reserve_ids,
-)
+from gpuq.scheduler.lifecycle.writes import create_from_select, create_rows, reserve_ids
+from gpuq.scheduler.services.arrays import EVENT_REASON, element_columns, element_rows
 from gpuq.scheduler.services.auth import check_token
 from gpuq.scheduler.services.jobs import check_submit, job_fields
 from gpuq.wire.arrays import MAX_ARRAY_TASKS, JobArrayCreate, parse_array
@@ -115,8 +111,9 @@ def test_node_tokens_cannot_submit_arrays(api: Api, alice: dict[str, str]) -> No
 @pytest.mark.parametrize("key", [None, "sweep\\7\t'x"])
 def test_postgresql_makes_the_same_rows_as_python(api: Api, alice: dict[str, str],
                                                   key: str | None) -> None:
-    """PostgreSQL builds the elements in SQL (insert_elements_sql); SQLite from Python
-    (element_rows). Both ways, in one PostgreSQL database, give identical rows."""
+    """PostgreSQL builds the elements in SQL (element_columns, create_from_select); SQLite
+    from Python (element_rows, create_rows). Both ways, in one PostgreSQL database, give
+    identical rows."""
     spec = JobArrayCreate.model_validate({
         "command": ["python", "sweep.py", "--lr", "1e-3"], "workdir": "/data/x y",
         "array": "3,5-9:2,40", "name": "lr\\sweep\nnext", "idempotency_key": key,
@@ -140,13 +137,12 @@ def test_postgresql_makes_the_same_rows_as_python(api: Api, alice: dict[str, str
             return [tuple(r) for r in jobs] + [tuple(r) for r in events]
 
         with s.begin_nested() as sp:
-            insert_elements_sql(s, spec, base, ids, now=now)
+            create_from_select(s, element_columns(spec, base, ids), ids, now=now,
+                               reason=EVENT_REASON)
             by_sql = made()
             sp.rollback()
         with s.begin_nested() as sp:
-            rows, events = element_rows(spec, base, ids, now=now)
-            bulk_insert(s, Job, rows)
-            bulk_insert(s, JobEvent, events)
+            create_rows(s, element_rows(spec, base, ids), now=now, reason=EVENT_REASON)
             by_python = made()
             sp.rollback()
     assert len(by_sql) == 2 * len(spec.indices) == 10

@@ -1,4 +1,4 @@
-"""Group commit of single submits (scheduler/runtime/group_commit.py, services/submit_many.py):
+"""Group commit of single submits (scheduler/runtime/group_commit.py, services/submits.py):
 submits that arrive together share a transaction, each is answered as if alone, a
 refused one takes nothing from the others, and nothing accepted is lost."""
 
@@ -18,7 +18,7 @@ from gpuq.scheduler.runtime import group_commit
 from gpuq.scheduler.runtime.group_commit import SubmitBatcher
 from gpuq.scheduler.services import jobs as svc
 from gpuq.scheduler.services.auth import Principal, check_token
-from gpuq.scheduler.services.submit_many import Created, Runnable, submit_many
+from gpuq.scheduler.services.submits import Answer, Runnable, submit_many
 from gpuq.wire.jobs import JobCreate
 from tests.api.conftest import Api
 
@@ -46,22 +46,26 @@ def people(api: Api) -> dict[str, Principal]:
 def test_one_batch_answers_each_submit_as_if_alone(api: Api, people: dict) -> None:
     alice, bob = people["alice"], people["bob"]
     with api.ctx.transaction() as s:
-        old, _ = svc.submit(s, alice, _spec(idempotency_key="k-old"), now=api.clock(),
-                            settings=api.ctx.settings)
+        (first,) = submit_many(s, [(alice, _spec(idempotency_key="k-old"))], now=api.clock(),
+                               settings=api.ctx.settings)
+    old = json.loads(first.body)
     items = [
         (alice, _spec(gpus=2, name="a")),
         (bob, _spec(account="lab1")),                        # not a member: refused
         (bob, _spec(gpus=9)),                                # no node that big: refused
-        (alice, _spec(idempotency_key="k-old")),             # a retry: left to submit()
+        (alice, _spec(idempotency_key="k-old")),             # a retry: the job it made
         (bob, _spec(gpus=1, idempotency_key="k-new")),
         (bob, _spec(gpus=1, idempotency_key="k-new")),       # its twin in the batch
     ]
     with api.ctx.transaction() as s:
         out = submit_many(s, items, now=api.clock(), settings=api.ctx.settings)
-    assert isinstance(out[0], Created) and isinstance(out[4], Created)
+    assert isinstance(out[0], Answer) and isinstance(out[4], Answer)
+    assert out[0].created and out[4].created
     assert isinstance(out[1], Invalid) and out[1].field == "account"
     assert isinstance(out[2], Invalid) and out[2].field == "gpus"
-    assert out[3] is None and out[5] is None
+    assert not out[3].created and not out[5].created
+    assert json.loads(out[3].body) == old
+    assert json.loads(out[5].body) == json.loads(out[4].body)
     made = [json.loads(o.body) for o in (out[0], out[4])]
     assert [m["user"] for m in made] == ["alice", "bob"]
     assert [m["account"] for m in made] == ["lab1", "lab2"]
@@ -75,21 +79,18 @@ def test_one_batch_answers_each_submit_as_if_alone(api: Api, people: dict) -> No
         events = s.execute(select(JobEvent.job_id, JobEvent.new_state, JobEvent.reason)
                            .where(JobEvent.job_id.in_([m["id"] for m in made]))).all()
     assert sorted(events) == sorted((m["id"], "PENDING", "submitted") for m in made)
-    assert old.id not in {m["id"] for m in made}
+    assert old["id"] not in {m["id"] for m in made}
 
 
 def test_a_batched_job_reads_as_a_lone_submit_would(api: Api, people: dict) -> None:
     spec = _spec(gpus=2, gpu_model="A100-80GB", time_limit_s=600, nice=5,
                  environment={"A": "1"}, requeue=False)
     with api.ctx.transaction() as s:
-        job, _ = svc.submit(s, people["alice"], spec, now=api.clock(),
-                            settings=api.ctx.settings)
-        alone = svc.to_read(job, people["alice"]).model_dump(mode="json")
-    with api.ctx.transaction() as s:
         (out,) = submit_many(s, [(people["alice"], spec)], now=api.clock(),
                              settings=api.ctx.settings)
     batched = json.loads(out.body)
-    assert batched.pop("id") == alone.pop("id") + 1
+    with api.ctx.transaction() as s:  # as GET /v1/jobs/{id} reads it: the ORM job
+        alone = svc.to_read(s.get(Job, batched["id"]), people["alice"]).model_dump(mode="json")
     assert batched == alone
 
 
@@ -138,17 +139,22 @@ def test_a_batch_that_fails_is_written_one_by_one(api: Api, people: dict,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A database error in a batch (fault injected) does not fail its submits: each is
     written again alone, and a refused one still gets its own 4xx."""
-    def broken(*a: object, **kw: object) -> object:
-        raise RuntimeError("injected")
+    real = group_commit.submit_many
+
+    def broken(session: object, items: list, **kw: object) -> object:
+        if len(items) > 1:
+            raise RuntimeError("injected")
+        return real(session, items, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(group_commit, "submit_many", broken)
     batcher = SubmitBatcher(api.ctx)
-    ok = batcher.submit(people["alice"], _spec(gpus=1))
-    bad = batcher.submit(people["bob"], _spec(gpus=16))
-    answer = ok.result(10)
+    ok = group_commit._Submit(people["alice"], _spec(gpus=1))
+    bad = group_commit._Submit(people["bob"], _spec(gpus=16))
+    batcher._answer([ok, bad])  # one batch, which fails as a whole
+    answer = ok.future.result(10)
     assert answer.created and json.loads(answer.body)["state"] == "PENDING"
     with pytest.raises(Invalid, match="largest node"):
-        bad.result(10)
+        bad.future.result(10)
     batcher.stop()
 
 
@@ -177,12 +183,12 @@ def test_runnable_remembers_what_runs_not_what_was_refused(api: Api, people: dic
     with api.ctx.transaction() as s:
         (out,) = submit_many(s, eight, now=api.clock(), settings=api.ctx.settings,
                              runnable=runnable)
-    assert isinstance(out, Created)
+    assert isinstance(out, Answer)
     with api.ctx.transaction() as s:  # remembered: no query needed for this shape
         s.execute(text("UPDATE nodes SET state = 'UNKNOWN'"))
         (out,) = submit_many(s, eight, now=api.clock(), settings=api.ctx.settings,
                              runnable=runnable)
-        assert isinstance(out, Created)
+        assert isinstance(out, Answer)
         (out,) = submit_many(s, eight, now=api.clock(), settings=api.ctx.settings,
                              runnable=Runnable())
         assert isinstance(out, Invalid)

@@ -236,16 +236,16 @@ def test_gpu_samples_are_kept_every_interval_health_at_once(api: Api) -> None:
 
 def _full_beats(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the heartbeats that went through the full reconciliation."""
-    from gpuq.scheduler.services import nodes as svc
+    from gpuq.scheduler.services import heartbeats as svc
 
     calls: list[int] = []
-    full = svc.heartbeat
+    full = svc.reconcile
 
     def counted(*args: object, **kw: object) -> object:
         calls.append(1)
         return full(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(svc, "heartbeat", counted)
+    monkeypatch.setattr(svc, "reconcile", counted)
     return calls
 
 

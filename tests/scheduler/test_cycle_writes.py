@@ -21,7 +21,7 @@ from gpuq.scheduler.clock import ManualClock
 from gpuq.scheduler.db.models import GpuAllocation, Job, Node
 from gpuq.scheduler.domain.snapshot import build_snapshot_rows
 from gpuq.scheduler.entry.bootstrap import build_context
-from gpuq.scheduler.lifecycle.rules import transition
+from gpuq.scheduler.lifecycle.writes import transition
 from gpuq.scheduler.policy import schedule
 from gpuq.scheduler.runtime import loop as loop_module
 from gpuq.scheduler.runtime.context import Context

@@ -21,7 +21,7 @@ from gpuq.scheduler.db.models import GpuAllocation, Job, Node
 from gpuq.scheduler.db.session import make_engine
 from gpuq.scheduler.domain.snapshot import build_snapshot
 from gpuq.scheduler.entry.bootstrap import build_context
-from gpuq.scheduler.lifecycle.rules import transition
+from gpuq.scheduler.lifecycle.writes import transition
 from gpuq.scheduler.policy import Decisions, Start, schedule
 from gpuq.scheduler.runtime.context import Context
 from gpuq.scheduler.runtime.loop import LOCK_KEY, CycleResult, _apply, cycle

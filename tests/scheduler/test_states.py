@@ -6,19 +6,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from gpuq.scheduler.db.models import GpuAllocation, Job, JobEvent, Node
-from gpuq.scheduler.lifecycle.rules import (
-    InvalidTransition,
-    can_transition,
-    record_submit,
-    set_pending_reason,
-    transition,
-)
+from gpuq.scheduler.db.models import GpuAllocation, Job, Node
+from gpuq.scheduler.lifecycle.rules import InvalidTransition, can_transition
+from gpuq.scheduler.lifecycle.writes import create, transition
 from gpuq.wire.states import ACTIVE, TERMINAL, JobState
-from tests.scheduler.rows import T0, add_job, add_node, allocations, events
+from tests.scheduler.rows import T0, add_job, add_node, allocations, events, owner
 
 S = JobState
 ENDS = {S.COMPLETED, S.FAILED, S.CANCELLED, S.TIMEOUT, S.NODE_FAIL, S.PREEMPTED}
@@ -206,25 +200,18 @@ def test_a_late_report_after_the_end_is_refused(sessions: sessionmaker[Session])
         assert job.state == "COMPLETED"
 
 
-def test_record_submit_is_the_first_event(sessions: sessionmaker[Session]) -> None:
+def test_created_jobs_are_pending_with_their_first_event(
+        sessions: sessionmaker[Session]) -> None:
     with sessions() as session, session.begin():
-        job = add_job(session)
-        record_submit(session, job, now=T0, reason="submitted")
-        session.flush()
-        (ev,) = events(session, job.id)
-        assert (ev.old_state, ev.new_state, ev.reason, ev.time) == \
-            (None, "PENDING", "submitted", T0)
-
-
-def test_pending_reason_is_not_a_state_change(sessions: sessionmaker[Session]) -> None:
-    with sessions() as session, session.begin():
-        node = add_node(session, gpus=1)
-        pending = add_job(session)
-        running = job_in(session, S.RUNNING, node, [0])
-        set_pending_reason(pending, "Priority: waiting behind job 7")
-        set_pending_reason(running, "Resources: something")
-        session.flush()
-        assert pending.reason == "Priority: waiting behind job 7"
-        assert running.reason == "to RUNNING"
-        assert events(session, pending.id) == []
-        assert session.scalar(select(JobEvent).where(JobEvent.new_state == "PENDING")) is None
+        who = owner(session, "alice")
+        fields = {"name": "job", "user_id": who.id, "account_id": who.default_account_id,
+                  "command": ["true"], "workdir": "/tmp", "time_limit_s": 60,
+                  "submitted_at": T0}
+        ids = create(session, [fields, {**fields, "name": "second"}], now=T0)
+        assert len(ids) == 2 and ids == sorted(ids)
+        for job_id in ids:
+            (ev,) = events(session, job_id)
+            assert (ev.old_state, ev.new_state, ev.reason, ev.time) == \
+                (None, "PENDING", "submitted", T0)
+            job = session.get(Job, job_id)
+            assert (job.state, job.gpus, job.attempt) == ("PENDING", 1, 0)  # the defaults

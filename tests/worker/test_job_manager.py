@@ -612,7 +612,7 @@ def test_supervisors_come_from_the_fork_server_and_survive_its_loss(
     d = launch(server, manager, make_spec(command=["sleep", "30"]))
     s = wait_for(lambda: (s := jd.read_json(d / jd.STATE)) and s["state"] == "RUNNING" and s,
                  what="the first job running")
-    forker = manager._forker
+    forker = manager.starter.fork_server
     assert forker is not None and forker.poll() is None
     sup = int(s["supervisor_pid"])
     assert _ppid(sup) == forker.pid, "the supervisor is the fork server's child"
@@ -625,7 +625,7 @@ def test_supervisors_come_from_the_fork_server_and_survive_its_loss(
     poll_until_done(manager, 1, wait_for)
     poll_until_done(manager, 2, wait_for)
     manager.close()
-    assert manager._forker is None
+    assert manager.starter.fork_server is None
 
 
 def test_a_job_that_ends_while_it_is_observed_is_not_taken_for_a_lost_supervisor(

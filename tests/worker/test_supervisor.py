@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gpuq.worker import jobdir as jd
-from gpuq.worker.supervisor import exit_code_of
+from gpuq.worker.jobtree import exit_code_of
 
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "0,1",
        "GPUQ_JOB_ID": "7"}

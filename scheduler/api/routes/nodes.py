@@ -7,7 +7,6 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
@@ -17,6 +16,7 @@ from gpuq.scheduler.api.deps import Ctx, NodeCaller, UserOrAdmin, node_principal
 from gpuq.scheduler.runtime.context import Context
 from gpuq.scheduler.runtime.logstore import OffsetMismatch
 from gpuq.scheduler.services import nodes as svc
+from gpuq.scheduler.services import runs
 from gpuq.scheduler.services.auth import Principal
 from gpuq.wire.nodes import (
     Heartbeat,
@@ -62,13 +62,9 @@ async def heartbeat(name: str, body: Heartbeat, request: Request,
     # FastAPI documents the route from this signature; _HeartbeatRoute (below) calls it.
     _own(principal, name)
     ctx: Context = request.app.state.ctx
-    # Nearly every heartbeat is steady (nothing to reconcile): written with the others
-    # that arrive meanwhile, in one transaction (scheduler/runtime/group_commit.py); anything
-    # else goes alone through the full reconciliation.
-    done = await asyncio.wrap_future(request.app.state.heartbeats.beat(name, body))
-    if done is None:
-        done = await run_in_threadpool(_heartbeat_alone, ctx, name, body)
-    reply, changed = done
+    # Written with the heartbeats that arrive meanwhile, in one transaction
+    # (scheduler/runtime/group_commit.py, services/heartbeats.py).
+    reply, changed = await asyncio.wrap_future(request.app.state.heartbeats.beat(name, body))
     if changed:  # else the loop has nothing new to look at (its timer still runs)
         ctx.wake()
     # Serialised here: FastAPI would validate the reply against its model once more.
@@ -107,25 +103,12 @@ router.add_api_route("/{name}/heartbeat", heartbeat, methods=["POST"],
                      response_model=HeartbeatReply, route_class_override=_HeartbeatRoute)
 
 
-def _heartbeat_alone(ctx: Context, name: str, body: Heartbeat
-                     ) -> tuple[HeartbeatReply, bool]:
-    now = ctx.clock()
-    with ctx.transaction() as session:
-        done = svc.steady_heartbeat(session, name, body, now=now, settings=ctx.settings)
-        if done is None:
-            node = svc.node_for_heartbeat(session, name)
-            if node.registered_at is None:
-                raise HTTPException(409, f"node {name} has not registered; register first")
-            done = svc.heartbeat(session, node, body, now=now, settings=ctx.settings)
-    return done
-
-
 @router.get("/{name}/jobs/{job_id}", response_model=LaunchSpec)
 def launch_spec(name: str, job_id: int, ctx: Ctx, principal: NodeCaller) -> LaunchSpec:
     _own(principal, name)
     with ctx.transaction() as session:
         node = svc.get_or_create_node(session, name)
-        return svc.launch_spec(svc.job_for_node(session, node, job_id), settings=ctx.settings)
+        return runs.launch_spec(runs.job_for_node(session, node, job_id), settings=ctx.settings)
 
 
 @router.post("/{name}/jobs/{job_id}/events")
@@ -134,8 +117,8 @@ def job_event(name: str, job_id: int, body: JobStateReport, ctx: Ctx,
     _own(principal, name)
     with ctx.transaction() as session:
         node = svc.get_or_create_node(session, name)
-        job = svc.job_for_node(session, node, job_id, lock=True)
-        state = svc.report_state(session, job, body, now=ctx.clock(), settings=ctx.settings)
+        job = runs.job_for_node(session, node, job_id, lock=True)
+        state = runs.report_state(session, job, body, now=ctx.clock(), settings=ctx.settings)
     if state in TERMINAL or state == JobState.PENDING.value:  # ended, or requeued
         ctx.wake()
     return {"state": state}
@@ -155,7 +138,7 @@ async def ship_log(name: str, job_id: int, request: Request, ctx: Ctx, principal
     def store() -> int | None:
         with ctx.transaction() as session:
             node = svc.get_or_create_node(session, name)
-            current = svc.job_for_node(session, node, job_id).attempt
+            current = runs.job_for_node(session, node, job_id).attempt
         if attempt != current:
             return None
         return ctx.logs.append(job_id, offset, data, attempt)

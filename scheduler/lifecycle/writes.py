@@ -1,0 +1,202 @@
+"""The one writer of jobs: it creates them, applies the rules' changes to them and writes
+their events. No other module writes a job's state or a ``JobEvent``
+(tests/test_architecture.py holds the rest of the code to that).
+
+Batch-first: ``create`` takes many new jobs, ``apply`` many changes. A single submit, a
+single report or a single heartbeat is a batch of one, so the fast paths and the simple
+paths are the same path. Like the services, nothing here commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, delete, insert, select, text
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import Session
+
+from gpuq.scheduler.db.models import GpuAllocation, Job, JobEvent
+from gpuq.scheduler.lifecycle import rules
+from gpuq.scheduler.lifecycle.rules import Change, InvalidTransition, Step, submitted
+from gpuq.wire.states import TERMINAL, JobState
+
+#: A job's columns that belong to one run: reset when it goes back to the queue.
+_RUN_RESET: dict[str, Any] = {
+    "node_id": None, "gpu_indices": [], "started_at": None, "charged_until": None,
+    "ended_at": None, "exit_code": None, "borrowed_grant_id": None, "borrowed_gpus": 0,
+    "preempt_requested_at": None, "preempt_reason": "",
+}
+
+
+# --- new jobs ------------------------------------------------------------------------------
+
+
+def create(session: Session, rows: list[dict[str, Any]], *, now: datetime,
+           reason: str = "submitted") -> list[int]:
+    """Insert new PENDING jobs (their columns: ``rows``, without ids) and their first
+    events; returns their ids, in order (increasing)."""
+    ids = reserve_ids(session, len(rows))
+    create_rows(session, [{**row, "id": job_id} for job_id, row in zip(ids, rows, strict=True)],
+                now=now, reason=reason)
+    return ids
+
+
+def create_rows(session: Session, rows: list[dict[str, Any]], *, now: datetime,
+                reason: str) -> None:
+    """Insert new PENDING jobs whose ids are reserved already (``reserve_ids``; each row
+    has its ``id``) and their first events."""
+    bulk_insert(session, Job, [{**row, "state": JobState.PENDING.value} for row in rows])
+    first = submitted(0, reason).steps[0]
+    bulk_insert(session, JobEvent, [_event(row["id"], first, now) for row in rows])
+
+
+def create_from_select(session: Session, columns: Mapping[str, Any], ids: list[int], *,
+                       now: datetime, reason: str) -> None:
+    """Insert new PENDING jobs made by the database from ``columns`` (column name -> SQL
+    expression, selected together: one row per job, ids ``ids``) and their first events
+    (PostgreSQL: an array's elements without Python work per element)."""
+    from sqlalchemy import BigInteger, Text, cast, func, literal, null
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    cols = {**columns, "state": literal(JobState.PENDING.value, Text)}
+    session.execute(insert(Job).from_select(list(cols), select(*cols.values())))
+    first = submitted(0, reason).steps[0]
+    session.execute(insert(JobEvent).from_select(
+        ["job_id", "time", "old_state", "new_state", "reason"],
+        select(func.unnest(cast(ids, ARRAY(BigInteger))),
+               literal(now, JobEvent.__table__.c.time.type), null(),
+               literal(first.new.value, Text), literal(first.reason, Text))))
+
+
+def created_rows(session: Session, ids: Iterable[int]) -> list[Row[Any]]:
+    """The new jobs as the database holds them (every column, by id): what their answers
+    are read from."""
+    table = Job.__table__
+    return list(session.connection().execute(
+        select(table).where(table.c.id.in_(list(ids))).order_by(table.c.id)))
+
+
+def reserve_ids(session: Session, n: int) -> list[int]:
+    """``n`` new job ids, increasing (PostgreSQL: from the sequence, so a concurrent
+    submit cannot take one; SQLite: after the largest, under its write lock)."""
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.connection().execute(
+            text("SELECT nextval(pg_get_serial_sequence('jobs', 'id')) "
+                 "FROM generate_series(1, :n)"), {"n": n})
+        return sorted(r[0] for r in rows)
+    top = session.scalar(text("SELECT coalesce(max(id), 0) FROM jobs")) or 0
+    return list(range(top + 1, top + n + 1))
+
+
+def bulk_insert(session: Session, model: type[Job] | type[JobEvent],
+                rows: list[dict[str, Any]]) -> None:
+    """Insert many rows at once: PostgreSQL's COPY (one round trip for 10,000 jobs, where
+    an executemany sends a statement per row); elsewhere an executemany. Column defaults
+    are applied here, as the ORM would."""
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(insert(model), rows)
+        return
+    from psycopg.types.json import Json
+
+    table = model.__table__
+    defaults: dict[str, Any] = {}
+    for col in table.columns:
+        d = col.default
+        if d is not None and (getattr(d, "is_scalar", False)
+                              or getattr(d, "is_callable", False)):
+            defaults[col.key] = d.arg  # a callable one is called per row below
+    # The columns the rows give or that have a default; the rest (a serial id, nullable
+    # columns) are the database's.
+    given = set(rows[0]) if rows else set()
+    cols = [c for c in table.columns if c.key in given or c.key in defaults]
+    json_cols = {c.key for c in cols if isinstance(c.type, JSON)}
+    names = ", ".join(f'"{c.name}"' for c in cols)
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            values = []
+            for col in cols:
+                key = col.key
+                if key in row:
+                    v = row[key]
+                else:
+                    v = defaults.get(key)
+                    if callable(v):
+                        v = v(None)
+                if v is not None and key in json_cols:
+                    v = Json(v)
+                values.append(v)
+            copy.write_row(values)
+
+
+# --- changes -------------------------------------------------------------------------------
+
+
+def apply(session: Session, changes: Sequence[tuple[Job, Change]], *, now: datetime) -> None:
+    """Apply each rule's change to its job (a ``Job`` of this session, read for the rule):
+    its columns, the GPUs it takes (a dispatch) or frees (it stops being active), and its
+    events, all of the batch's in one insert."""
+    events: list[dict[str, Any]] = []
+    freed: list[int] = []
+    for job, change in changes:
+        if change.old is not None and job.state != change.old.value:
+            raise InvalidTransition(job.id, job.state, change.steps[0].new.value)
+        events.extend(_event(job.id, step, now) for step in change.steps)
+        if change.cancel_requested:
+            job.cancel_requested_at = now
+        if change.preempt_reason is not None:
+            job.preempt_requested_at, job.preempt_reason = now, change.preempt_reason
+        if change.moves and _move(session, job, change, now):
+            freed.append(job.id)
+    if freed:
+        session.execute(delete(GpuAllocation).where(GpuAllocation.job_id.in_(freed)))
+    if events:
+        session.execute(insert(JobEvent), events)
+
+
+def apply_one(session: Session, job: Job, change: Change | None, *, now: datetime) -> None:
+    """``apply`` for a batch of one (nothing if ``change`` is None)."""
+    if change is not None:
+        apply(session, [(job, change)], now=now)
+
+
+def transition(session: Session, job: Job, new: JobState, *, now: datetime, reason: str = "",
+               exit_code: int | None = None) -> None:
+    """Move ``job`` to ``new`` as the machine allows (``rules.move``), at once."""
+    apply_one(session, job, rules.move(rules.Facts.of(job), new, reason, exit_code=exit_code),
+              now=now)
+
+
+def _move(session: Session, job: Job, change: Change, now: datetime) -> bool:
+    """The job's columns after its state change; True if it frees GPUs."""
+    first: Step = change.steps[0]
+    job.state, job.reason = first.new.value, first.reason
+    if first.new == JobState.DISPATCHED:
+        job.dispatched_at = now
+        if change.node_id is not None:  # a start (``rules.dispatched``): a new attempt
+            job.node_id, job.gpu_indices = change.node_id, list(change.gpu_indices)
+            job.attempt += 1
+            session.add_all(GpuAllocation(job_id=job.id, node_id=change.node_id,
+                                          gpu_index=i) for i in change.gpu_indices)
+    elif first.new == JobState.RUNNING:
+        job.started_at = now
+    frees = change.ends_run
+    if first.new in TERMINAL:
+        job.ended_at = now
+        if change.exit_code is not None:
+            job.exit_code = change.exit_code
+    if change.preempted:
+        job.preemptions += 1
+    if change.requeued:
+        for key, value in _RUN_RESET.items():
+            setattr(job, key, list(value) if isinstance(value, list) else value)
+        job.gpu_energy_earlier_j = job.gpu_energy_j or 0.0
+        job.state, job.reason = JobState.PENDING.value, change.steps[1].reason
+    return frees
+
+
+def _event(job_id: int, step: Step, now: datetime) -> dict[str, Any]:
+    return {"job_id": job_id, "time": now, "old_state": step.old.value if step.old else None,
+            "new_state": step.new.value, "reason": step.reason}
