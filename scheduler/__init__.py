@@ -3,7 +3,7 @@
     entry/      ``gpuq server`` and ``gpuq up``'s provisioning
     api/        FastAPI routers (the wire schemas are ``gpuq.wire``)
     runtime/    the scheduling loop, group commit, wake-ups, pre-forked processes
-    services/   what a request does: submit, cancel, heartbeats, admin, grants, auth
+    services/   what a request does: submits, heartbeats, runs, accounts, users, tokens, grants
     domain/     usage and its decay, accounting, grants' states, idle GPUs, the snapshot
     lifecycle/  the job state rules (pure) and the one writer of jobs and events
     db/         SQLAlchemy models, sessions, Alembic migrations

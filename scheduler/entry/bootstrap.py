@@ -14,7 +14,7 @@ from gpuq.config import Settings
 from gpuq.scheduler.clock import Clock, system_clock
 from gpuq.scheduler.db.models import ApiToken, User
 from gpuq.scheduler.runtime.context import Context, Dispatcher, open_context
-from gpuq.scheduler.services.admin import ensure_root
+from gpuq.scheduler.services.accounts import ensure_root
 from gpuq.scheduler.services.auth import issue_token
 
 log = logging.getLogger(__name__)

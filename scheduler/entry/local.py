@@ -17,7 +17,7 @@ from gpuq.config import Settings
 from gpuq.scheduler.db.models import Account, Membership, User
 from gpuq.scheduler.db.session import make_engine, make_sessionmaker, upgrade
 from gpuq.scheduler.entry.bootstrap import ADMIN_USER, bootstrap, write_secret
-from gpuq.scheduler.services.admin import ensure_root
+from gpuq.scheduler.services.accounts import ensure_root
 from gpuq.scheduler.services.auth import authenticate, issue_token
 from gpuq.scheduler.services.nodes import get_or_create_node
 

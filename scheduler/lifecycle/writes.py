@@ -9,12 +9,24 @@ paths are the same path. Like the services, nothing here commits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, delete, insert, select, text
-from sqlalchemy.engine import Row
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Text,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from gpuq.scheduler.db.models import GpuAllocation, Job, JobEvent
@@ -57,9 +69,6 @@ def create_from_select(session: Session, columns: Mapping[str, Any], ids: list[i
     """Insert new PENDING jobs made by the database from ``columns`` (column name -> SQL
     expression, selected together: one row per job, ids ``ids``) and their first events
     (PostgreSQL: an array's elements without Python work per element)."""
-    from sqlalchemy import BigInteger, Text, cast, func, literal, null
-    from sqlalchemy.dialects.postgresql import ARRAY
-
     cols = {**columns, "state": literal(JobState.PENDING.value, Text)}
     session.execute(insert(Job).from_select(list(cols), select(*cols.values())))
     first = submitted(0, reason).steps[0]
@@ -68,14 +77,6 @@ def create_from_select(session: Session, columns: Mapping[str, Any], ids: list[i
         select(func.unnest(cast(ids, ARRAY(BigInteger))),
                literal(now, JobEvent.__table__.c.time.type), null(),
                literal(first.new.value, Text), literal(first.reason, Text))))
-
-
-def created_rows(session: Session, ids: Iterable[int]) -> list[Row[Any]]:
-    """The new jobs as the database holds them (every column, by id): what their answers
-    are read from."""
-    table = Job.__table__
-    return list(session.connection().execute(
-        select(table).where(table.c.id.in_(list(ids))).order_by(table.c.id)))
 
 
 def reserve_ids(session: Session, n: int) -> list[int]:

@@ -16,7 +16,7 @@ from gpuq.scheduler.db.models import Gpu, Grant, Job, Node, UsageRecord
 from gpuq.scheduler.domain import grants as pure
 from gpuq.scheduler.domain.grants_in_effect import RESERVATION, SHARE
 from gpuq.scheduler.errors import Conflict, Invalid, NotFound, Overcommitted
-from gpuq.scheduler.services.admin import account_by_name, subtree_ids
+from gpuq.scheduler.services.accounts import account_by_name, subtree_ids
 from gpuq.scheduler.services.audit import SYSTEM, Actor, record
 from gpuq.wire.grants import GrantCreate, GrantRead, GrantRevoke, GrantUpdate, GrantUsage
 

@@ -23,9 +23,10 @@ from gpuq.scheduler.domain.snapshot import build_snapshot_rows
 from gpuq.scheduler.entry.bootstrap import build_context
 from gpuq.scheduler.lifecycle.writes import transition
 from gpuq.scheduler.policy import schedule
-from gpuq.scheduler.runtime import loop as loop_module
+from gpuq.scheduler.runtime import applier as loop_module
+from gpuq.scheduler.runtime.applier import CycleResult, apply_decisions
 from gpuq.scheduler.runtime.context import Context
-from gpuq.scheduler.runtime.loop import CycleResult, _apply, cycle
+from gpuq.scheduler.runtime.loop import cycle
 from gpuq.wire.states import JobState
 from tests.scheduler.rows import T0, add_job, add_node
 from tests.scheduler.test_loop import wait_for_a_lock_wait
@@ -219,7 +220,7 @@ def test_a_job_cancelled_after_the_snapshot_keeps_the_cancel(
                     assert job is not None
                     transition(api, job, JobState.CANCELLED, now=T0,
                                reason="cancelled by alice")
-            _apply(s, decisions, T0, result, snapshot, rows)
+            apply_decisions(s, decisions, T0, result, snapshot, rows)
 
         assert (result.started, result.dropped) == ([], [starts])
         for job_id in (starts, waits):
@@ -277,7 +278,7 @@ def test_a_claim_the_policy_drops_is_cleared(cluster: Cluster) -> None:
         snapshot, rows = build_snapshot_rows(s, T0, cluster.ctx.settings)
         decisions = schedule(snapshot)
         assert job_id not in decisions.claims  # its victim is gone: no claim any more
-        _apply(s, decisions, T0, CycleResult(), snapshot, rows)
+        apply_decisions(s, decisions, T0, CycleResult(), snapshot, rows)
     assert cluster.job(job_id).claim is None
 
 
@@ -297,6 +298,6 @@ def test_a_claim_is_not_written_over_a_cancel(
                 job = api.get(Job, job_id)
                 assert job is not None
                 transition(api, job, JobState.CANCELLED, now=T0, reason="cancelled by alice")
-            _apply(s, decisions, T0, CycleResult(), snapshot, rows)
+            apply_decisions(s, decisions, T0, CycleResult(), snapshot, rows)
         job = c.job(job_id)
         assert (job.state, job.reason, job.claim) == ("CANCELLED", "cancelled by alice", claim)

@@ -23,8 +23,9 @@ from gpuq.scheduler.domain.snapshot import build_snapshot
 from gpuq.scheduler.entry.bootstrap import build_context
 from gpuq.scheduler.lifecycle.writes import transition
 from gpuq.scheduler.policy import Decisions, Start, schedule
+from gpuq.scheduler.runtime.applier import CycleResult, apply_decisions
 from gpuq.scheduler.runtime.context import Context
-from gpuq.scheduler.runtime.loop import LOCK_KEY, CycleResult, _apply, cycle
+from gpuq.scheduler.runtime.loop import LOCK_KEY, cycle
 from gpuq.wire.states import JobState
 from tests.scheduler.rows import T0, add_job, add_node, allocations, events
 
@@ -296,7 +297,7 @@ def test_a_start_whose_gpu_was_taken_meanwhile_is_dropped(loop: Loop) -> None:
 
     result = CycleResult()
     with loop.ctx.transaction() as s:
-        _apply(s, decisions, T0, result)
+        apply_decisions(s, decisions, T0, result)
 
     assert (result.started, result.dropped) == ([], [mine])
     job = loop.job(mine)
@@ -312,7 +313,7 @@ def test_two_starts_on_one_gpu_start_only_the_first(loop: Loop) -> None:
         a, b = add_job(s).id, add_job(s).id
     result = CycleResult()
     with loop.ctx.transaction() as s:
-        _apply(s, Decisions(starts=(Start(a, "n1", (0,)), Start(b, "n1", (1, 0)))), T0,
+        apply_decisions(s, Decisions(starts=(Start(a, "n1", (0,)), Start(b, "n1", (1, 0)))), T0,
                result)
     assert (result.started, result.dropped) == ([(a, "n1")], [b])
     assert loop.allocations() == {(a, node_id, 0)}
@@ -330,7 +331,7 @@ def test_starts_that_no_longer_hold_are_dropped(loop: Loop) -> None:
                                   Start(on_ghost, "ghost", (0,)), Start(999_999, "up", (0,))))
     result = CycleResult()
     with loop.ctx.transaction() as s:
-        _apply(s, decisions, T0, result)
+        apply_decisions(s, decisions, T0, result)
     assert result.started == []
     assert result.dropped == [*ids, 999_999]
     assert loop.job(ids[0]).state == "CANCELLED"
@@ -348,7 +349,7 @@ def test_reasons_are_written_only_to_jobs_still_pending(loop: Loop) -> None:
                           pending_reasons={started: "Resources: x", waiting: "Resources: y",
                                            gone_id: "Resources: z", 424242: "Resources: ?"})
     with loop.ctx.transaction() as s:
-        _apply(s, decisions, T0, CycleResult())
+        apply_decisions(s, decisions, T0, CycleResult())
     assert loop.job(started).reason == "dispatched to n1 GPUs [0]"
     assert loop.job(waiting).reason == "Resources: y"
     assert loop.job(gone_id).reason == "cancelled by alice"
@@ -425,7 +426,7 @@ def test_a_job_cancelled_after_the_snapshot_is_not_dispatched(
                 job = api.get(Job, job_id)
                 assert job is not None
                 transition(api, job, JobState.CANCELLED, now=T0, reason="cancelled by alice")
-            _apply(s, decisions, T0, result)
+            apply_decisions(s, decisions, T0, result)
 
         assert (result.started, result.dropped) == ([], [job_id])
         job = lp.job(job_id)
@@ -450,7 +451,7 @@ def test_a_node_drained_after_the_snapshot_gets_no_new_job(
                 node = api.scalar(select(Node).where(Node.name == "n1"))
                 assert node is not None
                 node.state, node.state_reason = "DRAIN", "maintenance"
-            _apply(s, decisions, T0, result)
+            apply_decisions(s, decisions, T0, result)
 
         assert (result.started, result.dropped) == ([], [job_id])
         assert lp.job(job_id).state == "PENDING"
@@ -496,7 +497,7 @@ def test_a_cancel_in_flight_is_waited_for_not_overwritten(
         def apply() -> None:
             try:
                 with lp.ctx.transaction() as s:
-                    _apply(s, decisions, T0, result)
+                    apply_decisions(s, decisions, T0, result)
             except BaseException as e:  # noqa: BLE001 - reported by the test below
                 errors.append(e)
 

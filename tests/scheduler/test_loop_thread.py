@@ -12,7 +12,8 @@ import pytest
 
 from gpuq.config import Settings
 from gpuq.scheduler.runtime import loop as loop_module
-from gpuq.scheduler.runtime.loop import CycleResult, SchedulerLoop
+from gpuq.scheduler.runtime.applier import CycleResult
+from gpuq.scheduler.runtime.loop import SchedulerLoop
 
 CYCLE_S = 0.1
 

@@ -10,8 +10,7 @@ from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from gpuq.scheduler.api.deps import Admin, AdminActor, Ctx
-from gpuq.scheduler.services import admin as svc
-from gpuq.scheduler.services import nodes
+from gpuq.scheduler.services import accounts, nodes, tokens, usage_import, users
 from gpuq.scheduler.services.audit import record
 from gpuq.wire.admin import (
     AccountCreate,
@@ -60,8 +59,8 @@ def create_account(
     """Create an account under ``parent`` (default: root) with raw ``shares`` (or
     "parent"), and optionally the ``default_qos`` of its jobs. Audited as account.create."""
     with ctx.transaction() as session:
-        return svc.account_read(svc.create_account(session, body, actor=actor,
-                                                   now=ctx.clock()))
+        return accounts.account_read(accounts.create_account(session, body, actor=actor,
+                                                             now=ctx.clock()))
 
 
 @router.get("/accounts", response_model=list[AccountRead], summary="List accounts")
@@ -72,8 +71,8 @@ def list_accounts(
 ) -> list[AccountRead]:
     """Every account of the tree (``parent`` null: root), retired ones only if asked."""
     with ctx.transaction() as session:
-        return [svc.account_read(a)
-                for a in svc.list_accounts(session, include_retired=include_retired)]
+        return [accounts.account_read(a)
+                for a in accounts.list_accounts(session, include_retired=include_retired)]
 
 
 @router.patch("/accounts/{name}", response_model=AccountRead, summary="Change or move an account")
@@ -90,9 +89,9 @@ def update_account(
     it; a move under itself or its own subtree is refused (422, field parent); root never
     moves. Audited as account.update."""
     with ctx.transaction() as session:
-        acct = svc.account_or_404(session, name)
-        return svc.account_read(svc.update_account(session, acct, body, actor=actor,
-                                                   now=ctx.clock()))
+        acct = accounts.account_or_404(session, name)
+        return accounts.account_read(accounts.update_account(session, acct, body, actor=actor,
+                                                             now=ctx.clock()))
 
 
 @router.delete("/accounts/{name}", response_model=AccountRead, summary="Retire an account")
@@ -102,9 +101,9 @@ def retire_account(name: AccountName, ctx: Ctx, actor: AdminActor) -> AccountRea
     running jobs, or grants that have not ended. Retiring twice changes nothing. Audited
     as account.retire."""
     with ctx.transaction() as session:
-        acct = svc.account_or_404(session, name)
-        out = svc.account_read(svc.retire_account(session, acct, actor=actor,
-                                                  now=ctx.clock()))
+        acct = accounts.account_or_404(session, name)
+        out = accounts.account_read(accounts.retire_account(session, acct, actor=actor,
+                                                            now=ctx.clock()))
     ctx.wake()
     return out
 
@@ -124,21 +123,21 @@ def create_user(
     """Create a user in ``account`` (its default account) with ``shares`` there. Audited
     as user.create."""
     with ctx.transaction() as session:
-        return svc.user_read(svc.create_user(session, body, actor=actor, now=ctx.clock()))
+        return users.user_read(users.create_user(session, body, actor=actor, now=ctx.clock()))
 
 
 @router.get("/users", response_model=list[UserRead], summary="List users")
 def list_users(ctx: Ctx, _: Admin) -> list[UserRead]:
     """Every user with its accounts, flags and allowed QOS."""
     with ctx.transaction() as session:
-        return [svc.user_read(u) for u in svc.list_users(session)]
+        return [users.user_read(u) for u in users.list_users(session)]
 
 
 @router.get("/users/{name}", response_model=UserRead, summary="Show a user")
 def get_user(name: UserName, ctx: Ctx, _: Admin) -> UserRead:
     """One user with its accounts (memberships and their shares)."""
     with ctx.transaction() as session:
-        return svc.user_read(svc.user_by_name(session, name))
+        return users.user_read(users.user_by_name(session, name))
 
 
 @router.patch("/users/{name}", response_model=UserRead, summary="Change a user")
@@ -157,9 +156,9 @@ def update_user(
     ``default_account`` (must be one of its accounts, 422 field default_account),
     ``allowed_qos``. Admins cannot disable themselves. Audited as user.update."""
     with ctx.transaction() as session:
-        user = svc.user_by_name(session, name)
-        return svc.user_read(svc.update_user(session, user, body, actor=actor,
-                                             now=ctx.clock()))
+        user = users.user_by_name(session, name)
+        return users.user_read(users.update_user(session, user, body, actor=actor,
+                                                 now=ctx.clock()))
 
 
 @router.post("/users/{name}/accounts", status_code=201, response_model=UserRead,
@@ -174,9 +173,9 @@ def add_account(
     """Add the user to another account (a user may belong to several). Audited as
     membership.create (target ``user:alice/account:ilab``)."""
     with ctx.transaction() as session:
-        user = svc.user_by_name(session, name)
-        return svc.user_read(svc.add_membership(session, user, body, actor=actor,
-                                                now=ctx.clock()))
+        user = users.user_by_name(session, name)
+        return users.user_read(users.add_membership(session, user, body, actor=actor,
+                                                    now=ctx.clock()))
 
 
 @router.patch("/users/{name}/accounts/{account}", response_model=UserRead,
@@ -191,9 +190,9 @@ def update_membership(
 ) -> UserRead:
     """Set the user's raw shares in ``account``. Audited as membership.update."""
     with ctx.transaction() as session:
-        user = svc.user_by_name(session, name)
-        svc.update_membership(session, user, account, body, actor=actor, now=ctx.clock())
-        return svc.user_read(user)
+        user = users.user_by_name(session, name)
+        users.update_membership(session, user, account, body, actor=actor, now=ctx.clock())
+        return users.user_read(user)
 
 
 @router.delete("/users/{name}/accounts/{account}", response_model=UserRead,
@@ -203,9 +202,9 @@ def delete_membership(name: UserName, account: AccountName, ctx: Ctx,
     """Remove the user from ``account``. Refused (409) if it is the user's default account
     or the user has pending or running jobs there. Audited as membership.delete."""
     with ctx.transaction() as session:
-        user = svc.user_by_name(session, name)
-        return svc.user_read(svc.delete_membership(session, user, account, actor=actor,
-                                                   now=ctx.clock()))
+        user = users.user_by_name(session, name)
+        return users.user_read(users.delete_membership(session, user, account, actor=actor,
+                                                       now=ctx.clock()))
 
 
 # --- tokens -----------------------------------------------------------------------------
@@ -227,8 +226,8 @@ def create_token(
     ..."). Audited as token.create (without the secret)."""
     with ctx.transaction() as session:
         now = ctx.clock()
-        row, secret = svc.create_token(session, body, actor=actor, now=now)
-        return TokenCreated(token=secret, **svc.token_read(row, now=now))
+        row, secret = tokens.create_token(session, body, actor=actor, now=now)
+        return TokenCreated(token=secret, **tokens.token_read(row, now=now))
 
 
 @router.get("/tokens", response_model=list[TokenRead], summary="List tokens")
@@ -236,7 +235,7 @@ def list_tokens(ctx: Ctx, _: Admin) -> list[TokenRead]:
     """Every token (never its secret): owner, role, last use, expiry, revoked."""
     with ctx.transaction() as session:
         now = ctx.clock()
-        return [TokenRead(**svc.token_read(r, now=now)) for r in svc.list_tokens(session)]
+        return [TokenRead(**tokens.token_read(r, now=now)) for r in tokens.list_tokens(session)]
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenRead, summary="Revoke a token")
@@ -248,8 +247,8 @@ def revoke_token(
     """Revoke a token at once; revoking twice changes nothing. Audited as token.revoke."""
     with ctx.transaction() as session:
         now = ctx.clock()
-        return TokenRead(**svc.token_read(svc.revoke_token(session, token_id, actor=actor,
-                                                           now=now), now=now))
+        return TokenRead(**tokens.token_read(tokens.revoke_token(session, token_id, actor=actor,
+                                                                 now=now), now=now))
 
 
 # --- nodes ------------------------------------------------------------------------------
@@ -325,8 +324,8 @@ async def import_usage(request: Request, ctx: Ctx, actor: AdminActor) -> UsageIm
 
     def work() -> UsageImportResult:
         with ctx.transaction() as session:
-            return svc.import_usage(session, records, actor=actor, now=ctx.clock(),
-                                    settings=ctx.settings)
+            return usage_import.import_usage(session, records, actor=actor, now=ctx.clock(),
+                                             settings=ctx.settings)
 
     out = await run_in_threadpool(work)
     ctx.wake()
