@@ -2,7 +2,8 @@
 their events. No other module writes a job's state or a ``JobEvent``
 (tests/test_architecture.py holds the rest of the code to that).
 
-Batch-first: ``create`` takes many new jobs, ``apply`` many changes. A single submit, a
+Batch-first: ``create`` takes many new jobs (``create_rows`` and ``create_from_select``
+many with their ids reserved: an array's elements), ``apply`` many changes. A single submit, a
 single report or a single heartbeat is a batch of one, so the fast paths and the simple
 paths are the same path. Like the services, nothing here commits.
 """
@@ -17,6 +18,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Text,
+    bindparam,
     cast,
     delete,
     func,
@@ -27,6 +29,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from gpuq.scheduler.db.models import GpuAllocation, Job, JobEvent
@@ -46,13 +49,39 @@ _RUN_RESET: dict[str, Any] = {
 
 
 def create(session: Session, rows: list[dict[str, Any]], *, now: datetime,
-           reason: str = "submitted") -> list[int]:
+           reason: str = "submitted") -> list[Row[Any]]:
     """Insert new PENDING jobs (their columns: ``rows``, without ids) and their first
-    events; returns their ids, in order (increasing)."""
+    events; returns the new jobs as the database holds them (every column), in the order
+    given: one ``INSERT ... RETURNING`` for the jobs, one bulk insert for the events."""
+    made = _insert_returning(session, [{**row, "state": JobState.PENDING.value}
+                                       for row in rows])
+    first = submitted(0, reason).steps[0]
+    bulk_insert(session, JobEvent, [_event(job.id, first, now) for job in made])
+    return made
+
+
+def _insert_returning(session: Session, rows: list[dict[str, Any]]) -> list[Row[Any]]:
+    """Insert the job rows (the same keys each) and return them as inserted, in order:
+    one ``INSERT ... RETURNING``. More than ``_RETURNING_ROWS`` rows on PostgreSQL: ids
+    from the sequence, the rows by ``COPY``, read back by id; a multi-row ``INSERT ...
+    RETURNING`` is a new statement text for each batch size, and psycopg's parsing of it
+    took longer than the batch's other work (32 submits: 0.29 -> 0.18 ms a job)."""
+    table = Job.__table__
+    conn = session.connection()
+    if conn.dialect.name != "postgresql" or len(rows) <= _RETURNING_ROWS:
+        return conn.execute(insert(table).returning(*table.c, sort_by_parameter_order=True),
+                            rows).all()
     ids = reserve_ids(session, len(rows))
-    create_rows(session, [{**row, "id": job_id} for job_id, row in zip(ids, rows, strict=True)],
-                now=now, reason=reason)
-    return ids
+    bulk_insert(session, Job, [{**row, "id": job_id} for job_id, row in zip(ids, rows,
+                                                                          strict=True)])
+    by_id = {job.id: job for job in conn.execute(_JOBS_BY_ID, {"ids": ids})}
+    return [by_id[job_id] for job_id in ids]
+
+
+#: Up to this many rows, one ``INSERT ... RETURNING`` (a lone submit: 1.4 ms, against
+#: 2.4 ms for the ``COPY`` and the read back).
+_RETURNING_ROWS = 4
+_JOBS_BY_ID = select(Job.__table__).where(Job.__table__.c.id == func.any(bindparam("ids")))
 
 
 def create_rows(session: Session, rows: list[dict[str, Any]], *, now: datetime,

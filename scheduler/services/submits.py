@@ -3,11 +3,11 @@ of one; ``scheduler/runtime/group_commit.py`` gathers the submits that arrive to
 
 Each submit is checked alone (``jobs.check_submit``: a failing one gets its own 4xx and
 takes nothing from the others); the accepted ones are created together by the lifecycle's
-writer (their ids from one query, the rows and their first events in one bulk insert
-each), and every answer is read back from the database in one query. A submit whose
-idempotency key is taken already (a retry) is answered with the job it made before (200),
-as is a second submit of one key in the same batch. Like every service this never
-commits.
+writer (the rows in one ``INSERT ... RETURNING``, their first events in one bulk insert).
+A submit whose idempotency key is taken already (a retry) is answered with the job it
+made before (200), as is a second submit of one key in the same batch. The new jobs'
+answers are read from their rows as inserted; those of the jobs made before, from the
+database. Like every service this never commits.
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ from gpuq.scheduler.db.models import Job
 from gpuq.scheduler.errors import ServiceError
 from gpuq.scheduler.lifecycle import writes
 from gpuq.scheduler.services.auth import Principal
-from gpuq.scheduler.services.jobs import check_runnable, check_submit, job_fields, read_own_jobs
+from gpuq.scheduler.services.jobs import (
+    Accepted,
+    check_runnable,
+    check_submit,
+    job_fields,
+    read_fields,
+    read_own_jobs,
+)
 from gpuq.wire.jobs import JobCreate, JobRead
 
 
@@ -51,20 +58,20 @@ def submit_many(session: Session, items: Sequence[tuple[Principal, JobCreate]], 
     outcomes: list[Outcome | None] = [None] * len(items)
     taken = _taken_keys(session, items)
     runnable = (runnable or Runnable()).new_batch()
-    # Where each answer comes from: (job id, created) or (position of the batch's own
-    # submit of the same key, None).
-    made: dict[int, tuple[int | None, int | None]] = {}
+    # The submits answered with a job made before: (its id, None), or (None, the position
+    # of the batch's own submit of the same key).
+    found: dict[int, tuple[int | None, int | None]] = {}
     first_of: dict[tuple[int, str], int] = {}
-    accepted: list[tuple[int, dict[str, Any]]] = []
+    accepted: list[tuple[int, dict[str, Any], Accepted]] = []
     for i, (principal, spec) in enumerate(items):
         user = principal.user
         key = (user.id, spec.idempotency_key) if user is not None and \
             spec.idempotency_key is not None else None
         if key is not None and key in taken:
-            made[i] = (taken[key], None)
+            found[i] = (taken[key], None)
             continue
         if key is not None and key in first_of:
-            made[i] = (None, first_of[key])
+            found[i] = (None, first_of[key])
             continue
         try:
             ok = check_submit(session, principal, spec, settings=settings, runnable=runnable)
@@ -73,23 +80,27 @@ def submit_many(session: Session, items: Sequence[tuple[Principal, JobCreate]], 
             continue
         if key is not None:
             first_of[key] = i
-        accepted.append((i, job_fields(spec, ok, now=now)))
-    ids = writes.create(session, [fields for _, fields in accepted], now=now) \
+        accepted.append((i, job_fields(spec, ok, now=now), ok))
+    made = writes.create(session, [fields for _, fields, _ in accepted], now=now) \
         if accepted else []
-    new = {i: job_id for (i, _), job_id in zip(accepted, ids, strict=True)}
-    for i, (job_id, twin) in made.items():
-        made[i] = (job_id if job_id is not None else new[twin], twin)  # type: ignore[index]
-    wanted = sorted(set(new.values()) | {j for j, _ in made.values() if j is not None})
-    if not wanted:
-        return outcomes  # type: ignore[return-value]
-    # The answers, as the database holds the jobs; each submitter owns its job (the spec
-    # is shown).
-    body = {f["id"]: JobRead(**f).model_dump_json().encode()
-            for f in read_own_jobs(session, wanted)}
+    answers: dict[int, bytes] = {}  # job id -> its JobRead
+    for (_, _, ok), job in zip(accepted, made, strict=True):
+        # Read from the row as inserted (RETURNING); the submitter owns it: the spec shows.
+        answers[job.id] = JobRead(**read_fields(
+            job, user=ok.user.name, account=ok.account.name, node=None, gpu_memory={},
+            mine=True)).model_dump_json().encode()
+    new = {i: job.id for (i, _, _), job in zip(accepted, made, strict=True)}
+    for i, (job_id, twin) in found.items():
+        if job_id is None:
+            found[i] = (new[twin], twin)  # type: ignore[index]
+    older = sorted({job_id for job_id, _ in found.values()} - set(answers))
+    if older:  # jobs made before, by the same keys: read as GET /v1/jobs/{id} reads them
+        for fields in read_own_jobs(session, older):  # type: ignore[arg-type]
+            answers[fields["id"]] = JobRead(**fields).model_dump_json().encode()
     for i, job_id in new.items():
-        outcomes[i] = Answer(body[job_id], True)
-    for i, (job_id, _) in made.items():
-        outcomes[i] = Answer(body[job_id], False)  # type: ignore[index]
+        outcomes[i] = Answer(answers[job_id], True)
+    for i, (job_id, _) in found.items():
+        outcomes[i] = Answer(answers[job_id], False)  # type: ignore[index]
     return outcomes  # type: ignore[return-value]
 
 

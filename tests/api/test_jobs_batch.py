@@ -193,3 +193,20 @@ def test_runnable_remembers_what_runs_not_what_was_refused(api: Api, people: dic
                              runnable=Runnable())
         assert isinstance(out, Invalid)
         s.rollback()
+
+
+def test_a_large_batch_reads_as_lone_submits_would(api: Api, people: dict) -> None:
+    """More rows than one ``INSERT ... RETURNING`` takes (PostgreSQL: COPY, then read back):
+    each answer, in order, is the job as GET /v1/jobs/{id} reads it."""
+    specs = [_spec(gpus=i % 3, name=f"j{i}", environment={"I": str(i)}, nice=i)
+             for i in range(12)]
+    with api.ctx.transaction() as s:
+        out = submit_many(s, [(people["alice"], spec) for spec in specs], now=api.clock(),
+                          settings=api.ctx.settings)
+    made = [json.loads(o.body) for o in out]
+    assert [m["name"] for m in made] == [f"j{i}" for i in range(12)]
+    assert [m["environment"] for m in made] == [{"I": str(i)} for i in range(12)]
+    with api.ctx.transaction() as s:
+        for m in made:
+            alone = svc.to_read(s.get(Job, m["id"]), people["alice"]).model_dump(mode="json")
+            assert m == alone
