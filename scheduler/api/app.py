@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from gpuq import __version__
@@ -52,6 +56,14 @@ def create_app(ctx: Context) -> FastAPI:
                 app.router.on_startup.append(lambda c=cache: c.listen(conninfo(url)))
                 app.router.on_shutdown.append(cache.stop)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer, but one that can always be written: a 422 quoting an
+        # input of NaN (or Infinity), or text with a lone surrogate, failed to serialise
+        # and became a 500.
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))},
+                            status_code=422)
+
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
@@ -59,3 +71,17 @@ def create_app(ctx: Context) -> FastAPI:
     for module in (health, jobs, nodes, fairshare, admin, grants, audit, usage, metrics):
         app.include_router(module.router)
     return app
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every float that JSON cannot carry (NaN, infinities) as its text, and
+    every string that is not valid UTF-8 (a lone surrogate) escaped."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -13,6 +13,7 @@ from gpuq.scheduler.api.callers import CallerCache
 from gpuq.scheduler.runtime.context import Context
 from gpuq.scheduler.services.audit import Actor
 from gpuq.scheduler.services.auth import AuthError, Principal, check_token, hash_token
+from gpuq.wire.common import MAX_ID
 
 _bearer = HTTPBearer(auto_error=False, description="a gpuq token: gpuq_...")
 
@@ -107,3 +108,7 @@ def get_actor(principal: Admin, request: Request) -> Iterator[Actor]:
 
 #: An admin caller, as the audit log names it (use it instead of ``Admin`` on changes).
 AdminActor = Annotated[Actor, Depends(get_actor)]
+
+
+#: A job's id in a path: beyond the ids a job can have is a 422, not a database error.
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="the job's id", examples=[42])]

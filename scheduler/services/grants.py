@@ -20,6 +20,8 @@ from gpuq.scheduler.services.accounts import account_by_name, subtree_ids
 from gpuq.scheduler.services.audit import SYSTEM, Actor, record
 from gpuq.wire.grants import GrantCreate, GrantRead, GrantRevoke, GrantUpdate, GrantUsage
 
+#: ``Grant.state_reason``'s size.
+STATE_REASON_CHARS = 256
 #: Stored states the loop still moves (the others are final).
 LIVE_STATES = (pure.SCHEDULED, pure.ACTIVE)
 
@@ -263,7 +265,8 @@ def revoke_grant(session: Session, grant: Grant, body: GrantRevoke, *, actor: Ac
     _refuse_if_over(grant, now, "revoked")
     before = grant_read(session, grant, now=now)
     grant.revoked_at = now
-    grant.state, grant.state_reason = pure.REVOKED, f"revoked by {actor.name}: {body.reason}"
+    reason = f"revoked by {actor.name}: {body.reason}"
+    grant.state, grant.state_reason = pure.REVOKED, reason[:STATE_REASON_CHARS]
     session.flush()
     record(session, actor=actor, action="grant.revoke", target=f"grant:{grant.id}", now=now,
            before=before, after=grant_read(session, grant, now=now))

@@ -28,6 +28,7 @@ from gpuq.wire.admin import (
     UserRead,
     UserUpdate,
 )
+from gpuq.wire.common import MAX_ID
 from gpuq.wire.nodes import NodeRead
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -240,8 +241,8 @@ def list_tokens(ctx: Ctx, _: Admin) -> list[TokenRead]:
 
 @router.delete("/tokens/{token_id}", response_model=TokenRead, summary="Revoke a token")
 def revoke_token(
-    token_id: Annotated[int, Path(description="the token's id (GET /v1/admin/tokens)",
-                                  examples=[12])],
+    token_id: Annotated[int, Path(ge=1, le=MAX_ID, examples=[12],
+                                  description="the token's id (GET /v1/admin/tokens)")],
     ctx: Ctx, actor: AdminActor,
 ) -> TokenRead:
     """Revoke a token at once; revoking twice changes nothing. Audited as token.revoke."""

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Body, Path, Query
 from gpuq.scheduler.api.deps import Admin, AdminActor, Ctx
 from gpuq.scheduler.api.routes.admin import ex
 from gpuq.scheduler.services import grants as svc
+from gpuq.wire.common import MAX_ID
 from gpuq.wire.grants import GrantCreate, GrantKind, GrantRead, GrantRevoke, GrantState, GrantUpdate
 
 router = APIRouter(prefix="/v1/admin/grants", tags=["grants"])
 
-GrantId = Annotated[int, Path(description="the grant's id", examples=[3])]
+GrantId = Annotated[int, Path(ge=1, le=MAX_ID, description="the grant's id", examples=[3])]
 
 OVERCOMMIT_409 = {409: {"description": "The reservation does not fit beside the grants "
                         "it overlaps (or the grant has ended)", "content": {

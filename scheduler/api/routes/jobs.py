@@ -7,13 +7,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import TypeAdapter
+from pydantic import AfterValidator, TypeAdapter
 from pydantic_core import to_json
 
-from gpuq.scheduler.api.deps import Ctx, UserOrAdmin
+from gpuq.scheduler.api.deps import Ctx, JobId, UserOrAdmin
 from gpuq.scheduler.services import arrays
 from gpuq.scheduler.services import jobs as svc
 from gpuq.wire.arrays import JobArrayCreate, JobArrayRead
+from gpuq.wire.common import check_text
 from gpuq.wire.jobs import JobBrief, JobCreate, JobRead, WhyRead
 from gpuq.wire.states import ACTIVE, JobState
 
@@ -22,6 +23,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 MAX_LOG_READ = 4 * 1024 * 1024
 
 _JOB_LIST = TypeAdapter(list[JobRead])
+#: A name to filter the queue by (text the database cannot hold is a 422 naming it).
+Filter = Annotated[str | None, AfterValidator(check_text)]
 
 
 @router.post("", status_code=201, response_model=JobRead,
@@ -57,9 +60,9 @@ def list_jobs(
     request: Request,
     principal: UserOrAdmin,
     state: Annotated[list[JobState] | None, Query()] = None,
-    user: str | None = None,
-    account: str | None = None,
-    node: str | None = None,
+    user: Filter = None,
+    account: Filter = None,
+    node: Filter = None,
     active: bool = False,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     view: Annotated[Literal["full", "brief"], Query(
@@ -96,14 +99,14 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def show_job(job_id: int, ctx: Ctx, principal: UserOrAdmin) -> JobRead:
+def show_job(job_id: JobId, ctx: Ctx, principal: UserOrAdmin) -> JobRead:
     with ctx.transaction() as session:
         job = svc.get_job(session, job_id)
         return svc.to_read(job, principal, events=svc.job_events(session, job_id))
 
 
 @router.get("/{job_id}/why", response_model=WhyRead)
-def why_pending(job_id: int, ctx: Ctx, principal: UserOrAdmin) -> WhyRead:
+def why_pending(job_id: JobId, ctx: Ctx, principal: UserOrAdmin) -> WhyRead:
     """Why the job waits: position, reason, priority factors beside the job ahead, and
     the estimated start, as the last scheduling cycle recorded them."""
     with ctx.transaction() as session:
@@ -111,7 +114,7 @@ def why_pending(job_id: int, ctx: Ctx, principal: UserOrAdmin) -> WhyRead:
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
-def cancel_job(job_id: int, ctx: Ctx, principal: UserOrAdmin) -> JobRead:
+def cancel_job(job_id: JobId, ctx: Ctx, principal: UserOrAdmin) -> JobRead:
     """Cancel: a pending job ends at once; a running one is killed by its node, which
     confirms (the job stays RUNNING with ``cancel_requested`` until then)."""
     with ctx.transaction() as session:
@@ -128,7 +131,7 @@ def cancel_job(job_id: int, ctx: Ctx, principal: UserOrAdmin) -> JobRead:
 @router.get("/{job_id}/log", response_class=Response,
             responses={200: {"content": {"text/plain": {}}}})
 def read_log(
-    job_id: int,
+    job_id: JobId,
     ctx: Ctx,
     principal: UserOrAdmin,
     offset: Annotated[int, Query(ge=0)] = 0,

@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from gpuq.broker import queue_name
-from gpuq.scheduler.api.deps import Ctx, NodeCaller, UserOrAdmin, node_principal
+from gpuq.scheduler.api.deps import Ctx, JobId, NodeCaller, UserOrAdmin, node_principal
 from gpuq.scheduler.runtime.context import Context
 from gpuq.scheduler.runtime.logstore import OffsetMismatch
 from gpuq.scheduler.services import nodes as svc
@@ -104,7 +104,7 @@ router.add_api_route("/{name}/heartbeat", heartbeat, methods=["POST"],
 
 
 @router.get("/{name}/jobs/{job_id}", response_model=LaunchSpec)
-def launch_spec(name: str, job_id: int, ctx: Ctx, principal: NodeCaller) -> LaunchSpec:
+def launch_spec(name: str, job_id: JobId, ctx: Ctx, principal: NodeCaller) -> LaunchSpec:
     _own(principal, name)
     with ctx.transaction() as session:
         node = svc.get_or_create_node(session, name)
@@ -112,7 +112,7 @@ def launch_spec(name: str, job_id: int, ctx: Ctx, principal: NodeCaller) -> Laun
 
 
 @router.post("/{name}/jobs/{job_id}/events")
-def job_event(name: str, job_id: int, body: JobStateReport, ctx: Ctx,
+def job_event(name: str, job_id: JobId, body: JobStateReport, ctx: Ctx,
               principal: NodeCaller) -> dict[str, str]:
     _own(principal, name)
     with ctx.transaction() as session:
@@ -125,7 +125,7 @@ def job_event(name: str, job_id: int, body: JobStateReport, ctx: Ctx,
 
 
 @router.post("/{name}/jobs/{job_id}/log", response_model=None)
-async def ship_log(name: str, job_id: int, request: Request, ctx: Ctx, principal: NodeCaller,
+async def ship_log(name: str, job_id: JobId, request: Request, ctx: Ctx, principal: NodeCaller,
                    offset: Annotated[int, Query(ge=0)],
                    attempt: Annotated[int, Query(ge=1)] = 1) -> dict[str, int] | JSONResponse:
     """Append output of run ``attempt`` of the job, which starts at ``offset``."""
