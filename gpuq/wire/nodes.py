@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from gpuq.wire.common import (
+    MAX_ID,
     Strict,
 )
 from gpuq.wire.states import ReportedState
@@ -84,7 +85,7 @@ class JobSample(Strict):
 
 
 class WorkerJob(Strict):
-    job_id: int
+    job_id: int = Field(..., ge=1, le=MAX_ID)
     #: Which run of the job this is (``LaunchSpec.attempt``).
     attempt: int = Field(1, ge=1)
     state: ReportedState

@@ -79,3 +79,35 @@ def test_a_nul_byte_in_a_queue_filter(api: Api, alice: dict[str, str]) -> None:
     r = api.client.get("/v1/jobs", headers=alice, params={"user": "a\x00"})
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"] == ["query", "user"]
+
+
+def test_a_heartbeat_with_a_job_id_out_of_range_is_a_422(api: Api) -> None:
+    h = api.node("gpu02", gpus=1)
+    r = api.client.post("/v1/nodes/gpu02/heartbeat", headers=h, json={
+        "gpus": [], "jobs": [{"job_id": 2**31, "attempt": 1, "state": "RUNNING"}]})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "jobs", 0, "job_id"]
+
+
+def test_the_openapi_document_resolves_every_reference(api: Api) -> None:
+    """Every ``$ref`` in /openapi.json names a schema the document has (the usage import's
+    body pointed at a UsageImport it did not hold)."""
+    doc = api.client.get("/openapi.json").json()
+    refs: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                refs.add(ref)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+    assert refs, "no references at all: the walk is broken"
+    schemas = doc["components"]["schemas"]
+    missing = {r for r in refs if r.removeprefix("#/components/schemas/") not in schemas}
+    assert missing == set()

@@ -308,8 +308,10 @@ USAGE_EXAMPLE_CSV = "user,account,billed_seconds,end_time\nalice,qlab,36000,2026
     response_model=UsageImportResult,
     summary="Import usage history",
     openapi_extra={"requestBody": {"content": {
-        "application/json": {"schema": {"type": "array", "items": {
-            "$ref": "#/components/schemas/UsageImport"}},
+        # Inline: no route takes UsageImport as its body, so FastAPI does not put it in
+        # the document's components (a $ref to it pointed at nothing).
+        "application/json": {"schema": {"type": "array",
+                                        "items": UsageImport.model_json_schema()},
             "example": [{"user": "alice", "account": "qlab", "billed_seconds": 36000,
                          "end_time": "2026-10-01T00:00:00Z"}]},
         "text/csv": {"schema": {"type": "string"}, "example": USAGE_EXAMPLE_CSV}}}},
