@@ -55,8 +55,7 @@ def create(session: Session, rows: list[dict[str, Any]], *, now: datetime,
     given: one ``INSERT ... RETURNING`` for the jobs, one bulk insert for the events."""
     made = _insert_returning(session, [{**row, "state": JobState.PENDING.value}
                                        for row in rows])
-    first = submitted(0, reason).steps[0]
-    bulk_insert(session, JobEvent, [_event(job.id, first, now) for job in made])
+    _first_events(session, [job.id for job in made], now=now, reason=reason)
     return made
 
 
@@ -89,8 +88,13 @@ def create_rows(session: Session, rows: list[dict[str, Any]], *, now: datetime,
     """Insert new PENDING jobs whose ids are reserved already (``reserve_ids``; each row
     has its ``id``) and their first events."""
     bulk_insert(session, Job, [{**row, "state": JobState.PENDING.value} for row in rows])
+    _first_events(session, [row["id"] for row in rows], now=now, reason=reason)
+
+
+def _first_events(session: Session, ids: list[int], *, now: datetime, reason: str) -> None:
+    """The new jobs' first events (``rules.submitted``)."""
     first = submitted(0, reason).steps[0]
-    bulk_insert(session, JobEvent, [_event(row["id"], first, now) for row in rows])
+    bulk_insert(session, JobEvent, [_event(job_id, first, now) for job_id in ids])
 
 
 def create_from_select(session: Session, columns: Mapping[str, Any], ids: list[int], *,

@@ -151,7 +151,7 @@ def check_submit(session: Session, principal: Principal, spec: JobCreate, *,
 
 
 def job_fields(spec: JobCreate, ok: Accepted, *, now: datetime) -> dict[str, Any]:
-    """The new PENDING job's columns."""
+    """The new job's columns (its state is the lifecycle writer's to set)."""
     return dict(
         name=spec.name or (spec.command[0].rsplit("/", 1)[-1] if spec.command else "script"),
         user_id=ok.user.id,
@@ -169,7 +169,6 @@ def job_fields(spec: JobCreate, ok: Accepted, *, now: datetime) -> dict[str, Any
         requeue=spec.requeue,
         nice=spec.nice,
         qos=ok.qos,
-        state=JobState.PENDING.value,
         reason="Submitted",
         gpu_indices=[],
         submitted_at=now,
