@@ -24,7 +24,12 @@ SHORT_RUN_FRACTION = 0.25
 
 
 def suggestion(job: Job) -> str | None:
-    """One concrete suggestion when something was wasted, the biggest waste first."""
+    """One concrete suggestion when something was wasted, the biggest waste first (a job
+    killed for memory first of all: it gets more, or fails again)."""
+    if job.get("state") == "OUT_OF_MEMORY":
+        asked = job.get("memory_mib")
+        return ("the job ran out of memory" + (f" (--mem {format_mib(asked)})" if asked else "")
+                + ": ask for more with --mem, or make it use less.")
     acct = job.get("accounting") or {}
     gpus = acct.get("gpus") or []
     unused = [g for g in gpus if g.get("utilization_mean_pct") is not None

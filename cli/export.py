@@ -1,23 +1,56 @@
 """The job's environment: ``--export`` with Slurm's meaning, then ``--env K=V``.
 
-- ``ALL`` (the default): the submitting environment, plus any ``NAME=value`` listed after
-  it (``ALL,FOO=bar``).
-- ``NONE``: nothing from the submitting environment.
+- ``ALL`` (the default): the submitting environment, less the variables that look like
+  secrets (``looks_secret``), plus any ``NAME`` or ``NAME=value`` listed after it
+  (``ALL,HF_TOKEN,FOO=bar``: a name listed is passed even if it looks like a secret).
+- ``NONE`` (or Slurm's ``NIL``): nothing from the submitting environment.
 - ``VAR1,VAR2=x``: only ``VAR1`` (taken from the submitting environment, skipped when
   unset) and ``VAR2=x``.
 
 gpuq's own secrets (``GPUQ_TOKEN``, ``GPUQ_ADMIN_TOKEN``, ``GPUQ_NODE_TOKEN``) are never
-sent; variables whose names the server would refuse (``BASH_FUNC_f%%``, ...) are left out
-of ``ALL``. ``--env`` entries are applied last, in order, so they win.
+sent, even when named; variables whose names the server would refuse (``BASH_FUNC_f%%``,
+...) are left out of ``ALL``. ``--env`` entries are applied last, in order, so they win.
+What ``ALL`` left out is said by name (never by value): ``Exported.withheld``.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 SECRETS = frozenset({"GPUQ_TOKEN", "GPUQ_ADMIN_TOKEN", "GPUQ_NODE_TOKEN"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+#: Names ``ALL`` leaves out unless they are named: cloud and service credentials, and the
+#: SSH agent's socket (keys of the submitting host). Matched without regard to case.
+SECRET_NAMES = frozenset({
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "PGPASSWORD", "MYSQL_PWD", "SSH_AUTH_SOCK",
+})
+#: Name patterns (``fnmatch``, upper case) ``ALL`` leaves out unless named: HF_TOKEN,
+#: GITHUB_TOKEN, OPENAI_API_KEY, ANTHROPIC_API_KEY, WANDB_API_KEY, AZURE_CLIENT_SECRET,
+#: TWINE_PASSWORD, AZURE_STORAGE_CONNECTION_STRING...
+SECRET_PATTERNS = ("*TOKEN", "*SECRET*", "*PASSWORD", "*PASSWD", "*PASSPHRASE", "*API_KEY",
+                   "*APIKEY", "*ACCESS_KEY", "*PRIVATE_KEY", "*CONNECTION_STRING")
+_MODES = ("ALL", "NONE", "NIL")
+
+
+def looks_secret(name: str) -> bool:
+    """Whether ``ALL`` leaves the variable ``name`` out (``SECRET_NAMES``,
+    ``SECRET_PATTERNS``)."""
+    upper = name.upper()
+    return upper in SECRET_NAMES or any(fnmatch.fnmatchcase(upper, p) for p in SECRET_PATTERNS)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """The environment to send, and the names ``ALL`` left out because they look like
+    secrets (sorted; the values are never kept)."""
+
+    environment: dict[str, str]
+    withheld: tuple[str, ...] = ()
 
 
 def _check_name(name: str, where: str) -> None:
@@ -38,25 +71,41 @@ def parse_env_pair(text: str) -> tuple[str, str]:
 
 def build_environment(export: str, env_pairs: Iterable[str],
                       environ: Mapping[str, str]) -> dict[str, str]:
-    """The ``environment`` to send. Raises ``ValueError`` with a message for the user."""
+    """The ``environment`` to send (``export_environment``'s)."""
+    return export_environment(export, env_pairs, environ).environment
+
+
+def export_environment(export: str, env_pairs: Iterable[str],
+                       environ: Mapping[str, str]) -> Exported:
+    """The ``environment`` to send and what ``ALL`` withheld. Raises ``ValueError`` with a
+    message for the user."""
     items = [i.strip() for i in export.split(",") if i.strip()]
-    modes = {i.upper() for i in items if i.upper() in ("ALL", "NONE")}
+    modes = {"NONE" if i.upper() == "NIL" else i.upper()
+             for i in items if i.upper() in _MODES}
     if modes == {"ALL", "NONE"}:
         raise ValueError("--export: ALL and NONE contradict each other")
     out: dict[str, str] = {}
+    withheld: set[str] = set()
     if "ALL" in modes or not items:
-        out = {k: v for k, v in environ.items()
-               if _NAME.fullmatch(k) and k not in SECRETS and "\x00" not in v}
+        for k, v in environ.items():
+            if not _NAME.fullmatch(k) or k in SECRETS or "\x00" in v:
+                continue
+            if looks_secret(k):
+                withheld.add(k)
+            else:
+                out[k] = v
     for item in items:
-        if item.upper() in ("ALL", "NONE"):
+        if item.upper() in _MODES:
             continue
         name, sep, value = item.partition("=")
         _check_name(name, "--export")
+        withheld.discard(name)  # named: the user asked for it
         if sep:
             out[name] = value
         elif name in environ:
             out[name] = environ[name]
     for pair in env_pairs:
         name, value = parse_env_pair(pair)
+        withheld.discard(name)
         out[name] = value
-    return out
+    return Exported(out, tuple(sorted(withheld)))

@@ -13,7 +13,7 @@ from gpuq.cli.context import Env, echo_json, pass_env
 from gpuq.cli.render import plain_table, render
 from gpuq.cli.units import format_mib
 
-NODE_COLUMNS = ("NAME", "STATE", "GPUS", "JOB", "UTIL", "MEMORY", "POWER")
+NODE_COLUMNS = ("NAME", "STATE", "GPUS", "JOB", "UTIL", "MEMORY", "POWER", "LIMITS")
 
 
 def _healthy(gpu: Mapping[str, Any]) -> bool:
@@ -93,6 +93,26 @@ def _num(sample: Mapping[str, Any], key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def limits_label(node: Mapping[str, Any]) -> str:
+    """The LIMITS column: the job limits the node's worker enforces (``memory,cpu,devices``,
+    ``memory,cpu``, ...), ``none``, or blank (a worker, or a server, that does not say)."""
+    text = node.get("enforcement")
+    if not text:
+        return ""
+    for stop in (" (", ":", ";"):
+        text = text.split(stop, 1)[0]
+    return _printable(text.strip())
+
+
+def limits_note(node: Mapping[str, Any]) -> str | None:
+    """A line under the node when its worker enforces not all limits: what it does
+    not, and why (``limits: none: job cgroups are off ...``)."""
+    text = node.get("enforcement")
+    if not text or not (text.startswith("none") or "; not " in text):
+        return None
+    return "limits: " + _printable(text)
+
+
 def gpu_row(node: Mapping[str, Any], gpu: Mapping[str, Any]) -> tuple[str, ...]:
     sample = gpu.get("sample") or {}
     util = _num(sample, "utilization_pct")
@@ -104,16 +124,22 @@ def gpu_row(node: Mapping[str, Any], gpu: Mapping[str, Any]) -> tuple[str, ...]:
     return (f"  {gpu['index']}", gpu_state(gpu), gpu["model"],
             str(gpu["job_id"]) if gpu.get("job_id") is not None else "-",
             f"{util:.0f}%" if util is not None else "",
-            memory, f"{power:.0f} W" if power is not None else "")
+            memory, f"{power:.0f} W" if power is not None else "", "")
 
 
 def nodes_table(nodes: Iterable[Mapping[str, Any]]) -> tuple[Table, list[str]]:
-    """The table, with an empty row where each line of ``notes`` (a GPU's foreign
-    processes) goes: ``nodes_text`` puts them there, across the columns."""
+    """The table, with an empty row where each line of ``notes`` (the limits a node does
+    not enforce, a GPU's foreign processes) goes: ``nodes_text`` puts them there, across
+    the columns."""
     table = plain_table(*NODE_COLUMNS)
     notes: list[str] = []
     for node in sorted(nodes, key=lambda n: n["name"]):
-        table.add_row(node["name"], node_state(node), gpus_summary(node), "", "", "", "")
+        table.add_row(node["name"], node_state(node), gpus_summary(node), "", "", "", "",
+                      limits_label(node))
+        note = limits_note(node)
+        if note is not None:
+            table.add_row(*[""] * len(NODE_COLUMNS))
+            notes.append(note)
         for gpu in sorted(node.get("gpus") or [], key=lambda g: g["index"]):
             table.add_row(*gpu_row(node, gpu))
             for proc in gpu.get("foreign_processes") or []:
@@ -123,8 +149,9 @@ def nodes_table(nodes: Iterable[Mapping[str, Any]]) -> tuple[Table, list[str]]:
 
 
 def nodes_text(nodes: Iterable[Mapping[str, Any]], *, width: int | None = None) -> str:
-    """``gpuq nodes``: the table, each foreign process on a line of its own under its GPU,
-    starting in the STATE column (so a long command does not widen the columns)."""
+    """``gpuq nodes``: the table, each foreign process on a line of its own under its GPU
+    and the limits a node does not enforce (and why) under it, starting in the STATE
+    column (so a long line does not widen the columns)."""
     table, notes = nodes_table(nodes)
     lines = render(table, width=width).splitlines()
     if not notes:
@@ -144,7 +171,10 @@ def nodes_text(nodes: Iterable[Mapping[str, Any]], *, width: int | None = None) 
 @click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON.")
 @pass_env
 def nodes(env: Env, as_json: bool) -> None:
-    """Show the GPU nodes, and each GPU: its job, utilisation, memory and power."""
+    """Show the GPU nodes, and each GPU: its job, utilisation, memory and power.
+
+    LIMITS: the job limits the node's worker enforces (memory, cpu, devices: the GPU
+    fence); a line under the node says what it does not enforce, and why."""
     with env.client() as api:
         data = api.get("/v1/nodes")
     if as_json:

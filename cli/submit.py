@@ -13,7 +13,7 @@ from click.core import ParameterSource
 
 from gpuq.cli.client import EXIT_USAGE, CliError
 from gpuq.cli.context import Env, echo_json, pass_env
-from gpuq.cli.export import build_environment
+from gpuq.cli.export import export_environment
 from gpuq.cli.script import directive_lines, script_with_args
 from gpuq.cli.units import MemoryType, TimeType
 from gpuq.wire.common import QOS_NAMES
@@ -90,10 +90,15 @@ def build_job(params: dict[str, Any], *, command: list[str] | None, script: str 
               environ: dict[str, str], cwd: str) -> dict[str, Any]:
     """The ``JobCreate`` body from the merged options."""
     try:
-        environment = build_environment(params.get("export") or "ALL",
-                                        params.get("env_pairs", ()), environ)
+        exported = export_environment(params.get("export") or "ALL",
+                                      params.get("env_pairs", ()), environ)
     except ValueError as e:
         raise CliError(str(e), EXIT_USAGE) from e
+    environment = exported.environment
+    if exported.withheld:
+        names = ",".join(exported.withheld)
+        click.echo(f"gpuq submit: not passing {names} to the job (they look like secrets); "
+                   f"to pass them, name them: --export ALL,{names}", err=True)
     workdir = os.path.abspath(os.path.join(cwd, os.path.expanduser(params.get("workdir") or cwd)))
     body: dict[str, Any] = {"workdir": workdir, "environment": environment,
                             "idempotency_key": params.get("idempotency_key") or uuid.uuid4().hex}
@@ -118,7 +123,9 @@ def build_job(params: dict[str, Any], *, command: list[str] | None, script: str 
 @click.option("-A", "--account", help="Account to charge [your default account].")
 @click.option("-D", "--workdir", help="Directory the job runs in [the current one].")
 @click.option("--export", metavar="ALL|NONE|VARS",
-              help="Environment to pass: ALL (default), NONE, or VAR1,VAR2=x (ALL,VAR=x adds).")
+              help="Environment to pass: ALL (default; less names that look like secrets: "
+                   "*TOKEN, *SECRET*, *PASSWORD, *API_KEY, AWS keys...), NONE, or "
+                   "VAR1,VAR2=x (only those); ALL,VAR,VAR2=x adds (a name given is passed).")
 @click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
               help="Set a variable in the job's environment (repeatable).")
 @click.option("--requeue/--no-requeue", default=None,

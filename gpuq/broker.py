@@ -4,7 +4,9 @@ Tasks carry only a job id; the worker re-reads the job from the API with its nod
 so a message on the broker can never make a host run a command the scheduler did not
 accept, and a task delivered twice does no harm.
 
-Brokers: Redis in production (``GPUQ_BROKER_URL=redis://host:6379/0``). With no broker
+Brokers: Redis in production (``GPUQ_BROKER_URL=redis://host:6379/0``), or Redis behind
+Sentinel for a broker that survives its host (``sentinel://s1:26379;sentinel://s2:26379``
+and ``GPUQ_BROKER_MASTER_NAME``). With no broker
 configured, the kombu *filesystem* transport under ``data_dir/broker`` is used: no service,
 one machine only, and each message waits up to ``broker_polling_interval_s`` (0.1 s).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 from celery import Celery
 
 from gpuq.config import Settings
+from gpuq.files import private_dir
 
 LAUNCH = "gpuq.launch"
 KILL = "gpuq.kill"
@@ -44,7 +47,8 @@ def make_celery(settings: Settings) -> Celery:
         # (gpuq/fsbroker.py).
         conf["broker_transport"] = "gpuq.fsbroker:Transport"
         folder = settings.broker_dir
-        (folder / "processed").mkdir(parents=True, exist_ok=True)
+        for sub in ("processed", "control"):  # 0700, as all of the data directory
+            private_dir(folder / sub)
         conf["broker_transport_options"] = {
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),
@@ -55,6 +59,14 @@ def make_celery(settings: Settings) -> Celery:
         }
     elif url.startswith(("redis://", "rediss://")):
         conf["broker_transport_options"] = {"visibility_timeout": 3600}
+    elif url.startswith("sentinel://"):
+        # Redis through Sentinel: kombu asks the Sentinels for the master of
+        # ``broker_master_name`` at each (re)connect, so a fail-over needs no change here.
+        options: dict[str, object] = {"visibility_timeout": 3600,
+                                      "master_name": settings.broker_master_name}
+        if settings.broker_sentinel_password:
+            options["sentinel_kwargs"] = {"password": settings.broker_sentinel_password}
+        conf["broker_transport_options"] = options
     app.conf.update(conf)
     return app
 

@@ -7,11 +7,12 @@ Precedence, highest first: keyword arguments, environment variables, the TOML fi
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -34,6 +35,25 @@ DEFAULT_GPU_BILLING_WEIGHTS: dict[str, float] = {
 }
 
 
+#: libpq's multi-host form of a PostgreSQL URL: hosts (each with its port) separated by
+#: commas in the authority, e.g. ``postgresql+psycopg://gpuq@db1:5432,db2:5432/gpuq``.
+_MULTI_HOST = re.compile(r"^(?P<scheme>postgresql(?:\+\w+)?://)(?P<user>[^@/?#]*@)?"
+                         r"(?P<hosts>[^/?#]*,[^/?#]*)(?P<path>/[^?#]*)?(?:\?(?P<query>.*))?$")
+
+
+def sqlalchemy_database_url(url: str) -> str:
+    """``url`` as SQLAlchemy reads it. libpq's multi-host form, which SQLAlchemy cannot
+    parse (it takes ``db1:5432,db2`` for one host and port), is rewritten to SQLAlchemy's:
+    ``postgresql+psycopg://gpuq@/gpuq?host=db1:5432&host=db2:5432`` (its query, e.g.
+    ``target_session_attrs=read-write``, kept). Every other URL is returned as given."""
+    m = _MULTI_HOST.match(url)
+    if m is None:
+        return url
+    hosts = "&".join(f"host={h.strip()}" for h in m["hosts"].split(",") if h.strip())
+    query = "&".join(q for q in (hosts, m["query"]) if q)
+    return f"{m['scheme']}{m['user'] or ''}{m['path'] or '/'}?{query}"
+
+
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("gpuq"))
 
@@ -49,13 +69,28 @@ class Settings(BaseSettings):
 
     # --- where things are -------------------------------------------------------------
     data_dir: Path = Field(default_factory=default_data_dir)
-    #: SQLAlchemy URL. Empty means a SQLite file ``gpuq.db`` in ``data_dir``.
+    #: SQLAlchemy URL. Empty means a SQLite file ``gpuq.db`` in ``data_dir``. PostgreSQL
+    #: with a standby: every host, and only the primary taken (libpq tries them in turn),
+    #: ``postgresql+psycopg://gpuq@db1:5432,db2:5432/gpuq?target_session_attrs=read-write``.
     database_url: str = ""
+    #: PostgreSQL ends a session of the server that sits idle inside a transaction for
+    #: this many seconds (``idle_in_transaction_session_timeout``): a replica that vanished
+    #: mid-cycle (host down or cut off, VM paused: no connection closes) holds the
+    #: scheduling loop's lock, and every other replica's loop waits, until then. Keep it
+    #: above the longest pause inside a cycle (the policy's run: 0.35 s at 100,000 jobs,
+    #: bench/policy_cycle.py). 0: no limit (the database's own setting).
+    idle_in_transaction_timeout_s: float = Field(30.0, ge=0)
     #: Celery broker URL. Empty means the local filesystem transport in ``data_dir/broker``
     #: (no external service; one machine only). Production: ``redis://host:6379/0``.
     broker_url: str = ""
     #: Polling interval of broker transports that poll (filesystem, SQL), in seconds.
     broker_polling_interval_s: float = 0.1
+    #: Redis through Sentinel: ``broker_url = "sentinel://s1:26379;sentinel://s2:26379;
+    #: sentinel://s3:26379"`` (every Sentinel, ``;`` between them) and the name of the
+    #: master they watch (``sentinel monitor <name> ...``). A Redis password goes in each
+    #: URL (``sentinel://:secret@s1:26379``); the Sentinels' own, if they have one, here.
+    broker_master_name: str = "mymaster"
+    broker_sentinel_password: str = ""
 
     # --- the API server ------------------------------------------------------------------
     listen_host: str = "127.0.0.1"
@@ -74,6 +109,11 @@ class Settings(BaseSettings):
     #: Keep each brief queue listing (``gpuq q``) per API process until PostgreSQL
     #: notifies a change of the jobs (scheduler/api/listing_cache.py). PostgreSQL only.
     listing_cache: bool = True
+    #: The largest request body the API reads, bytes; a larger one is answered 413 before
+    #: it is read (``scheduler/api/limits.py``). It must exceed the largest legitimate
+    #: body: a job with a 1 MiB script and a 1 MiB environment (``gpuq.wire.common``'s
+    #: limits), JSON-escaped; a worker's log chunk (256 KiB; at most 4 MiB per call).
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
 
     # --- scheduling ----------------------------------------------------------------------
     gpu_billing_weights: dict[str, float] = Field(
@@ -90,8 +130,31 @@ class Settings(BaseSettings):
     loop_nice: int = Field(10, ge=0, le=19)
     #: A DISPATCHED job that its node has not reported after this many seconds is sent again.
     dispatch_resend_after_s: float = 20.0
-    #: A node that has not sent a heartbeat for this many seconds is marked DOWN.
-    node_down_after_s: float = 60.0
+    #: A node that has not sent a heartbeat for this many seconds is marked DOWN, and its
+    #: jobs end NODE_FAIL (and go back to the queue if they allow it). Its silence counts
+    #: only while the scheduler could hear it: after the server's own outage (a restart,
+    #: its database away) every node gets this long again. It must exceed the fence:
+    #: ``node_down_after_s >= fence_after_s + fence_grace_s + fence_margin_s``, so that a
+    #: node cut off from the scheduler has stopped its jobs before they run elsewhere.
+    node_down_after_s: float = Field(60.0, gt=0)
+    #: Fencing: a worker stops its jobs itself (SIGTERM, ``fence_grace_s``, SIGKILL; the
+    #: run ends NODE_FAIL) once this many seconds have passed since it sent the last
+    #: heartbeat the scheduler accepted. Told to the workers when they register and in
+    #: every heartbeat reply. Empty: ``node_down_after_s - fence_grace_s - fence_margin_s``
+    #: (45 s with the defaults). At least two heartbeat intervals.
+    fence_after_s: float | None = Field(None, gt=0)
+    #: Seconds between a fenced job's SIGTERM and its SIGKILL.
+    fence_grace_s: float = Field(10.0, ge=0)
+    #: What ``node_down_after_s`` keeps beyond the fence and its grace period: the job
+    #: supervisors' check period (0.5 s), processes slow to go after SIGKILL (the
+    #: supervisor waits up to 5 s for them), and how far clocks run apart.
+    fence_margin_s: float = Field(5.0, ge=1.0)
+    #: A "database unavailable" answer (503) to a node counts as contact for its fence:
+    #: while its database is away the scheduler cannot mark a node down, and afterwards
+    #: every node gets a fresh timeout, so a database outage stops no job. Turn it off when
+    #: server replicas on several hosts share the database (one may lose it while another
+    #: keeps it and marks nodes down): then an outage longer than the fence stops the jobs.
+    fence_hold_on_database_outage: bool = True
     #: Usage decays with this half-life, in seconds (Slurm's PriorityDecayHalfLife; 0: none).
     usage_half_life_s: float = 7 * 86400
     #: How often running jobs are charged and usage decayed, in seconds.
@@ -153,6 +216,10 @@ class Settings(BaseSettings):
     node_token: str = ""
     #: ``4xA100-80GB`` (or ``2xA100-80GB,1xT4-16GB``) simulates GPUs; empty uses NVML.
     simulate_gpus: str = ""
+    #: A directory of device nodes for the simulated GPUs, ``nvidia<index>`` (made as root
+    #: with ``mknod DIR/nvidia0 c 195 0``, ...): the GPU fence denies a job those of the
+    #: GPUs it was not given, as it does ``/dev/nvidia<minor>`` on real GPUs. Empty: none.
+    simulate_gpu_devices: str = ""
     #: Directory of the job supervisors' state and logs. Empty: ``data_dir/worker/<node>``.
     worker_state_dir: str = ""
     heartbeat_interval_s: float = 5.0
@@ -172,7 +239,32 @@ class Settings(BaseSettings):
     #: (so every process of a job is killed with it). ``auto``: ``/sys/fs/cgroup`` when it is
     #: cgroup2, else ``/sys/fs/cgroup/unified`` (hybrid hosts); empty: no cgroups. Without
     #: one (not root, read-only, no cgroup2) jobs are killed by process group and descendants.
+    #: The job's limits (memory, CPUs, GPU devices: ``gpuq.worker.limits``) go in it, and in
+    #: cgroup v1 hierarchies for what cgroup2 lacks here; empty: no limits either.
     worker_cgroup_root: str = "auto"
+
+    @model_validator(mode="after")
+    def _fence_fits(self) -> Settings:
+        """The fence must end a cut-off node's jobs before the scheduler runs them again
+        (``node_down_after_s``), and leave room for heartbeats."""
+        fence = self.effective_fence_after_s
+        if fence <= 0:
+            raise ValueError(
+                f"node_down_after_s ({self.node_down_after_s:g}) leaves no time to fence: "
+                f"it must exceed fence_grace_s + fence_margin_s "
+                f"({self.fence_grace_s:g} + {self.fence_margin_s:g})")
+        need = fence + self.fence_grace_s + self.fence_margin_s
+        if self.node_down_after_s < need:
+            raise ValueError(
+                f"node_down_after_s ({self.node_down_after_s:g}) must be at least "
+                f"fence_after_s + fence_grace_s + fence_margin_s ({fence:g} + "
+                f"{self.fence_grace_s:g} + {self.fence_margin_s:g} = {need:g}): a node cut "
+                "off from the scheduler must have stopped its jobs before they run elsewhere")
+        if fence < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"the fence ({fence:g} s) must be at least two heartbeat intervals "
+                f"(heartbeat_interval_s = {self.heartbeat_interval_s:g})")
+        return self
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -197,7 +289,17 @@ class Settings(BaseSettings):
     # --- derived values ----------------------------------------------------------------
     @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'gpuq.db'}"
+        if self.database_url:
+            return sqlalchemy_database_url(self.database_url)
+        return f"sqlite:///{self.data_dir / 'gpuq.db'}"
+
+    @property
+    def effective_fence_after_s(self) -> float:
+        """Seconds without contact after which a worker stops its jobs (``fence_after_s``,
+        else what ``node_down_after_s`` leaves after the grace period and the margin)."""
+        if self.fence_after_s is not None:
+            return self.fence_after_s
+        return self.node_down_after_s - self.fence_grace_s - self.fence_margin_s
 
     @property
     def effective_broker_url(self) -> str:

@@ -83,7 +83,7 @@ CLOCK_READS = (
 
 #: All that the job state machine may import: pure standard-library modules and gpuq.wire.
 RULES_MAY_IMPORT = ("__future__", "dataclasses", "enum", "typing", "datetime",
-                    "collections.abc", WIRE)
+                    "collections.abc", "re", WIRE)
 
 #: The third-party distributions gpuq.wire may import (besides the standard library).
 WIRE_MAY_IMPORT = ("pydantic",)

@@ -1,8 +1,16 @@
 """The worker's HTTP client for the node endpoints of API v1.
 
-Connection errors and 502/503/504 answers are retried with exponential backoff; other
-errors raise ``ApiError`` with the server's detail. The node token is sent in the
-``Authorization`` header only: it is never part of a log line, an exception or a repr.
+Connection errors and 500/502/503/504 answers are retried with exponential backoff
+(bounded: ``retries`` more tries, at most ``MAX_BACKOFF_S`` apart); then a 500 raises
+``ApiError`` (a bug on the server: the caller keeps the report for its next pass), the
+others ``ServerUnavailable``; other errors raise ``ApiError`` with the server's detail.
+The node token is sent in the ``Authorization`` header only: it is never part of a log
+line, an exception or a repr.
+
+``on_contact(sent_at, database_away)`` is told of each answer that counts as contact with
+the scheduler for the node's fence (``worker.lease``): a heartbeat or registration it
+accepted, or any 503 saying its database is unavailable (``X-Gpuq-Unavailable:
+database``), with the ``boottime()`` at which that request was sent.
 """
 
 from __future__ import annotations
@@ -23,10 +31,14 @@ from gpuq.wire.nodes import (
     NodeRegister,
     RegisterReply,
 )
+from gpuq.worker.lease import boottime
 
 log = logging.getLogger(__name__)
-RETRY_STATUSES = frozenset({502, 503, 504})
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
 MAX_BACKOFF_S = 10.0
+#: The header of a 503 that says what is unavailable (``database``: the scheduler is up,
+#: its database is not, so it cannot mark this node down).
+UNAVAILABLE_HEADER = "X-Gpuq-Unavailable"
 
 
 class ApiError(Exception):
@@ -37,6 +49,9 @@ class ApiError(Exception):
 
 class ServerUnavailable(Exception):
     """The server could not be reached (or answered 502/503/504) after the retries."""
+
+
+Contact = Callable[[float, bool], None]
 
 
 @dataclass(frozen=True)
@@ -54,10 +69,14 @@ class NodeClient:
     def __init__(self, server_url: str, node: str, token: str, *, timeout_s: float = 10.0,
                  retries: int = 3, backoff_s: float = 0.5,
                  transport: httpx.BaseTransport | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = boottime) -> None:
         self.server_url = server_url.rstrip("/")
         self.node = node
         self.retries, self.backoff_s, self._sleep = retries, backoff_s, sleep
+        self._clock = clock
+        #: Told of each answer that counts as contact for the fence (see the module).
+        self.on_contact: Contact | None = None
         self._http = httpx.Client(base_url=self.server_url, timeout=timeout_s,
                                   transport=transport,
                                   headers={"Authorization": f"Bearer {token}"})
@@ -70,11 +89,13 @@ class NodeClient:
 
     # --- the endpoints -----------------------------------------------------------------
     def register(self, body: NodeRegister) -> RegisterReply:
-        r = self._request("POST", f"/v1/nodes/{self.node}/register", json=body.model_dump())
+        r = self._request("POST", f"/v1/nodes/{self.node}/register", json=body.model_dump(),
+                          contact=True)
         return RegisterReply.model_validate(r.json())
 
     def heartbeat(self, body: Heartbeat) -> HeartbeatReply:
-        r = self._request("POST", f"/v1/nodes/{self.node}/heartbeat", json=body.model_dump())
+        r = self._request("POST", f"/v1/nodes/{self.node}/heartbeat",
+                          json=body.model_dump(mode="json"), contact=True)
         return HeartbeatReply.model_validate(r.json())
 
     def launch_spec(self, job_id: int) -> LaunchSpec | None:
@@ -109,25 +130,43 @@ class NodeClient:
         return LogAck(size=int(r.json()["size"]))
 
     # --- transport ---------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, *, contact: bool = False,
+                 **kwargs: Any) -> httpx.Response:
+        """``contact``: a 2xx answer renews the fence (a heartbeat, a registration)."""
         attempt = 0
         while True:
+            sent_at = self._clock()
+            r: httpx.Response | None = None
             try:
                 r = self._http.request(method, path, **kwargs)
             except httpx.TransportError as e:
                 problem = f"{type(e).__name__}: {e}"
             else:
                 if r.status_code < 400:
+                    if contact:
+                        self._contact(sent_at, database_away=False)
                     return r
+                if r.status_code == 503 and r.headers.get(UNAVAILABLE_HEADER) == "database":
+                    self._contact(sent_at, database_away=True)
                 if r.status_code not in RETRY_STATUSES:
                     raise ApiError(r.status_code, _detail(r))
                 problem = f"HTTP {r.status_code}"
             if attempt >= self.retries:
+                if r is not None and r.status_code == 500:
+                    raise ApiError(500, _detail(r))  # a bug, not an outage
                 raise ServerUnavailable(f"{method} {self.server_url}{path}: {problem}")
             delay_s = min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)
             log.debug("%s %s: %s; retrying in %.1f s", method, path, problem, delay_s)
             self._sleep(delay_s)
             attempt += 1
+
+
+    def _contact(self, sent_at: float, *, database_away: bool) -> None:
+        if self.on_contact is not None:
+            try:
+                self.on_contact(sent_at, database_away)
+            except Exception:  # noqa: BLE001 - the request's answer stands
+                log.exception("renewing the lease failed")
 
 
 def _detail(r: httpx.Response) -> Any:

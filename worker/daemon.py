@@ -6,6 +6,12 @@ job runs (each with its GPUs' sample) and the GPU samples (health, and the proce
 each GPU that gpuq did not start), and acts on the reply; a poll thread ships job output
 and reports state changes. SIGTERM or SIGINT stops consuming and the threads, and leaves the
 job supervisors running (a restarted daemon re-adopts them); a second signal exits at once.
+
+Fencing (``worker.lease``): each heartbeat or registration the scheduler accepts renews
+the node's lease for the time the scheduler says (``FenceTerms``); the job supervisors
+stop their jobs when it runs out, so a node cut off from the scheduler (this daemon
+stopped or hung, the network cut) has stopped its jobs before the scheduler runs them
+elsewhere. A daemon restarted before then renews it at its registration.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from types import FrameType
 
 from celery import Celery
@@ -22,13 +29,14 @@ from celery.worker import state as celery_state
 
 from gpuq.broker import make_celery
 from gpuq.config import Settings
+from gpuq.wire.nodes import FenceTerms, Heartbeat, JobRef, RegisterReply
 from gpuq.wire.nodes import GpuSample as WireGpuSample
-from gpuq.wire.nodes import Heartbeat, JobRef, RegisterReply
 from gpuq.worker.client import ApiError, NodeClient, ServerUnavailable
 from gpuq.worker.gpus import GpuBackend, GpuSample, open_backend
 from gpuq.worker.host import read_node_token, registration
 from gpuq.worker.jobenv import Identity, identity_for, identity_policy
 from gpuq.worker.jobs import JobManager
+from gpuq.worker.lease import Keeper
 from gpuq.worker.procs import JobProcesses, foreign_processes
 from gpuq.worker.tasks import Handlers, register_tasks
 
@@ -50,6 +58,10 @@ class Daemon:
         #: Set when a launched job has started: the poll thread reports it at once.
         self.poke = threading.Event()
         self.handlers = Handlers(api, self.manager, on_started=self.poke.set)
+        #: The node's lease (fencing, ``worker.lease``): renewed at each contact with the
+        #: scheduler; each job's supervisor stops its job when it runs out.
+        self.lease = Keeper(self.manager.lease_path)
+        api.on_contact = self.lease.contact
         self.heartbeat_interval_s = settings.heartbeat_interval_s
         self._threads: list[threading.Thread] = []
         self._down_since: dict[str, str] = {}
@@ -61,7 +73,8 @@ class Daemon:
         """Register, retrying until the server answers (``None`` if stopped first).
         A refused token (401/403) is not retried: it raises ``ApiError``."""
         body = registration(self.backend, cpus=self.settings.worker_cpus,
-                            memory=self.settings.worker_memory_mib)
+                            memory=self.settings.worker_memory_mib,
+                            enforcement=self.manager.enforcement.summary())
         delay_s = 1.0
         while not self.stop.is_set():
             try:
@@ -71,6 +84,7 @@ class Daemon:
                             "retrying in %.0f s", self.settings.server_url, e, delay_s)
             else:
                 self.heartbeat_interval_s = reply.heartbeat_interval_s
+                self._fence(reply.fence)
                 log.info("registered node %s with %d GPU(s) (%s backend); consuming %s",
                          reply.node, len(body.gpus), self.backend.name, reply.queue)
                 return reply
@@ -82,8 +96,12 @@ class Daemon:
         procs = self.manager.job_processes()
         self.backend.set_busy(procs.gpus)
         samples = self.backend.samples()
-        body = Heartbeat(jobs=self.manager.jobs(samples),
-                         gpus=[self._wire_sample(s, procs) for s in samples])
+        terms = self.lease.terms
+        listed_at = datetime.now(UTC)  # before the list: a job launched now may be in it
+        body = Heartbeat(listed_at=listed_at, jobs=self.manager.jobs(samples),
+                         gpus=[self._wire_sample(s, procs) for s in samples],
+                         fence=FenceTerms(after_s=terms[0], grace_s=terms[1],
+                                          hold_on_database_outage=terms[2]) if terms else None)
         try:
             reply = self.api.heartbeat(body)
         except ApiError as e:
@@ -92,11 +110,31 @@ class Daemon:
             log.warning("the scheduler has forgotten this node (%s); registering again", e)
             self.register()
             return
+        if reply.fence is not None:
+            self._fence(reply.fence)
         # Kills first: a launch of a job's next attempt waits for its older run here to end.
         for ref in reply.kill:
             self._kill(ref)
         for job_id in reply.launch:
-            self.handlers.launch(job_id)
+            try:
+                self.handlers.launch(job_id)
+            except (ApiError, ServerUnavailable) as e:  # sent again at a later heartbeat
+                log.warning("heartbeat: launch %s failed (%s); the scheduler sends it again",
+                            job_id, e)
+
+    def _fence(self, terms: FenceTerms | None) -> None:
+        """Keep the scheduler's fence (``None``: an older scheduler: no fencing)."""
+        if terms is None:
+            if self.lease.fencing or self.lease.path.exists():
+                log.warning("the scheduler gives no fence: jobs here run on when it cannot "
+                            "be reached")
+            self.lease.clear()
+            return
+        if not self.lease.fencing:
+            log.info("fence: jobs here stop %g s after the last heartbeat the scheduler "
+                     "accepted (SIGTERM, then SIGKILL %g s later)", terms.after_s,
+                     terms.grace_s)
+        self.lease.set_terms(terms.after_s, terms.grace_s, terms.hold_on_database_outage)
 
     def _kill(self, ref: JobRef) -> None:
         if self.manager.kill(ref.job_id, ref.attempt, ref.grace_s):

@@ -63,11 +63,13 @@ def worker_version() -> str:
         return ""
 
 
-def registration(backend: GpuBackend, *, cpus: int = 0, memory: int = 0) -> NodeRegister:
+def registration(backend: GpuBackend, *, cpus: int = 0, memory: int = 0,
+                 enforcement: str | None = None) -> NodeRegister:
     """The node's inventory. ``cpus`` and ``memory`` (MiB), when set, replace what the
-    host has (to keep cores and memory for the system, or to give a simulated node more)."""
+    host has (to keep cores and memory for the system, or to give a simulated node more);
+    ``enforcement``: the job limits it enforces (``limits.Enforcement.summary``)."""
     gpus = [WireGpuInfo(index=g.index, uuid=g.uuid, model=g.model, memory_mib=g.memory_mib,
                         healthy=g.healthy) for g in backend.inventory()]
     return NodeRegister(cpus=cpus or cpu_count(), memory_mib=memory or memory_mib(),
                         gpu_backend=backend.name,  # type: ignore[arg-type]
-                        worker_version=worker_version(), gpus=gpus)
+                        worker_version=worker_version(), gpus=gpus, enforcement=enforcement)

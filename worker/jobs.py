@@ -24,16 +24,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+from gpuq.files import private_dir
 from gpuq.wire.nodes import JobSample, LaunchSpec, WorkerJob
 from gpuq.worker import jobdir as jd
-from gpuq.worker import usage
+from gpuq.worker import limits, usage
 from gpuq.worker.cgroups import CgroupUnavailable, prepare_node
 from gpuq.worker.client import NodeClient
 from gpuq.worker.gpus.base import GpuBackend, GpuSample
 from gpuq.worker.jobdir import RunKey
 from gpuq.worker.jobenv import Identity, LaunchRefused, build_env, identity_for
+from gpuq.worker.lease import LEASE
 from gpuq.worker.observe import Observed, job_cgroup, observe
 from gpuq.worker.procs import JobProcesses
 from gpuq.worker.reporting import Reporter
@@ -54,17 +58,26 @@ class JobManager:
                  chunk_bytes: int = 256 * 1024, cgroup_root: str = "") -> None:
         self.jobs_dir, self.done_dir = state_dir / "jobs", state_dir / "done"
         for d in (state_dir, self.jobs_dir, self.done_dir):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(d)  # 0700 (an existing one of ours made so, logged)
         self.node, self.kill_grace_s = node, kill_grace_s
+        #: The node's lease, which the daemon renews and each supervisor reads (fencing).
+        self.lease_path = state_dir / LEASE
         self.cgroup_root = self._cgroup_root(cgroup_root)
         self._identity, self._gpus = identity, gpus
+        #: GPU index -> its device nodes (what the GPU fence denies the jobs not given it).
+        self._gpu_devices: dict[int, tuple[str, ...]] = {}
+        #: The job limits this node enforces (``worker.limits``), said once here.
+        self.enforcement = self._enforcement(cgroup_root)
         self._wall = wall
         self._lock = threading.Lock()
+        #: Held over each read-change-write of a run's ``usage.json`` (the heartbeat
+        #: advances it, the poll reads the GPUs at the start and at the end).
+        self._usage_lock = threading.Lock()
         #: The supervisors this daemon started, by run; one is dropped once it has exited
         #: and its run has a state (or is gone), or when its run is retired.
         self._children: dict[RunKey, subprocess.Popen[bytes] | Forked] = {}
         self.starter = SupervisorStarter(python)
-        self.reporter = Reporter(api, chunk_bytes=chunk_bytes)
+        self.reporter = Reporter(api, chunk_bytes=chunk_bytes, wall=wall)
 
     def _cgroup_root(self, setting: str) -> str:
         """The cgroup2 directory job runs get their cgroups under ("" for none), from
@@ -79,6 +92,33 @@ class JobManager:
             return ""
         log.info("job cgroups: under %s/gpuq/", root)
         return str(root)
+
+    def _enforcement(self, setting: str) -> limits.Enforcement:
+        """What this node enforces of its jobs' limits (``limits.probe``), logged: the
+        devices only where the GPUs have device nodes to fence."""
+        enforcement = limits.probe(setting, self.node)
+        nodes = getattr(self._gpus, "device_nodes", None)
+        if self._gpus is not None and limits.DEVICES in enforcement.how:
+            why = None
+            try:
+                self._gpu_devices = dict(nodes()) if nodes is not None else {}
+                bare = [g.index for g in self._gpus.inventory()
+                        if g.index not in self._gpu_devices]
+            except Exception as e:
+                log.exception("listing the GPUs' device nodes failed: no GPU fence")
+                self._gpu_devices, bare = {}, []
+                why = f"cannot list the GPUs' device nodes: {e}"
+            if bare:
+                hint = (" (simulated GPUs: see the setting simulate_gpu_devices)"
+                        if getattr(self._gpus, "name", "") == "simulated" else "")
+                why = f"no device node for GPU(s) {','.join(map(str, bare))}{hint}"
+            if why is not None:
+                enforcement = enforcement.without(limits.DEVICES, why)
+        if enforcement.why_not:
+            log.warning("job limits: %s", enforcement.summary())
+        else:
+            log.info("job limits: %s", enforcement.summary())
+        return enforcement
 
     # --- launch and kill ---------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> bool:
@@ -116,7 +156,10 @@ class JobManager:
         jd.write_json_atomic(d / jd.SPEC, {
             "job_id": key.job_id, "attempt": key.attempt, "launch": spec.model_dump(mode="json"),
             "env": env, "kill_grace_s": self.kill_grace_s, "run_as": run_as,
-            "refused": refused, "node": self.node, "cgroup_root": self.cgroup_root})
+            "refused": refused, "node": self.node, "cgroup_root": self.cgroup_root,
+            "lease": str(self.lease_path),
+            "limits": limits.plan(self.enforcement, memory_mib=spec.memory_mib, cpus=spec.cpus,
+                                  deny=limits.deny_list(self._gpu_devices, spec.gpu_indices))})
         self._spawn(key, d)
         if run_as is None:
             log.warning("job %s: not started: %s", key, refused)
@@ -188,9 +231,7 @@ class JobManager:
             # Seen by a supervisor that has not started the job yet, and read for the
             # grace period (written whole, then renamed: never read half-written); the
             # signal below wakes one that has.
-            tmp = d / f".{jd.CANCEL}.tmp"
-            tmp.write_text("" if grace_s is None else f"{float(grace_s)}\n")
-            tmp.replace(d / jd.CANCEL)
+            jd.write_text_atomic(d / jd.CANCEL, "" if grace_s is None else f"{float(grace_s)}\n")
         except FileNotFoundError:
             return False  # retired meanwhile
         if state is not None and jd.supervisor_alive(d):
@@ -219,32 +260,98 @@ class JobManager:
 
     def jobs(self, samples: Sequence[GpuSample] | None = None) -> list[WorkerJob]:
         """Every run still here, for the heartbeat: RUNNING unless it has ended, with its
-        GPUs' sample (computed from ``samples`` while it runs, the last one once ended)."""
+        GPUs' sample (computed from ``samples`` while it runs; once it has ended, its end
+        sample: ``end_sample``)."""
         out = []
         for key, d in self.runs().items():
             state = jd.read_json(d / jd.STATE) or {}
             final = state.get("state") if state.get("state") in jd.FINAL else None
             out.append(WorkerJob(job_id=key.job_id, attempt=key.attempt,
                                  state=final or jd.RUNNING,
-                                 sample=self._sample(d, running=final is None, samples=samples)))
+                                 sample=self._sample(d, state=state, samples=samples)))
         return out
 
-    def _sample(self, d: Path, *, running: bool,
+    def _sample(self, d: Path, *, state: dict[str, Any],
                 samples: Sequence[GpuSample] | None) -> JobSample | None:
-        spec = jd.read_json(d / jd.SPEC)
-        indices = (spec or {}).get("launch", {}).get("gpu_indices") or []
-        if spec is None or not indices:
+        indices = self._gpu_indices(d)
+        if not indices:
             return None
-        try:
-            record = jd.read_json(d / jd.USAGE)
-        except ValueError:
-            record = None
-        if not running or samples is None:
-            return usage.last_sample(record)
-        record, sample = usage.advance(record, indices, samples, self._wall())
-        with contextlib.suppress(FileNotFoundError):  # retired meanwhile
-            jd.write_json_atomic(d / jd.USAGE, record)
+        if state.get("state") in jd.FINAL:
+            return self._end_sample(d, indices, state, samples)
+        with self._usage_lock:
+            record = _read_usage(d)
+            if samples is None or (record or {}).get("end") is not None:
+                return usage.last_sample(record)
+            now_s = self._wall()
+            started_s = _epoch(state.get("started_at")) if state.get("pid") else None
+            if started_s is not None:  # counting from the process's start (once)
+                record = usage.begin(record, indices, samples, now_s, started_s)
+            record, sample = usage.advance(record, indices, samples, now_s)
+            with contextlib.suppress(FileNotFoundError):  # retired meanwhile
+                jd.write_json_atomic(d / jd.USAGE, record)
         return sample
+
+    def start_sample(self, d: Path) -> None:
+        """Read the run's GPUs as its process has just started, so that its energy counts
+        from then (``usage.begin``; once, and only while it runs)."""
+        state = jd.read_json(d / jd.STATE) or {}
+        started_s = _epoch(state.get("started_at")) if state.get("pid") else None
+        indices = self._gpu_indices(d)
+        if (started_s is None or state.get("state") in jd.FINAL or not indices
+                or self._gpus is None):
+            return
+        with self._usage_lock:
+            record = _read_usage(d)
+            if record is None or record.get("begun") is not None:
+                return
+            try:
+                samples = self._gpus.samples()
+            except Exception:
+                log.exception("reading the GPUs as a job started failed; its energy counts "
+                              "from its launch")
+                return
+            record = usage.begin(record, indices, samples, self._wall(), started_s)
+            with contextlib.suppress(FileNotFoundError):  # retired meanwhile
+                jd.write_json_atomic(d / jd.USAGE, record)
+
+    def end_sample(self, d: Path) -> JobSample | None:
+        """The run's GPUs at its end (read now, once, and kept in its ``usage.json``), for
+        its final report; ``None`` for a run that has not ended, never started, or has no
+        GPUs."""
+        state = jd.read_json(d / jd.STATE) or {}
+        indices = self._gpu_indices(d)
+        if state.get("state") not in jd.FINAL or not indices:
+            return None
+        return self._end_sample(d, indices, state, None)
+
+    def _end_sample(self, d: Path, indices: list[int], state: dict[str, Any],
+                    samples: Sequence[GpuSample] | None) -> JobSample | None:
+        with self._usage_lock:
+            record = _read_usage(d)
+            if (record or {}).get("end") is not None:
+                return usage.end_sample(record)
+            if state.get("pid") is None:  # it never started: nothing ran on its GPUs
+                return usage.last_sample(record)
+            if state.get("boot_id") not in (None, jd.boot_id()):
+                samples = None  # the node restarted: its counters and the end are unknown
+            elif samples is None and self._gpus is not None:
+                try:
+                    samples = self._gpus.samples()
+                except Exception:
+                    log.exception("reading the GPUs at the end of a job failed; its last "
+                                  "sample stands for its end")
+            now_s = self._wall()
+            ended_s = _epoch(state.get("ended_at"))
+            record, sample = usage.finish(record, indices, samples, now_s,
+                                          now_s if ended_s is None else ended_s)
+            with contextlib.suppress(FileNotFoundError):  # retired meanwhile
+                jd.write_json_atomic(d / jd.USAGE, record)
+        return sample
+
+    @staticmethod
+    def _gpu_indices(d: Path) -> list[int]:
+        spec = jd.read_json(d / jd.SPEC)
+        return [int(i) for i in (spec or {}).get("launch", {}).get("gpu_indices") or []]
 
     def job_processes(self) -> JobProcesses:
         """The running runs' sessions, supervisors and GPUs (to tell gpuq's processes on
@@ -284,6 +391,10 @@ class JobManager:
         for key, d in self.runs().items():
             try:
                 obs = self.observe(key, d)
+                if obs.state in jd.FINAL and obs.started:
+                    self.end_sample(d)  # the GPUs at the end, for the final report
+                elif obs.started and not jd.read_text(d / jd.REPORTED):
+                    self.start_sample(d)  # the GPUs at the start, before RUNNING is sent
             except FileNotFoundError:
                 continue  # retired meanwhile
             if self.reporter.sync(obs):
@@ -306,6 +417,9 @@ class JobManager:
         if cgroup is not None and not cgroup.remove():  # its supervisor removes it, or tried
             log.warning("job %s: its cgroup %s is not empty: pids %s", obs.key, cgroup.path,
                         cgroup.pids())
+        for left in limits.remove_leftovers((jd.read_json(obs.dir / jd.STATE) or {})
+                                            .get("limit_cgroups")):
+            log.warning("job %s: its cgroup %s is not empty", obs.key, left)
         dest = self.done_dir / obs.dir.name
         with self._lock:
             if dest.exists():
@@ -325,3 +439,19 @@ class JobManager:
                 d = jd.find_run(self.jobs_dir, key)
                 if proc.poll() is not None and (d is None or (d / jd.STATE).exists()):
                     del self._children[key]
+
+
+def _read_usage(d: Path) -> dict[str, Any] | None:
+    try:
+        return jd.read_json(d / jd.USAGE)
+    except ValueError:
+        return None
+
+
+def _epoch(iso: Any) -> float | None:
+    """A time of ``state.json`` (ISO 8601, UTC) in epoch seconds; ``None`` if there is
+    none."""
+    try:
+        return datetime.fromisoformat(str(iso)).timestamp() if iso else None
+    except ValueError:
+        return None

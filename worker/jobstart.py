@@ -11,19 +11,34 @@ import os
 from typing import Any
 
 from gpuq.worker.cgroups import JobCgroup
+from gpuq.worker.limits import JobLimits
 
 
 def child_setup(report_fd: int, cgroup: JobCgroup | None, run_as: dict[str, Any] | None,
-                workdir: str) -> None:
+                workdir: str, limits: JobLimits | None = None) -> None:
     """Runs in the job's process between fork and exec (the supervisor has a single
-    thread): joins the job's cgroup while still the supervisor's account, then becomes the
-    job's account and enters ``workdir`` as it. What fails is written to ``report_fd``,
-    a line each, read by ``read_report``."""
+    thread): joins the job's cgroup and the cgroup v1 directories of its limits while
+    still the supervisor's account, then becomes the job's account and enters ``workdir``
+    as it. What fails is written to ``report_fd``, a line each, read by ``read_report``;
+    a job that cannot join its limits' cgroups does not start."""
     if cgroup is not None:
         try:
             cgroup.join()
-        except OSError as e:  # the job runs without it; the supervisor says so
+        except OSError as e:
+            if limits is not None and limits.in_v2:  # its limits are there: no start
+                why = e.strerror or e
+                os.write(report_fd, f"limits\tcannot join its cgroup {cgroup.path}: {why}\n"
+                         .encode())
+                raise
+            # Else the job runs without it; the supervisor says so.
             os.write(report_fd, f"cgroup\t{e.strerror or e}\n".encode())
+    if limits is not None and limits.needs_join:
+        try:
+            limits.join()
+        except OSError as e:
+            os.write(report_fd, f"limits\tcannot join its cgroup {e.filename}: "
+                     f"{e.strerror or e}\n".encode())
+            raise
     if run_as is None:
         return
     try:
@@ -43,7 +58,7 @@ def child_setup(report_fd: int, cgroup: JobCgroup | None, run_as: dict[str, Any]
 def read_report(report_r: int, report_w: int) -> list[tuple[str, str]]:
     """Close ``report_w`` (the child's end) and read what ``child_setup`` (or the
     ``clone3`` child of ``worker.spawn``) said on ``report_r``: (what, the rest) per line,
-    ``what`` being ``cgroup`` or ``error``."""
+    ``what`` being ``cgroup``, ``limits`` or ``error``."""
     os.close(report_w)
     with os.fdopen(report_r, "rb") as f:
         lines = f.read().decode(errors="replace").splitlines()

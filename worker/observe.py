@@ -114,7 +114,7 @@ def _supervisor_lost(key: RunKey, d: Path, state: dict[str, Any] | None,
     with jd.try_lock(d) as got:
         if not got:  # a supervisor has just appeared after all
             return {"state": jd.RUNNING, "pid": state.get("pid")}
-        jd.write_json_atomic(d / jd.STATE, state, mode=0o644)
+        jd.write_json_atomic(d / jd.STATE, state)
     log.warning("job %s: %s", key, reason)
     return state
 

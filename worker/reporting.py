@@ -1,7 +1,7 @@
 """Tell the server what a job run did: its output (in bounded chunks, resuming from the
 offset the server acknowledged) and its state changes (RUNNING, then the final state,
-which is sent only once all of the output is in). Every report and chunk names the run's
-attempt.
+which is sent only once all of the output is in, with the job's GPUs at its end: its
+*end sample*, ``worker.usage.finish``). Every report and chunk names the run's attempt.
 
 When the server says a run is not the job's current attempt (the log's 409 with
 ``"stale": true``) or not this node's job any more (404), the run is marked *stale*
@@ -15,17 +15,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from gpuq.wire.nodes import JobStateReport
+from gpuq.wire.nodes import JobEndSample, JobStateReport
 from gpuq.wire.states import JobState
 from gpuq.worker import jobdir as jd
+from gpuq.worker import usage
 from gpuq.worker.client import ApiError, NodeClient
 from gpuq.worker.observe import Observed
 
 log = logging.getLogger(__name__)
 #: Chunks shipped per job per pass, so one chatty job cannot starve the others.
 MAX_CHUNKS_PER_PASS = 8
+#: The most ``JobEndSample.ended_s_ago`` takes (a year).
+MAX_END_AGE_S = 365 * 86400.0
 
 
 class Stale(Exception):
@@ -33,8 +38,9 @@ class Stale(Exception):
 
 
 class Reporter:
-    def __init__(self, api: NodeClient, *, chunk_bytes: int = 256 * 1024) -> None:
-        self.api, self.chunk_bytes = api, chunk_bytes
+    def __init__(self, api: NodeClient, *, chunk_bytes: int = 256 * 1024,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.api, self.chunk_bytes, self.wall = api, chunk_bytes, wall
         self._complained: dict[jd.RunKey, str] = {}
 
     def sync(self, obs: Observed) -> bool:
@@ -53,9 +59,7 @@ class Reporter:
             caught_up = self.ship(d, key)
             if obs.state not in jd.FINAL or not caught_up:
                 return False
-            now = self.api.report(key.job_id, JobStateReport.model_validate(
-                {"attempt": key.attempt, "state": obs.state, "exit_code": obs.exit_code,
-                 "reason": obs.reason[:256]}))
+            now = self._report_end(obs)
             jd.write_text_atomic(d / jd.REPORTED, obs.state)
             log.info("job %s: reported %s (server: %s)", key, obs.state, now)
             self._complained.pop(key, None)
@@ -71,6 +75,37 @@ class Reporter:
                 log.error("job %s: the server refused a report: %s", key, e)
                 self._complained[key] = str(e)
             return False
+
+    def _report_end(self, obs: Observed) -> str:
+        """Send the run's final state with its end sample (``JobManager.end_sample`` took
+        it); once more without it if the server refuses the report (one older than the
+        field refuses it with a 422)."""
+        report = {"attempt": obs.key.attempt, "state": obs.state, "exit_code": obs.exit_code,
+                  "reason": obs.reason[:256]}
+        end = self.end_sample(obs.dir)
+        if end is None:
+            return self.api.report(obs.key.job_id, JobStateReport.model_validate(report))
+        try:
+            return self.api.report(obs.key.job_id, JobStateReport.model_validate(
+                {**report, "end_sample": end}))
+        except ApiError as e:
+            if e.status != 422:
+                raise
+            log.warning("job %s: the server refused the end sample (%s); reporting the end "
+                        "without it", obs.key, e)
+            return self.api.report(obs.key.job_id, JobStateReport.model_validate(report))
+
+    def end_sample(self, d: Path) -> JobEndSample | None:
+        """The run's end sample as ``usage.json`` keeps it, aged now (``ended_s_ago``)."""
+        try:
+            record = jd.read_json(d / jd.USAGE)
+        except ValueError:
+            return None
+        sample, ended = usage.end_sample(record), usage.ended_at(record)
+        if sample is None:
+            return None
+        ago = max(0.0, self.wall() - ended) if ended is not None else 0.0
+        return JobEndSample(sample=sample, ended_s_ago=round(min(ago, MAX_END_AGE_S), 3))
 
     def _mark_stale(self, d: Path, key: jd.RunKey, why: str) -> None:
         self._complained.pop(key, None)

@@ -17,6 +17,7 @@ import weakref
 from pathlib import Path
 
 import gpuq
+from gpuq.files import open_private
 from gpuq.worker import jobdir as jd
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class SupervisorStarter:
         proc = self._fork(d)
         if proc is not None:
             return proc
-        with open(d / jd.SUPERVISOR_LOG, "ab") as out:
+        with open_private(d / jd.SUPERVISOR_LOG) as out:
             return subprocess.Popen([self.python, "-m", "gpuq.worker.supervisor", str(d)],
                                     stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,

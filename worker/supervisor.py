@@ -5,15 +5,21 @@ daemon restart; forked by the fork server (``python -m gpuq.worker.supervisor --
 ``worker.forkserver``) or started as a new Python process. It starts the job in its own
 session (process group) in ``workdir`` with the environment from ``spec.json``, sends
 stdout and stderr to ``output.log``, enforces the time limit, and treats SIGTERM/SIGINT to
-itself as a cancel. It is the only writer of ``state.json`` (which records the job's pid =
-pgid = sid, its cgroup, and the supervisor's own pid).
+itself as a cancel. It fences the job too: when the node's lease has run out (no contact
+with the scheduler for the fencing time: ``worker.lease``; checked every half second,
+whether the daemon runs or not), the job is stopped as a cancel is (SIGTERM, the lease's
+grace period, SIGKILL) and the run ends NODE_FAIL. It is the only writer of
+``state.json`` (which records the job's pid = pgid = sid, its cgroup, and the
+supervisor's own pid).
 
 Every process of the job goes when the job ends, including those that left its process
 group (``setsid``, double forks): the supervisor is a child subreaper, so the job's orphans
 become its children (``worker.jobtree``), and where it can it puts the job in a cgroup of
 its own (see ``worker.cgroups``; the leader is created in it with ``clone3``
 (``worker.spawn``), or joins it before it execs where that cannot be done, so nothing forks
-out of it). A cancel or the time limit sends SIGTERM to the job's process group, to every
+out of it). The job's limits (memory, CPUs, the GPU fence: ``worker.limits``) are set on
+its cgroups before it starts; if the OOM killer killed any of its processes, it ends as
+OUT_OF_MEMORY. A cancel or the time limit sends SIGTERM to the job's process group, to every
 process in its cgroup and to every live descendant of the supervisor (found in ``/proc``),
 and SIGKILL (``cgroup.kill``) to what is left after the grace period; when the job's leader
 exits by itself, what it left behind is killed at once. The end is recorded only once none
@@ -47,6 +53,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gpuq.files import open_private
 from gpuq.wire.states import JobState
 from gpuq.worker import forkserver
 from gpuq.worker import jobdir as jd
@@ -59,6 +66,8 @@ from gpuq.worker.jobstart import (
     start_error,
 )
 from gpuq.worker.jobtree import MAX_WAIT_S, JobTree, become_subreaper, poll_s, signal_name
+from gpuq.worker.lease import Fence
+from gpuq.worker.limits import JobLimits, LimitError
 from gpuq.worker.spawn import CloneUnavailable, Spawned, spawn_into_cgroup
 
 log = logging.getLogger("gpuq.supervisor")
@@ -76,6 +85,10 @@ class Supervisor:
         self._tree: JobTree | None = None
         self._tmpdir: str | None = None
         self._cgroup: JobCgroup | None = None
+        #: The node's lease (``worker.lease``): the job stops when it runs out.
+        self._fence = Fence(None)
+        #: The job's limits (memory, CPUs, devices: ``worker.limits``), once set.
+        self._limits: JobLimits | None = None
 
     # --- entry -----------------------------------------------------------------------
     def run(self) -> int:
@@ -105,6 +118,9 @@ class Supervisor:
                 raise
             return 0
         finally:
+            if self._limits is not None:
+                for left in self._limits.remove():
+                    log.warning("job %s: cgroup %s is not empty; leaving it", self.label, left)
             if self._cgroup is not None:
                 self._remove_cgroup()
             if self._tmpdir:
@@ -148,7 +164,7 @@ class Supervisor:
     # --- the job -----------------------------------------------------------------------
     def _write(self, **fields: Any) -> None:
         self.state.update(fields)
-        jd.write_json_atomic(self.dir / jd.STATE, self.state, mode=0o644)
+        jd.write_json_atomic(self.dir / jd.STATE, self.state)
 
     @property
     def label(self) -> str:
@@ -162,6 +178,9 @@ class Supervisor:
 
     def _cancel_asked(self) -> bool:
         return self._stop_signal or (self.dir / jd.CANCEL).exists()
+
+    def _fenced_reason(self) -> str:
+        return f"fenced: no contact with the scheduler for {self._fence.after_s:g} s"
 
     def _cancel_grace_s(self, default_s: float) -> float:
         """The grace period the cancel asked for (a preemption gives the job time to
@@ -179,17 +198,21 @@ class Supervisor:
                       "exit_code": None, "started_at": None, "ended_at": None, "reason": "",
                       "supervisor_pid": os.getpid(), "boot_id": jd.boot_id()}
         if spec.get("refused"):
-            with open(self.dir / jd.LOG, "ab") as out:
+            with open_private(self.dir / jd.LOG) as out:
                 out.write(f"gpuq: not started: {spec['refused']}\n".encode())
             return self._end(JobState.FAILED, None, str(spec["refused"])[:256])
         if self._cancel_asked():
             return self._end(JobState.CANCELLED, None, "cancelled before it started")
+        self._fence = Fence(Path(spec["lease"]) if spec.get("lease") else None)
+        if self._fence.due():
+            return self._end(JobState.NODE_FAIL, None,
+                             f"not started: {self._fenced_reason()}")
         try:
             argv = self._argv(launch)
             proc = self._start(argv, launch["workdir"])
-        except (OSError, subprocess.SubprocessError, ValueError) as e:
+        except (OSError, subprocess.SubprocessError, ValueError, LimitError) as e:
             code, reason = start_error(e, launch)
-            with open(self.dir / jd.LOG, "ab") as out:
+            with open_private(self.dir / jd.LOG) as out:
                 out.write(f"gpuq: {reason}\n".encode())
             return self._end(JobState.FAILED, code, reason)
         self._tree = JobTree(proc.pid, self._cgroup, label=self.label, clock=self.clock,
@@ -197,14 +220,28 @@ class Supervisor:
         start_s = self.clock()
         self._write(state=JobState.RUNNING, pid=proc.pid, pgid=proc.pid,
                     cgroup=str(self._cgroup.path) if self._cgroup else None,
+                    limit_cgroups=[str(d) for d in self._limits.v1_dirs.values()]
+                    if self._limits else [],
                     started_at=jd.iso_utc(self.wall()))
         ending, code = self._wait(self._tree, start_s + float(launch["time_limit_s"]))
         proc.returncode = code  # reaped here, not by Popen
+        # Any process of the job killed for memory makes it OUT_OF_MEMORY, whatever its
+        # exit code (as Slurm does: a script may carry on after its program was killed).
+        oom = self._limits.oom_kills(code) if self._limits is not None else 0
         if ending == JobState.TIMEOUT:
             self._end(JobState.TIMEOUT, code,
                       f"time limit of {launch['time_limit_s']} s reached")
+        elif ending == JobState.NODE_FAIL:
+            self._end(JobState.NODE_FAIL, code, self._fenced_reason())
         elif ending == JobState.CANCELLED:
             self._end(JobState.CANCELLED, code, "cancelled")
+        elif oom and self._limits is not None:
+            reason = (f"out of memory: the job's cgroup hit its {self._limits.memory_mib} MiB "
+                      f"limit (--mem); the kernel killed {oom} "
+                      f"process{'' if oom == 1 else 'es'}")
+            with open_private(self.dir / jd.LOG) as out:
+                out.write(f"gpuq: {reason}\n".encode())
+            self._end(JobState.OUT_OF_MEMORY, code, reason)
         elif code == 0:
             self._end(JobState.COMPLETED, 0, "exit code 0")
         elif code > 128:
@@ -240,17 +277,18 @@ class Supervisor:
         if run_as is not None:
             check_workdir_as(run_as, workdir)  # to fail saying why
         self._cgroup = self._make_cgroup()
+        self._limits = self._set_limits()
         if self._cgroup is not None:
             spawned = self._spawn_into_cgroup(argv, workdir, run_as)
             if spawned is not None:
                 return spawned
         kwargs: dict[str, Any] = {"cwd": None if run_as else workdir}
         report_r, report_w = os.pipe()
-        if run_as is not None or self._cgroup is not None:
+        if run_as is not None or self._cgroup is not None or self._limits is not None:
             kwargs["preexec_fn"] = functools.partial(child_setup, report_w, self._cgroup,
-                                                     run_as, workdir)
+                                                     run_as, workdir, self._limits)
         try:
-            with open(self.dir / jd.LOG, "ab") as out:
+            with open_private(self.dir / jd.LOG) as out:
                 proc = subprocess.Popen(argv, env=self.spec["env"], stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True, close_fds=True, **kwargs)
@@ -267,8 +305,9 @@ class Supervisor:
         (the caller starts it with ``Popen`` and joins the cgroup before exec)."""
         assert self._cgroup is not None
         report_r, report_w = os.pipe()
-        setup = (functools.partial(child_setup, report_w, None, run_as, workdir)
-                 if run_as is not None else None)
+        join = self._limits is not None and self._limits.needs_join
+        setup = (functools.partial(child_setup, report_w, None, run_as, workdir, self._limits)
+                 if run_as is not None or join else None)
         try:
             spawned = spawn_into_cgroup(argv, env=self.spec["env"],
                                         cgroup_dir=str(self._cgroup.path),
@@ -300,6 +339,8 @@ class Supervisor:
                          "descendants only", self.label, self._cgroup.path, rest)
                 self._remove_cgroup()
                 self._cgroup = None
+            elif what == "limits":
+                raise LimitError(rest)
             elif what == "error":
                 raise report_error(rest)
 
@@ -317,6 +358,22 @@ class Supervisor:
             return None
         log.info("job %s: in cgroup %s", self.label, cgroup.path)
         return cgroup
+
+    def _set_limits(self) -> JobLimits | None:
+        """Set the job's limits on its cgroups (``spec.json``'s ``limits``, from
+        ``limits.plan``); raises ``LimitError`` when one the node enforces cannot be set
+        (the job does not start)."""
+        found = JobLimits.set_up(self.spec.get("limits"),
+                                 self._cgroup.path if self._cgroup is not None else None,
+                                 node=str(self.spec.get("node") or "node"),
+                                 job_id=int(self.spec["job_id"]),
+                                 attempt=int(self.spec.get("attempt", 1)))
+        if found is not None:
+            log.info("job %s: limits set (memory %s MiB, cpus %s, %d device(s) denied; "
+                     "cgroup v1: %s)", self.label, found.memory_mib or "-",
+                     (self.spec.get("limits") or {}).get("cpus") or "-", len(found.denied),
+                     ", ".join(map(str, found.v1_dirs.values())) or "-")
+        return found
 
     def _remove_cgroup(self, wait_s: float = 1.0) -> None:
         """Remove the job's cgroup once it is empty (waiting up to ``wait_s``)."""
@@ -344,6 +401,12 @@ class Supervisor:
                     grace_s = self._cancel_grace_s(default_grace_s)
                 elif now >= deadline_s:
                     ending = JobState.TIMEOUT
+                elif self._fence.due():
+                    # Cut off from the scheduler for the fencing time: it will run the job
+                    # elsewhere (node_down_after_s); this run must be gone by then.
+                    ending = JobState.NODE_FAIL
+                    fence_grace = self._fence.grace_s
+                    grace_s = default_grace_s if fence_grace is None else fence_grace
                 if ending is not None:
                     log.info("job %s: %s: SIGTERM to all of the job's processes",
                              self.label, ending)

@@ -9,9 +9,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from gpuq.wire.common import (
+    MAX_MEASURE,
     Name,
     Qos,
     Strict,
+    check_time,
 )
 
 Shares = int | Literal["parent"]
@@ -72,7 +74,7 @@ class UserUpdate(Strict):
     #: The account its jobs go to when they name none (it must be a member).
     default_account: Name | None = None
     #: Restricted QOS the user may choose (only "high" is restricted).
-    allowed_qos: list[Qos] | None = None
+    allowed_qos: list[Qos] | None = Field(None, max_length=16)
 
 
 class MembershipUpdate(Strict):
@@ -149,7 +151,7 @@ class UsageImport(Strict):
 
     user: Name
     account: Name
-    billed_seconds: float = Field(..., ge=0, description="billed GPU-seconds")
+    billed_seconds: float = Field(..., ge=0, le=MAX_MEASURE, description="billed GPU-seconds")
     #: When the usage ended; it has decayed since. Default: now.
     end_time: datetime | None = None
 
@@ -158,7 +160,7 @@ class UsageImport(Strict):
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             raise ValueError("give a time zone, e.g. 2026-01-31T12:00:00Z")
-        return v
+        return check_time(v)
 
 
 class UsageImportResult(BaseModel):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from gpuq.wire.common import (
     Name,
     Strict,
+    check_time,
 )
 
 GrantKind = Literal["share", "reservation"]
@@ -45,7 +46,7 @@ class GrantCreate(Strict):
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             raise ValueError("give a time zone, e.g. 2027-01-31T00:00:00Z")
-        return v
+        return check_time(v)
 
     @model_validator(mode="after")
     def _kind_fields(self) -> GrantCreate:
@@ -82,7 +83,7 @@ class GrantUpdate(Strict):
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             raise ValueError("give a time zone, e.g. 2027-01-31T00:00:00Z")
-        return v
+        return check_time(v)
 
 
 class GrantRevoke(Strict):

@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from gpuq.wire.common import (
+    MAX_ARG_BYTES,
     MAX_ARGV,
+    MAX_ARGV_BYTES,
     MAX_ENV,
+    MAX_ENV_BYTES,
+    MAX_ENV_NAME,
+    MAX_ENV_VAR_BYTES,
+    MAX_EXEC_BYTES,
+    MAX_GPU_MODEL,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_JOB_NAME,
     MAX_SCRIPT_BYTES,
+    MAX_WORKDIR,
     Name,
     Qos,
     Strict,
@@ -20,18 +31,47 @@ from gpuq.wire.common import (
 #: An environment variable's name.
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+#: What to do about text too large for argv or the environment.
+_USE_A_FILE = "pass large data in a file (in the workdir) and its path instead"
+
+
+def utf8_len(text: str) -> int:
+    """``len(text.encode())``, without encoding ASCII text."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def argv_bytes(argv: list[str] | None) -> int:
+    """What argv takes at exec: each element's UTF-8 bytes and its NUL."""
+    return sum(utf8_len(a) + 1 for a in argv) if argv else 0
+
+
+def env_bytes(environment: dict[str, str]) -> int:
+    """What the environment takes at exec: each ``NAME=value``'s UTF-8 bytes and its NUL."""
+    return sum(utf8_len(k) + utf8_len(v) + 2 for k, v in environment.items())
+
 
 class JobCreate(Strict):
-    """A job to submit: exactly one of ``command`` (argv) or ``script`` (text)."""
+    """A job to submit: exactly one of ``command`` (argv) or ``script`` (text). Every
+    field is bounded (``gpuq.wire.common``: argv and the environment as Linux bounds them
+    at exec); one over its limit is a 422 naming it."""
 
-    command: list[str] | None = Field(None, min_length=1, max_length=MAX_ARGV)
-    script: str | None = Field(None, min_length=1, max_length=MAX_SCRIPT_BYTES)
-    name: str | None = Field(None, min_length=1, max_length=128)
-    workdir: str = Field(..., min_length=1, max_length=1024,
+    command: list[Annotated[str, Field(max_length=MAX_ARG_BYTES)]] | None = Field(
+        None, min_length=1, max_length=MAX_ARGV,
+        description=f"argv: at most {MAX_ARGV} elements of at most {MAX_ARG_BYTES} bytes "
+                    f"each, {MAX_ARGV_BYTES} bytes in all (UTF-8, a NUL after each)")
+    script: str | None = Field(None, min_length=1, max_length=MAX_SCRIPT_BYTES,
+                               description=f"at most {MAX_SCRIPT_BYTES} bytes (UTF-8)")
+    name: str | None = Field(None, min_length=1, max_length=MAX_JOB_NAME)
+    workdir: str = Field(..., min_length=1, max_length=MAX_WORKDIR,
                          description="absolute path on the GPU host")
-    environment: dict[str, str] = Field(default_factory=dict)
+    environment: dict[Annotated[str, Field(max_length=MAX_ENV_NAME)],
+                      Annotated[str, Field(max_length=MAX_ENV_VAR_BYTES)]] = Field(
+        default_factory=dict, max_length=MAX_ENV,
+        description=f"at most {MAX_ENV} variables; each NAME=value at most "
+                    f"{MAX_ENV_VAR_BYTES} bytes, {MAX_ENV_BYTES} bytes in all (UTF-8, a NUL "
+                    f"after each); with argv, at most {MAX_EXEC_BYTES} bytes")
     gpus: int = Field(1, ge=0, le=64)
-    gpu_model: str | None = Field(None, min_length=1, max_length=64)
+    gpu_model: str | None = Field(None, min_length=1, max_length=MAX_GPU_MODEL)
     cpus: int = Field(1, ge=1, le=1024)
     memory_mib: int = Field(0, ge=0, le=64 * 1024 * 1024)
     time_limit_s: int | None = Field(None, ge=1, description="seconds; default from the server")
@@ -43,7 +83,7 @@ class JobCreate(Strict):
     #: The job's QOS; default: its account's default QOS (inherited down the tree), else
     #: normal.
     qos: Qos | None = None
-    idempotency_key: str | None = Field(None, min_length=1, max_length=128)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY)
 
     @field_validator("workdir")
     @classmethod
@@ -54,6 +94,14 @@ class JobCreate(Strict):
             raise ValueError("must not contain NUL bytes")
         return v
 
+    @field_validator("script")
+    @classmethod
+    def _script(cls, v: str | None) -> str | None:
+        if v is not None and (n := utf8_len(v)) > MAX_SCRIPT_BYTES:
+            raise ValueError(f"the script is {n} bytes (UTF-8); at most {MAX_SCRIPT_BYTES} "
+                             f"(1 MiB): {_USE_A_FILE}")
+        return v
+
     @field_validator("command")
     @classmethod
     def _argv(cls, v: list[str] | None) -> list[str] | None:
@@ -62,18 +110,40 @@ class JobCreate(Strict):
                 raise ValueError("the program (first element) must not be empty")
             if any("\x00" in a for a in v):
                 raise ValueError("arguments must not contain NUL bytes")
+            for i, arg in enumerate(v):
+                if (n := utf8_len(arg)) > MAX_ARG_BYTES:
+                    raise ValueError(f"element {i} is {n} bytes (UTF-8); at most "
+                                     f"{MAX_ARG_BYTES} (128 KiB, Linux's MAX_ARG_STRLEN): "
+                                     f"{_USE_A_FILE}")
+            if (n := argv_bytes(v)) > MAX_ARGV_BYTES:
+                raise ValueError(f"argv is {n} bytes in all (UTF-8, a NUL after each "
+                                 f"element); at most {MAX_ARGV_BYTES} (1 MiB): {_USE_A_FILE}")
         return v
 
     @field_validator("environment")
     @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+    def _env(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         if len(v) > MAX_ENV:
             raise ValueError(f"at most {MAX_ENV} variables")
         for k, val in v.items():
+            if len(k) > MAX_ENV_NAME:
+                raise ValueError(f"the variable name {k[:40]}... is {len(k)} characters; at "
+                                 f"most {MAX_ENV_NAME}")
             if not _ENV_KEY.match(k):
                 raise ValueError(f"{k!r} is not a valid variable name")
             if "\x00" in val:
                 raise ValueError(f"the value of {k} must not contain NUL bytes")
+            if (n := utf8_len(k) + 1 + utf8_len(val)) > MAX_ENV_VAR_BYTES:
+                raise ValueError(f"{k}=<value> is {n} bytes (UTF-8); at most "
+                                 f"{MAX_ENV_VAR_BYTES} (128 KiB for NAME=value, Linux's "
+                                 f"MAX_ARG_STRLEN): {_USE_A_FILE}")
+        if (n := env_bytes(v)) > MAX_ENV_BYTES:
+            raise ValueError(f"the environment is {n} bytes in all (UTF-8, NAME=value and a "
+                             f"NUL each); at most {MAX_ENV_BYTES} (1 MiB): {_USE_A_FILE}")
+        if (n := n + argv_bytes(info.data.get("command"))) > MAX_EXEC_BYTES:
+            raise ValueError(f"the command and the environment are {n} bytes together; at "
+                             f"most {MAX_EXEC_BYTES} (1.75 MiB: Linux's ARG_MAX of 2 MiB, "
+                             f"less room for the variables the worker adds): {_USE_A_FILE}")
         return v
 
     @model_validator(mode="after")
@@ -213,7 +283,9 @@ class JobRead(BaseModel):
     dispatched_at: datetime | None
     started_at: datetime | None
     ended_at: datetime | None
-    #: The spec; ``None`` for other users' jobs unless the caller is an admin.
+    #: The spec; ``None`` for other users' jobs unless the caller is an admin. A listing
+    #: (``GET /v1/jobs``) leaves out ``script`` and ``environment``: the job's own page
+    #: (``GET /v1/jobs/{id}``) has them.
     command: list[str] | None = None
     script: str | None = None
     workdir: str | None = None

@@ -1,7 +1,7 @@
 """The job and node states: the one list of them that every part of gpuq reads.
 
     PENDING ──▶ DISPATCHED ──▶ RUNNING ──▶ COMPLETED | FAILED | CANCELLED | TIMEOUT
-       │             │            │         NODE_FAIL | PREEMPTED
+       │             │            │         OUT_OF_MEMORY | NODE_FAIL | PREEMPTED
        └─────────────┴────────────┴──▶ CANCELLED | FAILED | NODE_FAIL | PREEMPTED (not PENDING)
 
     NODE_FAIL | PREEMPTED ──▶ REQUEUED ──▶ PENDING     (a job that allows it: ``requeue``)
@@ -23,6 +23,9 @@ class JobState(StrEnum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     TIMEOUT = "TIMEOUT"
+    #: The kernel's OOM killer killed a process of the job in its cgroup, which hit the
+    #: job's memory limit (``--mem``). Slurm's name for it (``OOM`` in squeue).
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
     NODE_FAIL = "NODE_FAIL"
     #: Stopped to give its GPUs to another job (a grant reclaiming them, or a higher QOS).
     PREEMPTED = "PREEMPTED"
@@ -46,6 +49,7 @@ TERMINAL = frozenset(
         JobState.FAILED,
         JobState.CANCELLED,
         JobState.TIMEOUT,
+        JobState.OUT_OF_MEMORY,
         JobState.NODE_FAIL,
         JobState.PREEMPTED,
     }
@@ -54,8 +58,10 @@ TERMINAL = frozenset(
 REQUEUEABLE = frozenset({JobState.NODE_FAIL, JobState.PREEMPTED})
 
 #: The states a worker reports of a run it has (the heartbeat's and the state report's
-#: ``state``): started, or how it ended on the node.
-ReportedState = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"]
+#: ``state``): started, or how it ended on the node (NODE_FAIL: the node stopped it
+#: itself, cut off from the scheduler for the fencing time: ``FenceTerms``).
+ReportedState = Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
+                        "OUT_OF_MEMORY", "NODE_FAIL"]
 REPORTED: frozenset[JobState] = frozenset(JobState(s) for s in get_args(ReportedState))
 #: The ends a worker can see (a run's final state on the node).
 RUN_ENDS: frozenset[JobState] = REPORTED - {JobState.RUNNING}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
+import sqlalchemy.exc as sa_exc
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -13,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from gpuq import __version__
 from gpuq.scheduler.api.callers import CallerCache
+from gpuq.scheduler.api.limits import BodyLimit
 from gpuq.scheduler.api.listing_cache import ListingCache
 from gpuq.scheduler.api.routes import (
     admin,
@@ -28,8 +31,14 @@ from gpuq.scheduler.api.routes import (
 from gpuq.scheduler.errors import ServiceError
 from gpuq.scheduler.runtime.context import Context
 from gpuq.scheduler.runtime.group_commit import HeartbeatBatcher, SubmitBatcher
+from gpuq.scheduler.runtime.outages import OutageMarker, database_unavailable
 
 log = logging.getLogger(__name__)
+#: A 503 because the database is away: when to retry, and what is away (a worker counts
+#: this answer as contact with the scheduler: ``gpuq.wire.nodes.FenceTerms``).
+UNAVAILABLE_HEADERS = {"Retry-After": "5", "X-Gpuq-Unavailable": "database"}
+#: The "database unavailable" warning is logged at most this often, in seconds.
+DB_LOG_EVERY_S = 10.0
 
 
 def create_app(ctx: Context) -> FastAPI:
@@ -68,8 +77,35 @@ def create_app(ctx: Context) -> FastAPI:
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
 
+    # The database away (refused, lost, no connection from the pool in time) is a 503 to
+    # retry, not a 500; it says which (a node counts it as contact: FenceTerms), quotes
+    # nothing of the error, and is noted for the loop (fresh timeouts: runtime/outages.py).
+    app.state.outages = OutageMarker(ctx.settings.data_dir)
+    logged = [float("-inf")]
+
+    async def _database_away(request: Request, exc: Exception) -> JSONResponse:
+        if not database_unavailable(exc):
+            raise exc  # a bug: the 500 it was
+        app.state.outages.note()
+        if time.monotonic() - logged[0] >= DB_LOG_EVERY_S:
+            logged[0] = time.monotonic()
+            log.warning("the database is unavailable (503 until it is back): %s",
+                        str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+        return JSONResponse({"detail": "the database is unavailable; retry later"},
+                            status_code=503, headers=UNAVAILABLE_HEADERS)
+
+    app.add_exception_handler(sa_exc.SQLAlchemyError, _database_away)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+    else:
+        app.add_exception_handler(psycopg.Error, _database_away)
+
     for module in (health, jobs, nodes, fairshare, admin, grants, audit, usage, metrics):
         app.include_router(module.router)
+    # A body over the limit is a 413 before it is read (the fields' own limits: 422s).
+    app.add_middleware(BodyLimit, max_bytes=ctx.settings.max_request_bytes)
     return app
 
 

@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator
 
 from gpuq.scheduler.api.callers import CallerCache
 from gpuq.scheduler.runtime.context import Context
 from gpuq.scheduler.services.audit import Actor
 from gpuq.scheduler.services.auth import AuthError, Principal, check_token, hash_token
-from gpuq.wire.common import MAX_ID
+from gpuq.wire.common import MAX_ID, check_text, check_time
 
 _bearer = HTTPBearer(auto_error=False, description="a gpuq token: gpuq_...")
 
@@ -112,3 +113,11 @@ AdminActor = Annotated[Actor, Depends(get_actor)]
 
 #: A job's id in a path: beyond the ids a job can have is a 422, not a database error.
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="the job's id", examples=[42])]
+
+#: For text in a path or a query that is looked up or filtered by (a name, an actor): a
+#: NUL byte (or a lone surrogate) is a 422 naming the parameter; it reached the database,
+#: which refused it (a 500 on PostgreSQL).
+StorableText = AfterValidator(check_text)
+#: For a time in a query: one whose UTC time is beyond years 1 to 9999 is a 422 naming
+#: the parameter; it failed to convert to UTC when bound (a 500).
+StorableTime = AfterValidator(check_time)

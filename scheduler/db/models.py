@@ -155,6 +155,8 @@ class Node(Base):
     memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
     gpu_backend: Mapped[str] = mapped_column(String(16), default="")
     worker_version: Mapped[str] = mapped_column(String(32), default="")
+    #: The job limits its worker enforces (``NodeRegister.enforcement``); NULL: unknown.
+    enforcement: Mapped[str | None] = mapped_column(String(256))
     registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -182,6 +184,31 @@ class Gpu(Base):
     node: Mapped[Node] = relationship(back_populates="gpus")
 
 
+class JobSpec(Base):
+    """What the elements of a job array share, stored once (not once per element): the
+    command or the script, and the environment common to all of them. An element's own
+    row holds only its index variables; ``effective_spec`` puts the two together."""
+
+    __tablename__ = "job_specs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    command: Mapped[list[str] | None] = mapped_column(JSON)
+    script: Mapped[str | None] = mapped_column(Text)
+    environment: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+
+
+def effective_spec(job: Any, shared: Any | None
+                   ) -> tuple[list[str] | None, str | None, dict[str, str]]:
+    """A job's command, script and environment as it runs: ``job`` (a ``Job`` or a row of
+    its columns) over the spec it shares (``shared``: its ``JobSpec`` or a row of one;
+    None for a job whose spec is all in its own row). The job's own variables win."""
+    own = job.environment or {}
+    if shared is None:
+        return job.command, job.script, own
+    return (job.command if job.command is not None else shared.command,
+            job.script if job.script is not None else shared.script,
+            {**(shared.environment or {}), **own})
+
+
 #: The states of jobs in the queue (pending or on a node): ``ix_jobs_active_id``'s rows.
 ACTIVE_JOBS = text("state IN ('PENDING', 'DISPATCHED', 'RUNNING')")
 
@@ -206,6 +233,10 @@ class Job(Base):
     script: Mapped[str | None] = mapped_column(Text)
     workdir: Mapped[str] = mapped_column(String(1024))
     environment: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    #: The spec this job shares with others (an array's elements: then ``command`` and
+    #: ``script`` are None and ``environment`` holds only the element's own variables);
+    #: None: the spec is all in this row. Read a job's spec with ``effective_spec``.
+    spec_id: Mapped[int | None] = mapped_column(ForeignKey("job_specs.id"))
     gpus: Mapped[int] = mapped_column(Integer, default=1)
     gpu_model: Mapped[str | None] = mapped_column(String(64))
     cpus: Mapped[int] = mapped_column(Integer, default=1)
@@ -282,6 +313,7 @@ class Job(Base):
     user: Mapped[User] = relationship()
     account: Mapped[Account] = relationship()
     node: Mapped[Node | None] = relationship()
+    spec: Mapped[JobSpec | None] = relationship()
 
 
 class GpuAllocation(Base):

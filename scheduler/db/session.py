@@ -6,16 +6,26 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from gpuq.files import FILE_MODE, create_private, private_dir, tighten
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: Seconds to wait for a new PostgreSQL connection (libpq's ``connect_timeout``).
+CONNECT_TIMEOUT_S = 5
 
 
-def make_engine(url: str, **kw: Any) -> Engine:
+def make_engine(url: str, *, idle_in_transaction_timeout_s: float = 0.0,
+                **kw: Any) -> Engine:
+    """``idle_in_transaction_timeout_s`` (PostgreSQL; 0: none): PostgreSQL ends a session
+    of this engine that waits that long on its client inside a transaction, so that a
+    server that vanished mid-transaction (its host down or cut off, its VM paused: no
+    connection closes) does not keep its locks, the scheduling loop's among them."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _private_sqlite(Path(path))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                **kw)
 
@@ -43,7 +53,34 @@ def make_engine(url: str, **kw: Any) -> Engine:
     # and closing one per request, which was the largest cost under 32 clients.
     kw.setdefault("pool_size", 20)
     kw.setdefault("max_overflow", 20)
+    # A database host that does not answer is an error within seconds (an API request's
+    # 503, a failed loop cycle), not a request that hangs for the system's TCP timeout.
+    if url.startswith("postgresql") and "connect_timeout" not in url:
+        kw.setdefault("connect_args", {}).setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+    if idle_in_transaction_timeout_s > 0:
+        _session_option(url, kw, "idle_in_transaction_session_timeout",
+                        f"{round(idle_in_transaction_timeout_s * 1000)}ms")
     return create_engine(url, pool_pre_ping=True, **kw)
+
+
+def _session_option(url: str, kw: dict[str, Any], name: str, value: str) -> None:
+    """Set a PostgreSQL setting for every session of the engine, in libpq's ``options``
+    (sent when the connection starts: no statement, nothing a rollback undoes), after any
+    ``options`` the URL gives (``make_url(url).query``) or the caller does."""
+    connect_args = kw.setdefault("connect_args", {})
+    given = connect_args.get("options") or make_url(url).query.get("options") or ""
+    if isinstance(given, tuple):
+        given = " ".join(given)
+    connect_args["options"] = f"{given} -c {name}={value}".strip()
+
+
+def _private_sqlite(path: Path) -> None:
+    """The database file created 0600 before SQLite opens it (its -wal and -shm files
+    take its mode), in a directory created 0700; an existing one of ours made 0600."""
+    private_dir(path.parent, fix=False)
+    create_private(path)
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        tighten(p, FILE_MODE)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

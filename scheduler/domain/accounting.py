@@ -3,10 +3,18 @@ charged (GPU-hours, billed GPU-hours, energy, carbon), and its closing when it h
 
 At every heartbeat ``observe`` integrates the job's sample over the time since the
 previous one (left Riemann sum: NVML's utilisation describes the period before the
-reading): per GPU, the seconds sampled, the busy seconds (utilisation x time) and the
-seconds under ``idle_utilization_pct``; the peaks of utilisation and memory; and whether
-every GPU is idle now (``idle_since``). A gap longer than ``node_down_after_s`` is not
-counted (nothing is known about it).
+reading; the run's first sample covers the time since it started): per GPU, the seconds
+sampled, the busy seconds (utilisation x time) and the seconds under
+``idle_utilization_pct``; the peaks of utilisation and memory; and whether every GPU is
+idle now (``idle_since``). A gap longer than ``node_down_after_s`` is not counted
+(nothing is known about it).
+
+A run's last heartbeat comes up to a heartbeat interval before its end. The worker reads
+the job's GPUs again when the job's process has ended and sends that sample with the final
+report (``JobStateReport.end_sample``); ``observe_end`` takes it as the run's last sample,
+at the end's time: the energy is the counter's at the end, and the sampled seconds reach
+the end. (Before it, a 12 s job at 2 x 400 W with heartbeats every 5 s was charged 6,908
+J of its 9,653: the energy from the last heartbeat to the end was never counted.)
 
 Every charge interval (``scheduler.usage.charge_job``) ``charge_interval`` puts the
 increase of the job's totals since the last charge on that interval's ``UsageRecord``:
@@ -21,7 +29,7 @@ sample that came after the last charge) goes on one last record, and the job is 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -31,6 +39,7 @@ from gpuq.config import Settings
 from gpuq.scheduler.db.models import Job, UsageRecord
 from gpuq.scheduler.lifecycle import rules, writes
 from gpuq.wire.jobs import GpuAccounting, JobAccounting
+from gpuq.wire.nodes import JobEndSample
 from gpuq.wire.nodes import JobSample as WireJobSample
 from gpuq.wire.states import JobState
 
@@ -61,9 +70,11 @@ def observe(session: Session, job: Job, sample: WireJobSample, *, now: datetime,
             settings: Settings) -> None:
     """Integrate one heartbeat's sample of a running job; keep its idle state."""
     stats = _stats(job)
-    at = stats["at"]
+    at = stats["at"] if stats["attempt"] == job.attempt else None
+    if at is None and job.started_at is not None:  # the run's first sample
+        at = job.started_at.timestamp()
     dt = 0.0
-    if at is not None and stats["attempt"] == job.attempt:
+    if at is not None:
         dt = now.timestamp() - float(at)
         if not 0.0 < dt <= settings.node_down_after_s:
             dt = 0.0
@@ -110,6 +121,28 @@ def observe(session: Session, job: Job, sample: WireJobSample, *, now: datetime,
             # ``job``: a Job, or the steady heartbeat's row of one (services/heartbeats.py)
             facts = rules.Facts(job.id, JobState(job.state))
             writes.apply_one(session, job, rules.note(facts, busy), now=now)
+
+
+def observe_end(session: Session, job: Job, end: JobEndSample, *, now: datetime,
+                settings: Settings) -> datetime:
+    """Take a running job's end sample (its final report's, received at ``now``) as its
+    last: the run's energy is the figure at its end (never less than a heartbeat's), and
+    its utilisation is integrated up to its end. Returns the end's time (``now`` less
+    the seconds the worker says the end is old, not before the run started).
+
+    Once per run: the caller applies it with the report that ends the run (a repeat of
+    that report changes nothing, so nothing is counted twice)."""
+    ended = now - timedelta(seconds=end.ended_s_ago)
+    if job.started_at is not None:
+        ended = max(ended, job.started_at)
+    sample = end.sample
+    if sample.energy_j is not None:
+        run_j = float(job.gpu_energy_earlier_j or 0.0) + sample.energy_j
+        job.gpu_energy_j = max(run_j, float(job.gpu_energy_j or 0.0))
+    if sample.memory_used_mib is not None:
+        job.max_gpu_memory_mib = max(job.max_gpu_memory_mib or 0.0, sample.memory_used_mib)
+    observe(session, job, sample, now=ended, settings=settings)
+    return ended
 
 
 def _mean_as_gpu(index: int, sample: WireJobSample) -> Any:

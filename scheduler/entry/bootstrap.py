@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpuq.config import Settings
+from gpuq.files import private_dir
 from gpuq.scheduler.clock import Clock, system_clock
 from gpuq.scheduler.db.models import ApiToken, User
 from gpuq.scheduler.runtime.context import Context, Dispatcher, open_context
@@ -24,7 +25,7 @@ ADMIN_USER = "admin"
 
 def write_secret(path: Path, secret: str) -> None:
     """Write a secret readable only by its owner (created 0600, never world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent, fix=False)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

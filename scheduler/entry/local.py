@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpuq.config import Settings
+from gpuq.files import private_dir
 from gpuq.scheduler.db.models import Account, Membership, User
 from gpuq.scheduler.db.session import make_engine, make_sessionmaker, upgrade
 from gpuq.scheduler.entry.bootstrap import ADMIN_USER, bootstrap, write_secret
@@ -62,7 +63,7 @@ def _local_user(session: Session, name: str, now: datetime) -> User:
 
 def provision(settings: Settings, *, unix_user: str, now: datetime) -> LocalCredentials:
     """Bring the database up to date and make sure the local user and node can log in."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     engine = make_engine(settings.effective_database_url)
     try:
         upgrade(engine)

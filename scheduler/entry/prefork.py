@@ -51,6 +51,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from gpuq.config import Settings
+from gpuq.files import private_dir
 from gpuq.scheduler.runtime.gcfreeze import freeze_startup_objects
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def _prepare_metrics(path: Path) -> None:
         raise RuntimeError("prometheus_client was imported before the prefork server set "
                            "PROMETHEUS_MULTIPROC_DIR: the metrics would not add up")
     shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, mode=0o700)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
 
@@ -342,7 +343,7 @@ def run(settings: Settings) -> int:
     """Serve with ``settings.api_workers`` API processes until SIGTERM/SIGINT."""
     check(settings)
     path = metrics_dir(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     _prepare_metrics(path)
     from gpuq.scheduler.entry.bootstrap import build_context
     from gpuq.scheduler.runtime import metrics

@@ -14,15 +14,19 @@ This module imports the application lazily: the prefork mode must set
 from __future__ import annotations
 
 import logging
+import os
 
 from gpuq.config import Settings
+from gpuq.files import PRIVATE_UMASK
 
 log = logging.getLogger(__name__)
 
 
 def run(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM (uvicorn handles them: finish requests, then stop).
-    Returns the exit status."""
+    Returns the exit status. What the server creates is its own (umask 077: its data
+    directory, database, job logs and metric files; it runs no job)."""
+    os.umask(PRIVATE_UMASK)
     if settings.api_workers > 1:
         from gpuq.scheduler.entry.prefork import run as run_prefork
 

@@ -1,7 +1,7 @@
 """The job state machine: every rule that moves a job, as pure functions.
 
     PENDING ──▶ DISPATCHED ──▶ RUNNING ──▶ COMPLETED | FAILED | CANCELLED | TIMEOUT
-       │             │            │         NODE_FAIL | PREEMPTED
+       │             │            │         OUT_OF_MEMORY | NODE_FAIL | PREEMPTED
        └─────────────┴────────────┴──▶ CANCELLED | FAILED | NODE_FAIL | PREEMPTED (not PENDING)
 
     NODE_FAIL | PREEMPTED ──▶ REQUEUED ──▶ PENDING     (a job that allows it: ``requeue``)
@@ -24,6 +24,7 @@ lost it, and may lose it again.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,26 +203,83 @@ _REPORT_REASONS = {
 }
 
 
+#: The reason of a run its node stopped itself, cut off from the scheduler for the fencing
+#: time (``FenceTerms``): the scheduler's words, never the node's.
+FENCED = "lost contact with the scheduler; the node stopped the run (fenced)"
+
+
 def reported(f: Facts, *, attempt: int, state: str, reason: str = "",
-             exit_code: int | None = None) -> Change | None:
+             exit_code: int | None = None, node: str = "its node") -> Change | None:
     """A node's report of a run: started, or how it ended. Repeats, late reports and
-    reports about an earlier attempt change nothing (``None``)."""
+    reports about an earlier attempt change nothing (``None``). NODE_FAIL (the node
+    fenced the run: it could not reach the scheduler) is a lost node's end
+    (``node_lost``): back in the queue if the job allows it."""
     new = JobState(state)
     if attempt != f.attempt or f.state == new or f.state not in ACTIVE:
         return None  # a repeat, or about a run that is over (a late report)
     if new == JobState.RUNNING and f.state != JobState.DISPATCHED:
         return None  # a late RUNNING after the end, or before dispatch
+    if new == JobState.NODE_FAIL:
+        return node_lost(f, node=node, reason=FENCED)
     # The worker reports CANCELLED for every run it signalled (whatever the exit code: a
-    # job that checkpoints and exits 0 on SIGTERM was preempted). COMPLETED, FAILED or
-    # TIMEOUT while a preemption is pending means the run ended by itself before the
-    # signal: it is what it says, not run again.
+    # job that checkpoints and exits 0 on SIGTERM was preempted). COMPLETED, FAILED,
+    # TIMEOUT or OUT_OF_MEMORY while a preemption is pending means the run ended by itself
+    # before the signal: it is what it says, not run again.
     if new == JobState.CANCELLED and f.preempt_requested and not f.cancel_requested:
         return preempted(f, reason or new.value.lower())
+    if new == JobState.RUNNING:
+        reason = ""  # the node's own words only where a run ends (see ``public_reason``)
     if not reason:
         reason = {JobState.FAILED: f"exit code {exit_code}",
                   JobState.TIMEOUT: f"time limit of {f.time_limit_s} s reached",
+                  JobState.OUT_OF_MEMORY: "out of memory",
                   }.get(new) or _REPORT_REASONS[new]
     return _move(f, new, reason, exit_code=exit_code)
+
+
+#: The states a node's report ends a run in: their reason may be the node's own words
+#: (``reported``), which can quote the job's spec ("cannot start program /opt/tool: ...").
+_NODE_WORDS = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED,
+                         JobState.TIMEOUT, JobState.OUT_OF_MEMORY, JobState.PREEMPTED})
+#: The reasons of those states that quote nothing of the job: the scheduler's and the
+#: worker's fixed ones (the exit code, the signal, the time limit, a cancel).
+_SAFE = (r"exit code (?:-?\d+|None)|killed by (?:SIG[A-Z0-9+]+|signal \d+)"
+         r"|time limit of \d+ s reached|cancelled|cancelled before it started"
+         r"|cancelled before the node started it|cancelled by [A-Za-z0-9._-]+"
+         r"|the node restarted while the job was running"
+         r"|the job's supervisor died; the job was killed|gone from its node"
+         r"|out of memory(?:: the job's cgroup hit its \d+ MiB limit \(--mem\)"
+         r"(?:; the kernel killed \d+ process(?:es)?)?)?")
+_SAFE_REASON = re.compile(_SAFE)
+#: A preemption's reason: the scheduler's, then how the run ended (``preempted``).
+_SAFE_PREEMPTED = re.compile(rf"(?s).+ \((?:{_SAFE})\)")
+#: What others see instead of a reason that is the node's own words.
+_CATEGORY = {JobState.COMPLETED: "completed", JobState.FAILED: "failed",
+             JobState.CANCELLED: "cancelled", JobState.TIMEOUT: "time limit reached",
+             JobState.OUT_OF_MEMORY: "out of memory", JobState.PREEMPTED: "preempted"}
+
+
+def public_reason(state: str, reason: str) -> str:
+    """``reason`` (a job's, or an event's that moved it to ``state``) as users other than
+    the job's owner and admins see it: the node's own words about how a run ended may quote
+    the job's command, workdir or environment, which only they may see, so such a reason
+    is shown as its category ("start failed", "failed", ...). The scheduler's reasons
+    (Priority, Resources, dispatched to..., node lost, preemption and cancel requests,
+    notes) and the fixed words of a run's end (exit code, signal, time limit) are shown
+    as they are. Notes never carry the node's words (``note``), and a RUNNING report's
+    reason is always "started" (``reported``), so the state says enough."""
+    try:
+        s = JobState(state)
+    except ValueError:
+        return reason
+    if s not in _NODE_WORDS or not reason:
+        return reason
+    safe = _SAFE_PREEMPTED if s == JobState.PREEMPTED else _SAFE_REASON
+    if safe.fullmatch(reason):
+        return reason
+    if s == JobState.FAILED and reason.startswith("cannot start"):
+        return "start failed"
+    return _CATEGORY[s]
 
 
 @dataclass(frozen=True)
@@ -241,11 +299,21 @@ class Kill:
     grace_s: float | None = None
 
 
+#: A heartbeat listed less than this many seconds after a job started (the scheduler's
+#: clock against the worker's: room for their difference) is no proof that the job is gone.
+LISTED_AFTER_START_MARGIN_S = 2.0
+
+
 def seen_in_heartbeat(f: Facts, *, seen: str | None, node: str, waited_s: float,
-                      resend_after_s: float) -> Change | Resend | None:
+                      resend_after_s: float,
+                      listed_after_start_s: float | None = None) -> Change | Resend | None:
     """One of a node's active jobs, against what its heartbeat shows: ``seen``, the state
     the node reports for the job's current attempt (None: the node does not have it);
-    ``waited_s``: seconds since it was dispatched (or its launch last sent)."""
+    ``waited_s``: seconds since it was dispatched (or its launch last sent);
+    ``listed_after_start_s``: how long after the job started the node listed its jobs
+    (``None``: not known, an older worker). A heartbeat can arrive after the report of a
+    run it could not list yet (another server replica took that report, a paused replica
+    answers late): such a heartbeat does not fail a RUNNING job."""
     if seen is not None:
         if f.state == JobState.DISPATCHED and seen == JobState.RUNNING:
             return _move(f, JobState.RUNNING, "running (seen in heartbeat)")
@@ -255,6 +323,9 @@ def seen_in_heartbeat(f: Facts, *, seen: str | None, node: str, waited_s: float,
     if f.preempt_requested:
         return preempted(f, "gone from its node")
     if f.state == JobState.RUNNING:
+        if listed_after_start_s is not None and \
+                listed_after_start_s < LISTED_AFTER_START_MARGIN_S:
+            return None  # listed before (or as) it started: the next heartbeat will say
         return _move(f, JobState.NODE_FAIL, f"{node} no longer has the job")
     if waited_s >= resend_after_s:
         return Resend(f.id)

@@ -3,7 +3,8 @@ their events. No other module writes a job's state or a ``JobEvent``
 (tests/test_architecture.py holds the rest of the code to that).
 
 Batch-first: ``create`` takes many new jobs (``create_rows`` and ``create_from_select``
-many with their ids reserved: an array's elements), ``apply`` many changes. A single submit, a
+many with their ids reserved: an array's elements, which point to the one spec they share,
+stored by ``create_spec``), ``apply`` many changes. A single submit, a
 single report or a single heartbeat is a batch of one, so the fast paths and the simple
 paths are the same path. Like the services, nothing here commits.
 """
@@ -32,7 +33,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.db.models import GpuAllocation, Job, JobEvent
+from gpuq.scheduler.db.models import GpuAllocation, Job, JobEvent, JobSpec
 from gpuq.scheduler.lifecycle import rules
 from gpuq.scheduler.lifecycle.rules import Change, InvalidTransition, Step, submitted
 from gpuq.wire.states import TERMINAL, JobState
@@ -110,6 +111,15 @@ def create_from_select(session: Session, columns: Mapping[str, Any], ids: list[i
         select(func.unnest(cast(ids, ARRAY(BigInteger))),
                literal(now, JobEvent.__table__.c.time.type), null(),
                literal(first.new.value, Text), literal(first.reason, Text))))
+
+
+def create_spec(session: Session, *, command: list[str] | None, script: str | None,
+                environment: dict[str, str]) -> int:
+    """Store a spec that many new jobs share (an array's elements: their rows then hold
+    ``spec_id`` and only their own variables, ``db.models.effective_spec``); its id."""
+    return session.connection().execute(
+        insert(JobSpec).values(command=command, script=script, environment=environment)
+        .returning(JobSpec.id)).scalar_one()
 
 
 def reserve_ids(session: Session, n: int) -> list[int]:

@@ -11,6 +11,7 @@ from typing import Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from gpuq.config import Settings
+from gpuq.files import private_dir
 from gpuq.scheduler.clock import Clock, system_clock
 from gpuq.scheduler.runtime.logstore import LogStore
 
@@ -69,8 +70,9 @@ def open_context(settings: Settings, *, clock: Clock = system_clock,
     """The shared context on a new engine, as it is (no migration, no bootstrap)."""
     from gpuq.scheduler.db.session import make_engine, make_sessionmaker
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url)
+    private_dir(settings.data_dir)
+    engine = make_engine(settings.effective_database_url,
+                         idle_in_transaction_timeout_s=settings.idle_in_transaction_timeout_s)
     return Context(
         settings=settings,
         sessions=make_sessionmaker(engine),

@@ -1,9 +1,12 @@
-"""Job output shipped by the workers, kept as one file per job on the server."""
+"""Job output shipped by the workers, kept as one file per job on the server (the
+directory 0700, the files 0600: only the server's account reads them)."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+
+from gpuq.files import open_private, private_dir
 
 
 class OffsetMismatch(Exception):
@@ -18,7 +21,7 @@ class LogStore:
         self.max_bytes = max_bytes
         self._locks: dict[int, threading.Lock] = {}
         self._guard = threading.Lock()
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
 
     def path(self, job_id: int, attempt: int = 1) -> Path:
         """One file per attempt: ``42.log``, then ``42.2.log`` for a requeued run."""
@@ -64,16 +67,21 @@ class LogStore:
             total = accepted + len(data)
             marker = self._marker(job_id, attempt)
             if marker.exists():
-                marker.write_text(str(total))
+                self._write_marker(marker, total)
                 return total
             room = self.max_bytes - self.size(job_id, attempt)
-            with open(self.path(job_id, attempt), "ab") as f:
+            with open_private(self.path(job_id, attempt), "ab") as f:
                 f.write(data[: max(room, 0)])
                 if len(data) > room:
                     f.write(b"\n[gpuq: output truncated at max_log_bytes]\n")
             if len(data) > room:
-                marker.write_text(str(total))
+                self._write_marker(marker, total)
             return total
+
+    @staticmethod
+    def _write_marker(marker: Path, total: int) -> None:
+        with open_private(marker, "w") as f:
+            f.write(str(total))
 
     def read(self, job_id: int, offset: int, limit: int, attempt: int = 1) -> bytes:
         path = self.path(job_id, attempt)

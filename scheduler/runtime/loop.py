@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, text
@@ -26,6 +26,12 @@ from gpuq.scheduler.domain.usage import charge
 from gpuq.scheduler.policy import schedule
 from gpuq.scheduler.runtime.applier import CycleResult, apply_decisions
 from gpuq.scheduler.runtime.context import Context
+from gpuq.scheduler.runtime.outages import (
+    Listening,
+    OutageMarker,
+    database_unavailable,
+    down_deadline,
+)
 from gpuq.scheduler.services import grants as grant_service
 from gpuq.scheduler.services.runs import mark_down
 from gpuq.wire.states import NodeState
@@ -48,22 +54,26 @@ def _charge_due(session: Session, now: datetime, interval_s: float) -> bool:
     return last is None or (now - last).total_seconds() >= interval_s
 
 
-def cycle(ctx: Context, *, housekeeping: bool = True) -> CycleResult:
+def cycle(ctx: Context, *, housekeeping: bool = True,
+          listening_since: datetime | None = None) -> CycleResult:
     """One scheduling cycle. Safe to call from tests with a manual clock.
 
     ``housekeeping`` (nodes without heartbeats marked down, usage charged, grant states
     refreshed, idle jobs cancelled) comes first, in its own transaction; the loop skips
-    it in a cycle an event woke shortly after the last one (``SchedulerLoop``)."""
+    it in a cycle an event woke shortly after the last one (``SchedulerLoop``).
+    ``listening_since``: since when the scheduler could hear heartbeats (a node's silence
+    counts from then at the earliest: ``outages.down_deadline``); ``None``: always."""
     with measures.cycle_timer():
-        return _cycle(ctx, housekeeping)
+        return _cycle(ctx, housekeeping, listening_since)
 
 
-def _cycle(ctx: Context, housekeeping: bool = True) -> CycleResult:
+def _cycle(ctx: Context, housekeeping: bool = True,
+           listening_since: datetime | None = None) -> CycleResult:
     now = ctx.clock()
     result = CycleResult()
     notices: list[dict[str, Any]] = []
     if housekeeping:
-        idle_result = _housekeeping(ctx, now, result)
+        idle_result = _housekeeping(ctx, now, result, listening_since)
         if idle_result is None:
             return CycleResult(ran=False)
         notices = idle_result.notices
@@ -72,13 +82,17 @@ def _cycle(ctx: Context, housekeeping: bool = True) -> CycleResult:
     # scheduling below (seconds at 10,000 pending on a busy machine) it held up each
     # heartbeat that records its job's sample (bench/load.py: p99 3.7 s).
     with ctx.transaction() as session:
-        if not _take_lock(session):  # another replica's loop acts now: it schedules
-            return result
-        snapshot, rows = build_snapshot_rows(session, now, ctx.settings)
-        result.active = len(snapshot.pending) + len(snapshot.running)
-        decisions = schedule(snapshot)
-        apply_decisions(session, decisions, now, result, snapshot, rows)
-        result.next_grant_change = in_effect.next_change(session, now)
+        if _take_lock(session):
+            snapshot, rows = build_snapshot_rows(session, now, ctx.settings)
+            result.active = len(snapshot.pending) + len(snapshot.running)
+            decisions = schedule(snapshot)
+            apply_decisions(session, decisions, now, result, snapshot, rows)
+            result.next_grant_change = in_effect.next_change(session, now)
+        else:
+            # Another replica's loop acts now. Its cycle may have read the queue before
+            # what woke this one committed: ``ran`` False has the loop try again shortly.
+            # What the housekeeping above committed (idle kills, notices) is sent below.
+            result.ran = False
     for job_id, node, for_job in result.preempted:
         log.info("job %s on %s: preempting for job %s", job_id, node, for_job)
         ctx.dispatcher.kill(node, job_id)
@@ -93,14 +107,16 @@ def _cycle(ctx: Context, housekeeping: bool = True) -> CycleResult:
     return result
 
 
-def _housekeeping(ctx: Context, now: datetime, result: CycleResult) -> idle.IdleResult | None:
-    """Nodes without heartbeats marked down, usage charged, grant states refreshed, idle
-    jobs cancelled: committed (``None`` if another replica's loop holds the lock)."""
+def _housekeeping(ctx: Context, now: datetime, result: CycleResult,
+                  listening_since: datetime | None = None) -> idle.IdleResult | None:
+    """Nodes without heartbeats marked down (silent for ``node_down_after_s`` while the
+    scheduler listened), usage charged, grant states refreshed, idle jobs cancelled:
+    committed (``None`` if another replica's loop holds the lock)."""
     with ctx.transaction() as session:
         if not _take_lock(session):
             return None
-        deadline = now - timedelta(seconds=ctx.settings.node_down_after_s)
-        stale = session.scalars(select(Node).where(
+        deadline = down_deadline(now, ctx.settings.node_down_after_s, listening_since)
+        stale = [] if deadline is None else session.scalars(select(Node).where(
             Node.state == NodeState.UP.value,
             Node.last_heartbeat_at < deadline))
         for node in stale:
@@ -177,6 +193,13 @@ class SchedulerLoop:
     #: are time-driven, not event-driven, and their transaction took 11 of a lone submit's
     #: 28 ms cycle (bench/dispatch.py). Timer cycles always do it.
     HOUSEKEEPING_S = 1.0
+    #: A cycle that found another replica's loop holding the lock is tried again after
+    #: this many seconds (as if woken again), not at the timer: the other's cycle may have
+    #: read the queue before the event that woke this loop (a job's end reported to this
+    #: replica), and nothing else would act on that event until the timer (with two
+    #: replicas, bench/faults/failover.py measured a median queue wait of the timer's
+    #: 5 s). Trying the lock is one cheap statement.
+    LOCK_RETRY_S = 0.1
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -185,6 +208,10 @@ class SchedulerLoop:
         self._thread: threading.Thread | None = None
         self.stats = PlannerStats()
         self._housekept_at = float("-inf")
+        #: Since when this server has heard heartbeats (fresh timeouts after its outages).
+        self.listening = Listening(
+            max_gap_s=max(10.0, 2 * ctx.settings.schedule_interval_s + 5.0),
+            marker=OutageMarker(ctx.settings.data_dir))
         ctx.wake = self.wake
 
     def wake(self) -> None:
@@ -206,8 +233,9 @@ class SchedulerLoop:
         coalesce_s = settings.schedule_coalesce_s
         tokens, last = self.BURST_CYCLES, time.monotonic()
         rest_until = 0.0
+        retry = False  # the last cycle found the lock taken: try again after LOCK_RETRY_S
         while not self._stop.is_set():
-            woken = self._wake.wait(wait_s)
+            woken = self._wake.wait(wait_s) or retry
             if self._stop.is_set():
                 return
             now = time.monotonic()
@@ -228,21 +256,29 @@ class SchedulerLoop:
                     tokens, last = 1.0, time.monotonic()
                 tokens -= 1.0
             self._wake.clear()
-            wait_s = settings.schedule_interval_s
+            wait_s, retry = settings.schedule_interval_s, False
             try:
                 started = time.monotonic()
                 housekeeping = not woken or started - self._housekept_at >= self.HOUSEKEEPING_S
-                result = cycle(self.ctx, housekeeping=housekeeping)
+                since = self.listening.begin(self.ctx.clock()) if housekeeping else None
+                result = cycle(self.ctx, housekeeping=housekeeping, listening_since=since)
+                if housekeeping:  # the database answered (ran False: another loop acts)
+                    self.listening.succeeded()
                 if result.ran:
                     self.stats.observe(self.ctx, result.active)
                     if housekeeping:
                         self._housekept_at = started
+                else:  # another replica's loop held the lock
+                    retry, wait_s = True, self.LOCK_RETRY_S
                 ended = time.monotonic()
                 rest_until = ended + (ended - started)
                 if result.next_grant_change is not None:
                     # A grant starts or ends sooner than the timer: wake on time for it.
                     until = (result.next_grant_change - self.ctx.clock()).total_seconds()
                     wait_s = min(wait_s, max(until, 0.0) + 0.01)
-            except Exception:
+            except Exception as e:
+                if database_unavailable(e):
+                    # Heartbeats were not recorded meanwhile: fresh timeouts after it.
+                    self.listening.failed()
                 log.exception("scheduling cycle failed; retrying at the next wake-up")
                 self._stop.wait(1.0)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,18 @@ BACKOFF_S = (0.5, 10.0)
 
 
 def conninfo(database_url: str) -> str:
-    """The libpq URI of a SQLAlchemy PostgreSQL URL (``postgresql+psycopg://...``)."""
+    """The libpq connection string of a SQLAlchemy PostgreSQL URL (``postgresql+psycopg://
+    ...``), made by SQLAlchemy's own psycopg dialect, so that it reaches the server the
+    engine reaches: a multi-host URL (``?host=db1:5432&host=db2:5432&target_session_attrs=
+    read-write``) becomes libpq's ``host=db1,db2 port=5432,5432 ...`` (rendered as a URI
+    it named a host ``db1:5432``, which does not resolve)."""
     url = make_url(database_url)
     if url.get_backend_name() != "postgresql":
         raise ValueError(f"LISTEN/NOTIFY needs PostgreSQL, not {url.get_backend_name()}")
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    url = url.set(drivername="postgresql+psycopg")
+    _, params = url.get_dialect()().create_connect_args(url)
+    return make_conninfo("", **{k: v for k, v in params.items()
+                                if isinstance(v, str | int)})
 
 
 def _connect(dsn: str) -> psycopg.Connection:

@@ -1,4 +1,6 @@
-"""Job arrays: one request makes every element, or none (one transaction, bulk inserts)."""
+"""Job arrays: one request makes every element, or none (one transaction, bulk inserts).
+What the elements share (the command or script, the environment) is stored once, in a
+``job_specs`` row they point to; each element's row holds only its own index."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -56,7 +58,8 @@ def array_common_env(array_id: int, indices: list[int]) -> dict[str, str]:
 
 def array_env(array_id: int, index: int, indices: list[int]) -> dict[str, str]:
     """What an element finds in its environment (gpuq's names, and Slurm's for scripts
-    written for sbatch --array)."""
+    written for sbatch --array): the common part stored once in the array's shared spec,
+    the index in the element's own row (``shared_spec``, ``element_rows``)."""
     return {**array_common_env(array_id, indices), **dict.fromkeys(INDEX_KEYS, str(index))}
 
 
@@ -85,9 +88,21 @@ def _replayed(session: Session, user_id: int, spec: JobArrayCreate) -> JobArrayR
                         indices=spec.indices[:len(ids)], ids=ids)
 
 
+def shared_spec(session: Session, spec: JobArrayCreate, base: dict[str, Any],
+                ids: list[int]) -> dict[str, Any]:
+    """Store what every element shares once (``writes.create_spec``: the command or the
+    script, the environment given and the array's common variables) and return ``base``
+    (``job_fields``) for the elements: pointing to it, with no spec of their own."""
+    spec_id = writes.create_spec(
+        session, command=base["command"], script=base["script"],
+        environment={**base["environment"], **array_common_env(ids[0], spec.indices)})
+    return {**base, "command": None, "script": None, "environment": {}, "spec_id": spec_id}
+
+
 def element_rows(spec: JobArrayCreate, base: dict[str, Any], ids: list[int]
                  ) -> list[dict[str, Any]]:
-    """The elements' job rows, built here (SQLite)."""
+    """The elements' job rows, built here (SQLite), from ``base`` (``shared_spec``'s):
+    each holds its own index variables only."""
     name = array_name(base)
     rows = []
     for pos, (job_id, index) in enumerate(zip(ids, spec.indices, strict=True)):
@@ -95,8 +110,7 @@ def element_rows(spec: JobArrayCreate, base: dict[str, Any], ids: list[int]
         if key is not None and pos:
             key = f"{key}{KEY_SEP}{pos}"
         rows.append({**base, "id": job_id, "name": f"{name}[{index}]", "idempotency_key": key,
-                     "environment": {**spec.environment,
-                                     **array_env(ids[0], index, spec.indices)}})
+                     "environment": dict.fromkeys(INDEX_KEYS, str(index))})
     return rows
 
 
@@ -114,9 +128,8 @@ def element_columns(spec: JobArrayCreate, base: dict[str, Any], ids: list[int]
     key_expr = null() if key is None else case(
         (el.c.pos == 1, literal(key, Text)),
         else_=literal(key + KEY_SEP, Text) + cast(el.c.pos - 1, Text))
-    common = {**spec.environment, **array_common_env(ids[0], spec.indices)}
-    own = func.jsonb_build_object(*[x for k in INDEX_KEYS for x in (literal(k, Text), idx)])
-    env = cast(literal(common, JSONB).op("||", return_type=JSONB)(own), JSON)
+    env = func.json_build_object(*[x for k in INDEX_KEYS for x in (literal(k, Text), idx)],
+                                 type_=JSON)
     table = Job.__table__
     varying = {"id": el.c.id, "name": literal(name + "[", Text) + idx + literal("]", Text),
                "idempotency_key": key_expr, "environment": env}
@@ -136,9 +149,9 @@ def submit_array(session: Session, principal: Principal, spec: JobArrayCreate, *
     ok = check_submit(session, principal, spec, settings=settings)
     indices = spec.indices
     ids = writes.reserve_ids(session, len(indices))
-    base = job_fields(spec, ok, now=now)
     try:
         with session.begin_nested():
+            base = shared_spec(session, spec, job_fields(spec, ok, now=now), ids)
             if session.get_bind().dialect.name == "postgresql":
                 writes.create_from_select(session, element_columns(spec, base, ids), ids,
                                           now=now, reason=EVENT_REASON)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -85,7 +85,7 @@ _SAMPLE_WRITES = ("gpu_energy_j", "max_gpu_memory_mib", "gpu_sampled_s", "gpu_bu
 _SAMPLED_JOBS = (select(_JOBS.c.node_id, _JOBS.c.id, _JOBS.c.attempt, _JOBS.c.state,
                         _JOBS.c.cancel_requested_at, _JOBS.c.preempt_requested_at,
                         _JOBS.c.gpu_energy_earlier_j, _JOBS.c.gpu_indices,
-                        *(_JOBS.c[c] for c in _SAMPLE_WRITES))
+                        _JOBS.c.started_at, *(_JOBS.c[c] for c in _SAMPLE_WRITES))
                  .where(_JOBS.c.node_id.in_(bindparam("node_ids", expanding=True)),
                         _JOBS.c.state.in_(_ACTIVE_STATES))
                  .order_by(_JOBS.c.id).with_for_update(key_share=True))
@@ -230,6 +230,16 @@ def _same_runs(have: list[tuple[Any, ...]], reported: dict[tuple[int, int], Any]
 
 
 
+def _listed_after(body: Heartbeat, job: Job) -> float | None:
+    """Seconds from the job's start to the node listing its jobs for ``body`` (``None``:
+    not known)."""
+    if body.listed_at is None or job.started_at is None:
+        return None
+    listed = body.listed_at if body.listed_at.tzinfo else body.listed_at.replace(tzinfo=UTC)
+    started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC)
+    return (listed - started).total_seconds()
+
+
 def reconcile(session: Session, node: Node, body: Heartbeat, *, now: datetime,
               settings: Settings) -> tuple[HeartbeatReply, bool]:
     """Take the node's word for what it runs and repair any difference with the database
@@ -255,7 +265,8 @@ def reconcile(session: Session, node: Node, body: Heartbeat, *, now: datetime,
         waited = (now - (job.dispatched_at or now)).total_seconds()
         outcome = rules.seen_in_heartbeat(facts, seen=seen.state if seen else None,
                                           node=node.name, waited_s=waited,
-                                          resend_after_s=settings.dispatch_resend_after_s)
+                                          resend_after_s=settings.dispatch_resend_after_s,
+                                          listed_after_start_s=_listed_after(body, job))
         if isinstance(outcome, rules.Resend):
             launch.append(job.id)
             job.dispatched_at = now  # wait a full interval before the next resend
@@ -266,7 +277,8 @@ def reconcile(session: Session, node: Node, body: Heartbeat, *, now: datetime,
                 charge_job(session, job, until=now, settings=settings)
             writes.apply_one(session, job, outcome, now=now)
             changed = True
-        if seen is not None and seen.sample is not None:
+        # A run the node says has ended: its final report brings its end sample.
+        if seen is not None and seen.sample is not None and seen.state == JobState.RUNNING:
             flagged = job.idle_flagged_at
             record_sample(session, job, seen.sample, now=now,
                           every_s=settings.job_sample_interval_s, settings=settings)

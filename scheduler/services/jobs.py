@@ -13,7 +13,16 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, selectinload
 
 from gpuq.config import Settings
-from gpuq.scheduler.db.models import Account, Gpu, Job, JobEvent, Node, User
+from gpuq.scheduler.db.models import (
+    Account,
+    Gpu,
+    Job,
+    JobEvent,
+    JobSpec,
+    Node,
+    User,
+    effective_spec,
+)
 from gpuq.scheduler.domain import accounting
 from gpuq.scheduler.domain.snapshot import node_views
 from gpuq.scheduler.errors import Forbidden, Invalid, NotFound
@@ -209,9 +218,11 @@ def cancel(session: Session, principal: Principal, job: Job, *, now: datetime) -
 def list_jobs(session: Session, *, states: list[str] | None, user: str | None,
               account: str | None, node: str | None, limit: int,
               principal: Principal) -> list[dict[str, Any]]:
-    """The queue as ``JobRead`` fields, newest first (see ``_read``)."""
-    q = _filtered(_LISTING, states=states, user=user, account=account, node=node)
-    return _read(session, q.order_by(Job.id.desc()).limit(limit), principal)
+    """The queue as ``JobRead`` fields, newest first (see ``_read``), without the jobs'
+    scripts and environments (``GET /v1/jobs/{id}`` shows them): up to 10,000 jobs of up
+    to 2 MiB of spec each would make a listing of gigabytes."""
+    q = _filtered(_LISTING_SLIM, states=states, user=user, account=account, node=node)
+    return _read(session, q.order_by(Job.id.desc()).limit(limit), principal, spec=False)
 
 
 def read_own_jobs(session: Session, ids: list[int]) -> list[dict[str, Any]]:
@@ -220,9 +231,11 @@ def read_own_jobs(session: Session, ids: list[int]) -> list[dict[str, Any]]:
     return _read(session, _LISTING.where(Job.id.in_(ids)).order_by(Job.id), None)
 
 
-def _read(session: Session, q: Any, principal: Principal | None) -> list[dict[str, Any]]:
-    """The jobs of ``q`` (a ``_LISTING`` query) as ``JobRead`` fields, as ``principal``
-    sees them (None: as their owners do): one query of
+def _read(session: Session, q: Any, principal: Principal | None, *, spec: bool = True
+          ) -> list[dict[str, Any]]:
+    """The jobs of ``q`` (a ``_LISTING`` query; ``_LISTING_SLIM`` with ``spec=False``: no
+    script or environment) as ``JobRead`` fields, as ``principal`` sees them (None: as
+    their owners do): one query of
     columns (the user, account and node names joined in; no ORM objects), one more for
     the GPU memory that the accounting of jobs that ran shows. Read as ``to_read`` reads
     a job."""
@@ -233,10 +246,17 @@ def _read(session: Session, q: Any, principal: Principal | None) -> list[dict[st
         for node_id, index, mib in session.connection().execute(
                 select(Gpu.node_id, Gpu.index, Gpu.memory_mib).where(Gpu.node_id.in_(ran))):
             memory.setdefault(node_id, {})[index] = mib
+    mine = [principal is None or _mine(principal, r.user_id) for r in rows]
+    # The specs the caller's array elements share: each read once, however many share it.
+    shared_ids = {r.spec_id for r, m in zip(rows, mine, strict=True)
+                  if m and r.spec_id is not None}
+    spec_columns = JobSpec.__table__.c if spec else (JobSpec.id, JobSpec.command)
+    shared = {s.id: s for s in session.connection().execute(
+        select(*spec_columns).where(JobSpec.id.in_(shared_ids)))} if shared_ids else {}
     return [read_fields(r, user=r.user_name, account=r.account_name, node=r.node_name,
-                        gpu_memory=memory.get(r.node_id, {}),
-                        mine=principal is None or _mine(principal, r.user_id))
-            for r in rows]
+                        gpu_memory=memory.get(r.node_id, {}), mine=m,
+                        shared=shared.get(r.spec_id) if m else None, spec=spec)
+            for r, m in zip(rows, mine, strict=True)]
 
 
 #: The Job columns the listing reads (all but the idempotency key), by attribute name.
@@ -247,6 +267,9 @@ _LISTING = (select(*_LISTED, User.name.label("user_name"), Account.name.label("a
                    Node.name.label("node_name"))
             .join(User, Job.user_id == User.id).join(Account, Job.account_id == Account.id)
             .outerjoin(Node, Job.node_id == Node.id))
+#: The same without the jobs' scripts and environments (the queue listing).
+_LISTING_SLIM = _LISTING.with_only_columns(
+    *(c for c in _LISTING.selected_columns if c.name not in ("script", "environment")))
 
 
 def _filtered(q: Any, *, states: list[str] | None, user: str | None, account: str | None,
@@ -277,7 +300,8 @@ _BRIEF = (Job.id, Job.name, User.name.label("user"), Account.name.label("account
 def list_brief(session: Session, *, states: list[str] | None, user: str | None,
                account: str | None, node: str | None, limit: int) -> list[dict[str, Any]]:
     """The queue as ``JobBrief`` dicts, newest first (``gpuq q``): one query of just those
-    columns, the names joined in. Nothing in it is private, so it is the same for everyone."""
+    columns, the names joined in. Nothing in it is private (the reasons as everyone sees
+    them: ``rules.public_reason``), so it is the same for everyone."""
     q = (select(*_BRIEF).join(User, Job.user_id == User.id)
          .join(Account, Job.account_id == Account.id)
          .outerjoin(Node, Job.node_id == Node.id))
@@ -289,6 +313,7 @@ def list_brief(session: Session, *, states: list[str] | None, user: str | None,
     for r in rows:
         # The JSON as text, decoded only when not empty (most jobs are pending, on no GPU).
         r["gpu_indices"] = [] if r["gpu_indices"] in _NO_GPUS else json.loads(r["gpu_indices"])
+        r["reason"] = rules.public_reason(r["state"], r["reason"])
     return rows
 
 
@@ -308,27 +333,38 @@ def to_read(job: Job, principal: Principal, *, events: list[JobEvent] | None = N
     node = job.node
     memory = {g.index: g.memory_mib for g in node.gpus} if node is not None and _ran(job) \
         else {}
+    mine = _mine(principal, job.user_id)
     return JobRead(
         **read_fields(job, user=job.user.name, account=job.account.name,
                       node=node.name if node is not None else None, gpu_memory=memory,
-                      mine=_mine(principal, job.user_id)),
+                      mine=mine, shared=job.spec if mine else None),
         events=[JobEventRead(time=e.time, old_state=e.old_state, new_state=e.new_state,
-                             reason=e.reason) for e in events] if events is not None else None,
+                             reason=e.reason if mine or e.old_state == e.new_state
+                             else rules.public_reason(e.new_state, e.reason))
+                for e in events] if events is not None else None,
     )
 
 
 def read_fields(job: Any, *, user: str, account: str, node: str | None,
-                gpu_memory: dict[int, int], mine: bool) -> dict[str, Any]:
-    """What ``JobRead`` shows of a job but its events (the spec only if ``mine``): ``job``
+                gpu_memory: dict[int, int], mine: bool, shared: Any = None,
+                spec: bool = True) -> dict[str, Any]:
+    """What ``JobRead`` shows of a job but its events (the spec, and the reason in the
+    node's own words, only if ``mine``: ``rules.public_reason``): ``job``
     has the Job columns as attributes (a ``Job`` or a row); its user's, account's and
-    node's names, and its node's GPUs' memory by index, come beside it."""
+    node's names, its node's GPUs' memory by index, and the spec it shares (``shared``: an
+    array element's ``JobSpec`` or a row of one; ``effective_spec``) come beside it."""
+    command = script = environment = None
+    if mine and spec:
+        command, script, environment = effective_spec(job, shared)
+    elif mine:  # a listing: the command only (``list_jobs``)
+        command = job.command if job.command is not None or shared is None else shared.command
     return dict(
         id=job.id,
         name=job.name,
         user=user,
         account=account,
         state=job.state,
-        reason=job.reason,
+        reason=job.reason if mine else rules.public_reason(job.state, job.reason),
         gpus=job.gpus,
         gpu_model=job.gpu_model,
         cpus=job.cpus,
@@ -358,10 +394,10 @@ def read_fields(job: Any, *, user: str, account: str, node: str | None,
         dispatched_at=job.dispatched_at,
         started_at=job.started_at,
         ended_at=job.ended_at,
-        command=job.command if mine else None,
-        script=job.script if mine else None,
+        command=command,
+        script=script,
         workdir=job.workdir if mine else None,
-        environment=job.environment if mine else None,
+        environment=environment,
     )
 
 
@@ -375,8 +411,9 @@ def _rank_key(job: Job) -> tuple[float, float, int]:
     return (-total, job.submitted_at.timestamp(), job.id)
 
 
-def why(session: Session, job: Job) -> WhyRead:
-    """Read what the last cycle recorded; nothing is recomputed here."""
+def why(session: Session, job: Job, principal: Principal | None = None) -> WhyRead:
+    """Read what the last cycle recorded; nothing is recomputed here. The reason as
+    ``principal`` may see it (None: as the owner does; ``read_fields``)."""
     pending = list(session.scalars(select(Job).where(Job.state == JobState.PENDING.value)
                                    .options(selectinload(Job.user),
                                             selectinload(Job.account))))
@@ -389,6 +426,8 @@ def why(session: Session, job: Job) -> WhyRead:
             a = pending[index - 1]
             ahead = JobAhead(id=a.id, user=a.user.name, account=a.account.name,
                              factors=a.priority_factors)
-    return WhyRead(id=job.id, state=job.state, reason=job.reason, position=position,
+    reason = (job.reason if principal is None or _mine(principal, job.user_id)
+              else rules.public_reason(job.state, job.reason))
+    return WhyRead(id=job.id, state=job.state, reason=reason, position=position,
                    pending=len(pending), factors=job.priority_factors, ahead=ahead,
                    estimated_start=job.estimated_start)

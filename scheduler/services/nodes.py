@@ -43,6 +43,7 @@ def register(session: Session, node: Node, body: NodeRegister, *, now: datetime)
             gpu.memory_mib, gpu.healthy = info.memory_mib, info.healthy
     node.cpus, node.memory_mib = body.cpus, body.memory_mib
     node.gpu_backend, node.worker_version = body.gpu_backend, body.worker_version
+    node.enforcement = body.enforcement
     node.registered_at = node.last_heartbeat_at = now
     node.state, node.state_reason = NodeState.UP.value, ""
 
@@ -60,7 +61,7 @@ def list_nodes(session: Session) -> list[NodeRead]:
             name=node.name, state=state, state_reason=node.state_reason, drain=node.drain,
             drain_reason=node.drain_reason, cpus=node.cpus,
             memory_mib=node.memory_mib, gpu_backend=node.gpu_backend,
-            last_heartbeat_at=node.last_heartbeat_at,
+            last_heartbeat_at=node.last_heartbeat_at, enforcement=node.enforcement,
             gpus=[GpuRead(index=g.index, uuid=g.uuid, model=g.model, memory_mib=g.memory_mib,
                           healthy=g.healthy, health_reason=g.health_reason,
                           job_id=holders.get((node.id, g.index)),

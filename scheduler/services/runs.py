@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from gpuq.config import Settings
 from gpuq.scheduler import measures
-from gpuq.scheduler.db.models import Job, Node
+from gpuq.scheduler.db.models import Job, Node, effective_spec
+from gpuq.scheduler.domain import accounting
 from gpuq.scheduler.domain.usage import charge_job
 from gpuq.scheduler.errors import NotFound
 from gpuq.scheduler.lifecycle import rules, writes
@@ -29,13 +30,16 @@ def job_for_node(session: Session, node: Node, job_id: int, *, lock: bool = Fals
 
 
 def launch_spec(job: Job, *, settings: Settings) -> LaunchSpec:
+    """What the node needs to start ``job``: its spec as it runs (an array element's own
+    variables over the spec its array shares: ``effective_spec``)."""
     uuids = {g.index: g.uuid for g in job.node.gpus} if job.node else {}
+    command, script, environment = effective_spec(job, job.spec)
     return LaunchSpec(
         job_id=job.id, attempt=job.attempt, name=job.name, user=job.user.name,
         unix_user=job.user.unix_user or job.user.name, account=job.account.name,
         state=job.state, cancel_requested=job.cancel_requested_at is not None,
-        command=job.command, script=job.script, workdir=job.workdir,
-        environment=dict(job.environment or {}), gpu_indices=list(job.gpu_indices or []),
+        command=command, script=script, workdir=job.workdir,
+        environment=dict(environment), gpu_indices=list(job.gpu_indices or []),
         gpu_uuids=[uuids.get(i, "") for i in job.gpu_indices or []],
         cpus=job.cpus, memory_mib=job.memory_mib, time_limit_s=job.time_limit_s,
         preempt_requested=job.preempt_requested_at is not None,
@@ -47,13 +51,19 @@ def launch_spec(job: Job, *, settings: Settings) -> LaunchSpec:
 def report_state(session: Session, job: Job, body: JobStateReport, *, now: datetime,
                  settings: Settings) -> str:
     """Apply a node's report (``rules.reported``): the job's state after it. Repeats, late
-    reports and reports about an earlier attempt are accepted and change nothing."""
+    reports and reports about an earlier attempt are accepted and change nothing. A report
+    that ends a running job takes its end sample first (``accounting.observe_end``)."""
     change = rules.reported(rules.Facts.of(job), attempt=body.attempt, state=body.state,
-                            reason=body.reason or "", exit_code=body.exit_code)
+                            reason=body.reason or "", exit_code=body.exit_code,
+                            node=job.node.name if job.node is not None else "its node")
     if change is None:
         return job.state
     if change.state == JobState.RUNNING:
         measures.observe_dispatch(job.dispatched_at, now)
+    if (change.ends_run and body.end_sample is not None
+            and job.state == JobState.RUNNING.value):
+        # The job's GPUs at its end: its usage counts up to the end, not the last beat.
+        accounting.observe_end(session, job, body.end_sample, now=now, settings=settings)
     if change.preempted and job.state == JobState.RUNNING.value:
         charge_job(session, job, until=now, settings=settings)  # its usage up to now first
     writes.apply_one(session, job, change, now=now)

@@ -19,6 +19,7 @@ from gpuq.scheduler.db.models import Account, Membership, UsageRecord, User
 from gpuq.scheduler.domain.accounting import J_PER_KWH
 from gpuq.scheduler.errors import Forbidden, Invalid, NotFound
 from gpuq.scheduler.services.auth import Principal
+from gpuq.wire.common import check_time
 from gpuq.wire.usage import UsageReport, UsageRow
 
 KEYS = ("account", "user", "gpu-model", "day")
@@ -32,7 +33,10 @@ def parse_since(value: str | None, now: datetime) -> datetime | None:
         return None
     m = _AGO.match(value.strip())
     if m:
-        return now - timedelta(seconds=float(m[1]) * _UNIT_S[m[2]])
+        try:
+            return now - timedelta(seconds=float(m[1]) * _UNIT_S[m[2]])
+        except OverflowError:  # before year 1 (or more days than a timedelta holds)
+            raise Invalid(f"since {value!r}: too long ago", field="since") from None
     try:
         t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -40,7 +44,10 @@ def parse_since(value: str | None, now: datetime) -> datetime | None:
                       "with a zone (2027-01-01T00:00:00Z)", field="since") from None
     if t.tzinfo is None:
         raise Invalid("give 'since' a time zone, e.g. 2027-01-01T00:00:00Z", field="since")
-    return t
+    try:
+        return check_time(t)
+    except ValueError as e:
+        raise Invalid(f"since {value!r}: {e}", field="since") from None
 
 
 def _below(session: Session, roots: set[int]) -> set[int]:

@@ -194,3 +194,55 @@ def test_metrics_parse_and_need_a_token(api: Api, node: dict) -> None:
     assert api.client.get("/metrics", headers=bearer("scrape-secret")).status_code == 200
     api.ctx.settings.metrics_public = True
     assert api.client.get("/metrics").status_code == 200
+
+
+def test_the_final_reports_end_sample_is_charged_up_to_the_end_once(
+        api: Api, node: dict) -> None:
+    """Issue 16 item 7: heartbeats every minute, the job ends 45 s after the last one; its
+    final report's end sample brings those 45 s (energy and sampled GPU-seconds). A
+    repeat of the report charges nothing more."""
+    alice = api.user("alice", "lab1")
+    job = api.submit(alice, gpus=2)["id"]
+    api.cycle()
+    a, b = api.job(job)["gpu_indices"]
+
+    def gpus(t: float) -> list[dict[str, Any]]:
+        return [gpu(a, 90, 400, t), gpu(b, 0, 400, t)]
+
+    run_trace(api, node, {job: gpus}, 600)
+    api.clock.advance(45)
+    report = {"attempt": 1, "state": "COMPLETED", "exit_code": 0,
+              "end_sample": {"sample": {"energy_j": 800 * 645, "gpus": gpus(645)},
+                             "ended_s_ago": 0.0}}
+    url = f"/v1/nodes/gpu01/jobs/{job}/events"
+    assert api.ok("POST", url, node, json=report)["state"] == "COMPLETED"
+    api.clock.advance(30)
+    api.cycle()
+    api.ok("POST", url, node, json=report)  # a resent report
+    api.clock.advance(30)
+    api.cycle()
+    acct = api.job(job)["accounting"]
+    assert acct["final"] is True
+    assert acct["energy_kwh"] == pytest.approx(800 * 645 / 3.6e6, abs=1e-6)
+    assert acct["gpu_hours"] == pytest.approx(2 * 645 / HOUR, abs=1e-6)
+    assert acct["idle_gpu_hours"] == pytest.approx(645 / HOUR, abs=1e-6)  # GPU b, to the end
+    assert {g["index"]: g["energy_j"] for g in acct["gpus"]} == {a: 400 * 645, b: 400 * 645}
+    total = api.ok("GET", "/v1/usage", api.admin)["total"]
+    assert total["energy_kwh"] == pytest.approx(acct["energy_kwh"], abs=1e-6)
+
+
+def test_an_older_workers_report_without_an_end_sample_stops_at_the_last_beat(
+        api: Api, node: dict) -> None:
+    alice = api.user("alice", "lab1")
+    job = api.submit(alice, gpus=1)["id"]
+    api.cycle()
+    (g,) = api.job(job)["gpu_indices"]
+    run_trace(api, node, {job: lambda t: [gpu(g, 90, 400, t)]}, 600)
+    api.clock.advance(45)
+    end(api, node, job)
+    api.clock.advance(30)
+    api.cycle()
+    acct = api.job(job)["accounting"]
+    assert acct["final"] is True
+    assert acct["energy_kwh"] == pytest.approx(400 * 600 / 3.6e6, abs=1e-6)
+    assert acct["gpu_hours"] == pytest.approx(645 / HOUR, abs=1e-6)

@@ -178,7 +178,7 @@ def test_openapi_documents_the_heartbeat(api: Api) -> None:
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     schemas = spec["components"]["schemas"]
     for name in ("Heartbeat", "WorkerJob", "JobSample", "JobGpuSample", "GpuSample",
-                 "GpuProcess", "HeartbeatReply", "JobRef"):
+                 "GpuProcess", "HeartbeatReply", "JobRef", "FenceTerms"):
         assert name in schemas, name
     assert schemas["Heartbeat"]["additionalProperties"] is False
-    assert set(schemas["Heartbeat"]["properties"]) == {"jobs", "gpus"}
+    assert set(schemas["Heartbeat"]["properties"]) == {"jobs", "gpus", "fence", "listed_at"}

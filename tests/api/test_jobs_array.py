@@ -9,7 +9,12 @@ from sqlalchemy import select
 from gpuq.scheduler.api.deps import _load_accounts
 from gpuq.scheduler.db.models import Job, JobEvent
 from gpuq.scheduler.lifecycle.writes import create_from_select, create_rows, reserve_ids
-from gpuq.scheduler.services.arrays import EVENT_REASON, element_columns, element_rows
+from gpuq.scheduler.services.arrays import (
+    EVENT_REASON,
+    element_columns,
+    element_rows,
+    shared_spec,
+)
 from gpuq.scheduler.services.auth import check_token
 from gpuq.scheduler.services.jobs import check_submit, job_fields
 from gpuq.wire.arrays import MAX_ARRAY_TASKS, JobArrayCreate, parse_array
@@ -125,8 +130,8 @@ def test_postgresql_makes_the_same_rows_as_python(api: Api, alice: dict[str, str
         principal = check_token(s, secret, now=now)
         _load_accounts(principal)
         ok = check_submit(s, principal, spec, settings=api.ctx.settings)
-        base = job_fields(spec, ok, now=now)
         ids = reserve_ids(s, len(spec.indices))
+        base = shared_spec(s, spec, job_fields(spec, ok, now=now), ids)  # one for both
 
         def made() -> list[tuple]:
             jobs = s.execute(select(Job.__table__).where(Job.id.in_(ids))

@@ -91,9 +91,12 @@ def test_brief_has_the_brief_fields_and_no_spec_for_anyone(
         for j in listing(api, who, "brief"):
             assert list(j) == BRIEF_FIELDS
             assert not PRIVATE & set(j)
-    # The spec is still in the full listing, for its owner.
+    # The full listing leaves out the script and the environment; the job's own page has
+    # them, for its owner.
     (big,) = listing(api, queue["alice"], "full", state="PENDING")
-    assert big["environment"] == {"SECRET": "x"}
+    assert big["workdir"] and big["script"] is None and big["environment"] is None
+    page = api.ok("GET", f"/v1/jobs/{big['id']}", queue["alice"])
+    assert page["environment"] == {"SECRET": "x"} and page["script"]
 
 
 def test_brief_is_newest_first_and_encoded_as_the_model_encodes(

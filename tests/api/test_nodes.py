@@ -355,3 +355,39 @@ def test_a_heartbeat_that_is_not_steady_is_reconciled(
     if case in ("dispatched now running", "gpu unhealthy", "foreign process"):
         api.ok("POST", "/v1/nodes/gpu01/heartbeat", h, json={"jobs": jobs, "gpus": gpus})
         assert full == [1]
+
+
+def test_registration_stores_the_limits_the_worker_enforces(api: Api,
+                                                            alice: dict[str, str]) -> None:
+    h = api.node("gpu01", gpus=1)
+    (node,) = api.ok("GET", "/v1/nodes", alice)
+    assert node["enforcement"] is None  # an older worker's registration says nothing
+    said = "memory,cpu (cgroup v1 memory,cpu); not devices: no device node for GPU(s) 0"
+    body = {"gpu_backend": "simulated", "enforcement": said,
+            "gpus": [{"index": 0, "uuid": "GPU-x", "model": "T4-16GB", "memory_mib": 16000}]}
+    api.ok("POST", "/v1/nodes/gpu01/register", h, json=body)
+    (node,) = api.ok("GET", "/v1/nodes", alice)
+    assert node["enforcement"] == said
+    r = api.client.post("/v1/nodes/gpu01/register", headers=h,
+                        json=dict(body, enforcement="x" * 257))
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "enforcement"]
+
+
+def test_an_out_of_memory_report_ends_the_job_and_frees_its_gpus(
+        api: Api, alice: dict[str, str]) -> None:
+    job_id, h = _dispatched(api, alice, memory_mib=10)
+    url = f"/v1/nodes/gpu01/jobs/{job_id}/events"
+    api.ok("POST", url, h, json={"state": "RUNNING"})
+    reason = ("out of memory: the job's cgroup hit its 10 MiB limit (--mem); the kernel "
+              "killed 1 process")
+    # In a heartbeat first (the worker's list of its runs), then its report.
+    api.ok("POST", "/v1/nodes/gpu01/heartbeat", h,
+           json={"jobs": [{"job_id": job_id, "state": "OUT_OF_MEMORY"}]})
+    done = {"state": "OUT_OF_MEMORY", "exit_code": 137, "reason": reason}
+    assert api.ok("POST", url, h, json=done) == {"state": "OUT_OF_MEMORY"}
+    job = api.job(job_id)
+    assert (job["state"], job["exit_code"], job["reason"]) == ("OUT_OF_MEMORY", 137, reason)
+    assert job["ended_at"] is not None
+    (node,) = api.ok("GET", "/v1/nodes", alice)
+    assert all(g["job_id"] is None for g in node["gpus"])
+    assert [j["id"] for j in api.ok("GET", "/v1/jobs?state=OUT_OF_MEMORY", alice)] == [job_id]

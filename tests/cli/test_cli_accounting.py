@@ -58,6 +58,10 @@ def test_eff_suggestions_in_order() -> None:
     assert "tighter --time" in (suggestion(short) or "")
     low = [{**busy[0], "utilization_mean_pct": 12.0}]
     assert "12%" in (suggestion(job(gpus=low, utilization_mean_pct=12.0)) or "")
+    # Out of memory comes first: the job fails again until it gets more.
+    oom = {**job(), "state": "OUT_OF_MEMORY", "memory_mib": 10}
+    assert suggestion(oom) == ("the job ran out of memory (--mem 10M): ask for more with "
+                               "--mem, or make it use less.")
 
 
 def test_queue_marks_idle_jobs() -> None:

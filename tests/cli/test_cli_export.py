@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from gpuq.cli.export import build_environment, parse_env_pair
+import pytest
+from cli_fakeapi import FakeApi
+
+from gpuq.cli.export import build_environment, export_environment, looks_secret, parse_env_pair
 
 ENV = {"HOME": "/home/alice", "PATH": "/usr/bin", "GPUQ_TOKEN": "s1", "GPUQ_ADMIN_TOKEN": "s2",
        "GPUQ_NODE_TOKEN": "s3", "BASH_FUNC_f%%": "() { :; }", "LANG": "C.UTF-8"}
@@ -48,3 +51,82 @@ def test_bad_exports(export: str, pairs: list[str], message: str) -> None:
 
 def test_parse_env_pair() -> None:
     assert parse_env_pair("K=a=b") == ("K", "a=b")
+
+
+# --- what ALL withholds ---------------------------------------------------------------------
+
+SECRETS_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "aws-secret",
+    "AWS_SESSION_TOKEN": "aws-session", "GITHUB_TOKEN": "ghp_x", "HF_TOKEN": "hf_x",
+    "OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-ant-x", "WANDB_API_KEY": "wb",
+    "AZURE_CLIENT_SECRET": "az", "TWINE_PASSWORD": "pw", "PGPASSWORD": "pg",
+    "SSH_AUTH_SOCK": "/tmp/ssh-x/agent.1", "db_password": "lower",
+}
+PLAIN = {"HOME": "/home/alice", "PATH": "/usr/bin", "TOKENIZERS_PARALLELISM": "false",
+         "GOOGLE_APPLICATION_CREDENTIALS": "/home/alice/gcp.json", "CUDA_HOME": "/opt/cuda"}
+
+
+def test_all_withholds_names_that_look_like_secrets() -> None:
+    out = export_environment("ALL", [], {**SECRETS_ENV, **PLAIN, "GPUQ_TOKEN": "t"})
+    assert out.environment == PLAIN
+    assert out.withheld == tuple(sorted(SECRETS_ENV))
+    assert build_environment("", [], {**SECRETS_ENV, **PLAIN}) == PLAIN  # ALL by default
+
+
+@pytest.mark.parametrize("name", sorted(SECRETS_ENV))
+def test_looks_secret(name: str) -> None:
+    assert looks_secret(name)
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN))
+def test_does_not_look_secret(name: str) -> None:
+    assert not looks_secret(name)
+
+
+def test_a_name_given_is_passed_even_if_it_looks_secret() -> None:
+    env = {**SECRETS_ENV, **PLAIN}
+    out = export_environment("ALL,HF_TOKEN,WANDB_API_KEY=other", ["PGPASSWORD=mine"], env)
+    assert out.environment["HF_TOKEN"] == "hf_x" and out.environment["WANDB_API_KEY"] == "other"
+    assert out.environment["PGPASSWORD"] == "mine"
+    assert "HF_TOKEN" not in out.withheld and "PGPASSWORD" not in out.withheld
+    assert "OPENAI_API_KEY" in out.withheld and "OPENAI_API_KEY" not in out.environment
+    only = export_environment("HF_TOKEN,HOME", [], env)
+    assert only.environment == {"HF_TOKEN": "hf_x", "HOME": "/home/alice"}
+    assert only.withheld == ()  # not ALL: nothing else was going to be sent
+
+
+def test_none_and_nil_send_nothing_and_withhold_nothing() -> None:
+    for mode in ("NONE", "NIL", "nil"):
+        out = export_environment(mode, [], {**SECRETS_ENV, **PLAIN})
+        assert out.environment == {} and out.withheld == ()
+    with pytest.raises(ValueError, match="contradict"):
+        export_environment("ALL,NIL", [], PLAIN)
+
+
+def test_gpuq_tokens_stay_refused_even_when_named() -> None:
+    with pytest.raises(ValueError, match="secret"):
+        export_environment("ALL,GPUQ_ADMIN_TOKEN", [], {"GPUQ_ADMIN_TOKEN": "x"})
+
+
+def test_submit_says_which_names_it_withheld_never_their_values(
+        api: FakeApi, gpuq, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for k, v in {**SECRETS_ENV, "MY_VAR": "1"}.items():
+        monkeypatch.setenv(k, v)
+    r = gpuq("submit", "--", "true")
+    assert r.exit_code == 0, r.output
+    env = api.posts[-1]["environment"]
+    assert env["MY_VAR"] == "1" and not set(SECRETS_ENV) & set(env)
+    assert r.stdout == "Submitted job 1\n"
+    for name, value in SECRETS_ENV.items():
+        assert name in r.stderr and value not in r.stderr
+    # Named on the command line, or in a #GPUQ line: passed, and not said to be withheld.
+    r = gpuq("submit", "--export", "ALL,HF_TOKEN", "--", "true")
+    assert api.posts[-1]["environment"]["HF_TOKEN"] == "hf_x" and "HF_TOKEN" not in r.stderr
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\n#GPUQ --export=ALL,OPENAI_API_KEY\necho\n")
+    r = gpuq("submit", str(script))
+    assert r.exit_code == 0, r.output
+    assert api.posts[-1]["environment"]["OPENAI_API_KEY"] == "sk-x"
+    assert "OPENAI_API_KEY" not in r.stderr and "HF_TOKEN" in r.stderr
+    # Nothing withheld: nothing said.
+    assert gpuq("submit", "--export", "NONE", "--", "true").stderr == ""

@@ -119,7 +119,7 @@ NODE = {"name": "gpu01", "state": "UP", "state_reason": "", "cpus": 64, "memory_
 def test_nodes_table_has_a_row_per_gpu() -> None:
     assert gpus_summary(NODE) == "1/3 free  2xA100-80GB,1xT4-16GB"
     assert [line.split() for line in nodes_text([NODE]).splitlines()] == [
-        ["NAME", "STATE", "GPUS", "JOB", "UTIL", "MEMORY", "POWER"],
+        ["NAME", "STATE", "GPUS", "JOB", "UTIL", "MEMORY", "POWER", "LIMITS"],
         ["gpu01", "UP", "1/3", "free", "2xA100-80GB,1xT4-16GB"],
         ["0", "busy", "A100-80GB", "42", "97%", "40G/80G", "301", "W"],
         ["1", "idle", "A100-80GB", "-", "80G"],
@@ -174,6 +174,30 @@ def test_unhealthy_and_occupied_gpus() -> None:
     # The columns are as wide as without the processes.
     bare = dict(node, gpus=[dict(g, foreign_processes=[]) for g in node["gpus"]])
     assert out[0] == nodes_text([bare]).splitlines()[0]
+
+
+def test_nodes_show_the_limits_their_workers_enforce_and_why_not() -> None:
+    full = make_node("gpu01", enforcement="memory,cpu,devices (cgroup v1 memory,cpu; "
+                                          "cgroup v2 BPF devices)")
+    part = make_node("gpu02", enforcement="memory,cpu (cgroup v2 memory,cpu); not devices: "
+                                          "no device node for GPU(s) 0")
+    off = make_node("gpu03", enforcement="none: job cgroups are off (worker_cgroup_root is "
+                                         "empty)")
+    old = make_node("gpu04")  # a worker that does not say
+    out = nodes_text([full, part, off, old], width=120).splitlines()
+    assert out[0].split()[-1] == "LIMITS"
+    limits_col = out[0].index("LIMITS")
+    state_col = out[0].index("STATE")
+    rows = {line.split()[0]: line for line in out[1:] if line.startswith("gpu")}
+    assert {n: line[limits_col:].strip() for n, line in rows.items()} == {
+        "gpu01": "memory,cpu,devices", "gpu02": "memory,cpu", "gpu03": "none", "gpu04": ""}
+    # What is not enforced, and why, on a line of its own under the node.
+    assert out[out.index(rows["gpu02"]) + 1] == " " * state_col + (
+        "limits: memory,cpu (cgroup v2 memory,cpu); not devices: no device node for GPU(s) 0")
+    assert out[out.index(rows["gpu03"]) + 1] == " " * state_col + (
+        "limits: none: job cgroups are off (worker_cgroup_root is empty)")
+    assert out[out.index(rows["gpu01"]) + 1].split()[:2] == ["0", "idle"]
+    assert out[out.index(rows["gpu04"]) + 1].split()[:2] == ["0", "idle"]
 
 
 def test_foreign_process_text_cannot_drive_the_terminal() -> None:

@@ -13,7 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
-from gpuq.scheduler.db.models import Base, GpuAllocation, Job
+from gpuq.scheduler.db.models import Base, GpuAllocation, Job, JobSpec
 from gpuq.scheduler.db.session import alembic_config, make_engine, make_sessionmaker, upgrade
 from tests.scheduler.rows import add_job, add_node, owner
 
@@ -171,3 +171,36 @@ def test_idempotency_keys_are_unique_per_user_and_null_is_not_a_key(engine: Engi
         assert len(keys) == 5
         assert s.execute(text("SELECT count(*) FROM jobs WHERE idempotency_key IS NULL")) \
             .scalar() == 3
+
+
+def test_a_downgrade_puts_an_arrays_shared_spec_back_in_its_jobs(engine: Engine) -> None:
+    """0009 stores an array's spec once (``job_specs``); going back to 0008 copies it into
+    each element's row, the element's own variables over the shared ones."""
+    sessions = make_sessionmaker(engine)
+    with sessions() as s, s.begin():
+        spec = JobSpec(command=["python", "sweep.py"], script=None,
+                       environment={"A": "shared", "GPUQ_ARRAY_TASK_COUNT": "2"})
+        s.add(spec)
+        s.flush()
+        elements = []
+        for i in (0, 1):
+            job = add_job(s, spec_id=spec.id)
+            job.command, job.environment = None, {"GPUQ_ARRAY_TASK_ID": str(i)}
+            elements.append(job.id)
+        plain = add_job(s)
+        plain.environment = {"A": "own"}
+        s.flush()
+        plain_id = plain.id
+    downgrade(engine, "0008")
+    assert "job_specs" not in inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(
+            select(Job.__table__.c.id, Job.__table__.c.command, Job.__table__.c.environment))}
+    for i, job_id in enumerate(elements):
+        assert rows[job_id].command == ["python", "sweep.py"]
+        assert rows[job_id].environment == {"A": "shared", "GPUQ_ARRAY_TASK_COUNT": "2",
+                                            "GPUQ_ARRAY_TASK_ID": str(i)}
+    assert rows[plain_id].command == ["true"]
+    assert rows[plain_id].environment == {"A": "own"}
+    upgrade(engine)
+    assert current(engine) == head()

@@ -79,6 +79,17 @@ def test_up_runs_jobs_with_no_external_service(up: Up) -> None:
     seen = [parse_env_dump(up.gpuq("logs", str(i)).stdout)["CUDA_VISIBLE_DEVICES"]
             for i in ids]
     assert all(s in ("0", "1") for s in seen)
+    # What the server and the worker keep is theirs alone: the data directory, the
+    # database, the job logs, the worker's state and output (issue 16, item 6).
+    data = up.tmp / "data"
+    assert (data.stat().st_mode & 0o777) == 0o700
+    assert list((data / "logs").glob("*.log")) and list(data.glob("worker/*/done/*/output.log"))
+    # (kombu writes the broker's files with the worker's umask, which its jobs inherit:
+    # they hold queue names and job ids, in directories only the owner can enter.)
+    open_ = [f"{p} {p.stat().st_mode & 0o777:o}" for p in [data, *data.rglob("*")]
+             if not p.is_symlink() and p.exists() and p.stat().st_mode & 0o077
+             and (p.is_dir() or "broker" not in p.relative_to(data).parts)]
+    assert open_ == []
 
 
 def test_up_cancel_and_restart_of_a_dead_worker(up: Up) -> None:

@@ -77,3 +77,74 @@ def test_up_on_real_gpus(gpu_up: Up) -> None:
     assert sample.get("power_w") is None or sample["power_w"] > 0
     print(log)
     print(json.dumps(nodes[0], indent=1))
+
+
+#: Unsets CUDA_VISIBLE_DEVICES (as a job may) and opens every GPU device node there is.
+FENCE_PROBE = """
+import errno, glob, os, re, subprocess
+print("GIVEN=" + os.environ.pop("CUDA_VISIBLE_DEVICES", ""))
+for path in sorted(glob.glob("/dev/nvidia[0-9]*")):
+    if not re.fullmatch(r"/dev/nvidia\\d+", path):
+        continue
+    try:
+        os.close(os.open(path, os.O_RDWR))
+        print("OPEN_%s=ok" % path[len("/dev/nvidia"):])
+    except OSError as e:
+        print("OPEN_%s=%s" % (path[len("/dev/nvidia"):], errno.errorcode.get(e.errno, e.errno)))
+try:
+    import torch
+    print("TORCH_DEVICES=%d" % torch.cuda.device_count())
+except Exception as e:  # noqa: BLE001
+    print("TORCH_DEVICES=n/a (%s)" % type(e).__name__)
+"""
+
+
+def _minors() -> dict[str, int]:
+    """GPU UUID -> its /dev/nvidia minor number."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        out = {}
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = pynvml.nvmlDeviceGetUUID(h)
+            out[uuid.decode() if isinstance(uuid, bytes) else uuid] = \
+                pynvml.nvmlDeviceGetMinorNumber(h)
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def test_gpu_fence_on_real_gpus(gpu_up: Up) -> None:
+    """A job cannot open the GPUs it was not given, CUDA_VISIBLE_DEVICES unset or not:
+    EPERM from the kernel (BPF device program or cgroup v1 devices). On a one-GPU host
+    the job asks for no GPU, and is refused the only one."""
+    node = wait_for(lambda: next((n for n in json.loads(gpu_up.gpuq("nodes", "--json").stdout)
+                                  if n["state"] == "UP"), None), 60, "the node")
+    enforced = (node.get("enforcement") or "").split(" (")[0].split(";")[0].split(",")
+    if "devices" not in enforced:
+        pytest.skip(f"this node does not fence GPUs: {node.get('enforcement')}")
+    minors = _minors()
+    want = 1 if len(minors) >= 2 else 0
+    script = gpu_up.tmp / "fence.py"
+    script.write_text(FENCE_PROBE)
+    job = int(gpu_up.gpuq("submit", "--parsable", "--gpus", str(want), "--", sys.executable,
+                          str(script)).stdout)
+    wait_for(lambda: gpu_up.state(job) in ("COMPLETED", "FAILED"), 120, "the fence probe")
+    log = gpu_up.gpuq("logs", str(job)).stdout
+    assert gpu_up.state(job) == "COMPLETED", log
+    env = parse_env_dump(log)
+    shown = json.loads(gpu_up.gpuq("show", str(job), "--json").stdout)
+    uuids = {g["index"]: g["uuid"] for g in node["gpus"]}
+    given = {minors[uuids[i]] for i in shown["gpu_indices"]}
+    assert len(given) == want
+    for uuid, minor in minors.items():
+        result = env[f"OPEN_{minor}"]
+        if minor in given:
+            assert result == "ok", (uuid, log)
+        else:
+            assert result == "EPERM", (uuid, log)
+    # What CUDA makes of it (shown, not asserted: the kernel's refusal above is the fence).
+    print(f"given {want} GPU(s); torch sees {env['TORCH_DEVICES']}")
+    print(log)

@@ -61,3 +61,24 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPUQ_LISTEN_PORT", "not-a-port")
     with pytest.raises(ValueError, match="listen_port"):
         Settings()
+
+
+def test_the_node_timeout_leaves_room_for_the_fence(tmp_path: Path) -> None:
+    """node_down_after_s >= fence_after_s + fence_grace_s + fence_margin_s (issue 16, item
+    3): a node cut off from the scheduler has stopped its jobs before they run elsewhere."""
+    s = Settings(data_dir=tmp_path)
+    assert (s.node_down_after_s, s.effective_fence_after_s) == (60.0, 45.0)  # derived
+    s = Settings(data_dir=tmp_path, node_down_after_s=120)
+    assert s.effective_fence_after_s == 105.0
+    s = Settings(data_dir=tmp_path, node_down_after_s=6, fence_after_s=3, fence_grace_s=1,
+                 fence_margin_s=1.5, heartbeat_interval_s=0.5)
+    assert s.effective_fence_after_s == 3.0
+    with pytest.raises(ValueError, match=r"at least fence_after_s \+ fence_grace_s \+ "
+                                         r"fence_margin_s \(50 \+ 10 \+ 5 = 65\)"):
+        Settings(data_dir=tmp_path, fence_after_s=50)
+    with pytest.raises(ValueError, match="leaves no time to fence"):
+        Settings(data_dir=tmp_path, node_down_after_s=15)
+    with pytest.raises(ValueError, match="at least two heartbeat intervals"):
+        Settings(data_dir=tmp_path, heartbeat_interval_s=30)
+    with pytest.raises(ValueError):
+        Settings(data_dir=tmp_path, fence_margin_s=0.5)

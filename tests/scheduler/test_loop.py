@@ -278,6 +278,27 @@ def test_a_cycle_without_housekeeping_schedules_but_marks_no_node_down(loop: Loo
     assert loop.node("quiet").state == "DOWN"
 
 
+def test_after_the_server_s_own_outage_every_node_gets_a_fresh_timeout(loop: Loop) -> None:
+    """Issue 16, item 4: heartbeats the server could not receive (its database away, a
+    restart) do not count against the nodes: silence counts from ``listening_since``."""
+    limit = loop.ctx.settings.node_down_after_s
+    with loop.ctx.transaction() as s:
+        add_node(s, "quiet", heartbeat=loop.clock())
+        job = add_job(s, gpus=1)
+        job.requeue = False
+        job_id = job.id
+    assert [j for j, _ in cycle(loop.ctx).started] == [job_id]
+    outage_ended = loop.clock() + timedelta(seconds=limit)  # the database was away till now
+    loop.clock.advance(limit + 30)
+
+    assert cycle(loop.ctx, listening_since=outage_ended).nodes_down == []
+    assert loop.node("quiet").state == "UP" and loop.job(job_id).state == "DISPATCHED"
+
+    loop.clock.advance(31)  # now silent for the limit and more since the server came back
+    assert cycle(loop.ctx, listening_since=outage_ended).nodes_down == ["quiet"]
+    assert loop.job(job_id).state == "NODE_FAIL"
+
+
 # --- the applier re-checks every start -----------------------------------------------------
 
 

@@ -23,7 +23,8 @@ def cycles(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float]]:
     """(start, end) of every cycle; each takes CYCLE_S."""
     seen: list[tuple[float, float]] = []
 
-    def fake_cycle(ctx: Any, housekeeping: bool = True) -> CycleResult:
+    def fake_cycle(ctx: Any, housekeeping: bool = True,
+                   listening_since: Any = None) -> CycleResult:
         t0 = time.monotonic()
         time.sleep(CYCLE_S)
         seen.append((t0, time.monotonic()))
@@ -65,7 +66,8 @@ def test_woken_cycles_skip_housekeeping_for_a_while_and_timer_cycles_never(
         monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[float, bool]] = []
 
-    def fake_cycle(ctx: Any, housekeeping: bool = True) -> CycleResult:
+    def fake_cycle(ctx: Any, housekeeping: bool = True,
+                   listening_since: Any = None) -> CycleResult:
         seen.append((time.monotonic(), housekeeping))
         return CycleResult()
 

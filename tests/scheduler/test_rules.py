@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gpuq.scheduler.lifecycle import rules
 from gpuq.scheduler.lifecycle.rules import REASON_CHARS, Change, Facts, InvalidTransition, Resend
-from gpuq.wire.states import ACTIVE, REPORTED, RUN_ENDS, TERMINAL, JobState
+from gpuq.wire.states import ACTIVE, REPORTED, REQUEUEABLE, RUN_ENDS, TERMINAL, JobState
 
 S = JobState
 LONG = "x" * (REASON_CHARS + 50)
@@ -75,7 +75,8 @@ def test_a_running_report_after_the_end_or_before_dispatch_is_ignored(state: Job
 @pytest.mark.parametrize("given", ["", "OOM killed", LONG])
 @pytest.mark.parametrize(("end", "default"), [
     (S.COMPLETED, "exit code 0"), (S.FAILED, "exit code 3"),
-    (S.TIMEOUT, "time limit of 3600 s reached"), (S.CANCELLED, "cancelled")])
+    (S.TIMEOUT, "time limit of 3600 s reached"), (S.CANCELLED, "cancelled"),
+    (S.OUT_OF_MEMORY, "out of memory")])
 @pytest.mark.parametrize("old", sorted(ACTIVE))
 def test_each_end_is_taken_from_an_active_state_with_its_reason(
         old: JobState, end: JobState, default: str, given: str) -> None:
@@ -114,7 +115,7 @@ def test_cancelled_with_both_a_cancel_and_a_preemption_requested_is_cancelled() 
     assert change is not None and not change.preempted
 
 
-@pytest.mark.parametrize("end", [S.COMPLETED, S.FAILED, S.TIMEOUT])
+@pytest.mark.parametrize("end", [S.COMPLETED, S.FAILED, S.TIMEOUT, S.OUT_OF_MEMORY])
 def test_an_end_of_its_own_while_a_preemption_is_pending_is_what_it_says(end: JobState) -> None:
     change = report(facts(preempt_requested=True), end, exit_code=1)
     assert path(change) == [(S.RUNNING, end)]
@@ -141,6 +142,20 @@ def test_a_late_end_report_for_a_requeued_job_changes_nothing(end: JobState) -> 
     """A requeued job is PENDING with its attempt unchanged until its next dispatch: the
     lost run's late report passes the attempt check, and must not end the queued job."""
     assert report(facts(S.PENDING), end) is None
+
+
+@pytest.mark.parametrize("requeue", [True, False])
+@pytest.mark.parametrize("old", sorted(ACTIVE))
+def test_a_run_its_node_fenced_is_a_lost_node_s_end(old: JobState, requeue: bool) -> None:
+    """NODE_FAIL from the node: it stopped the run itself, cut off from the scheduler for
+    the fencing time (issue 16, item 3). Back in the queue if the job allows it; the
+    reason is the scheduler's words, never the node's."""
+    change = rules.reported(facts(old, requeue=requeue), attempt=1, state="NODE_FAIL",
+                            reason="anything the node says", exit_code=143, node="n1")
+    again = [(S.NODE_FAIL, S.REQUEUED), (S.REQUEUED, S.PENDING)] if requeue else []
+    assert path(change) == [(old, S.NODE_FAIL), *again]
+    assert reasons(change)[0] == f"n1: {rules.FENCED}"
+    assert change is not None and change.requeued is requeue and change.ends_run
 
 
 # --- seen_in_heartbeat -------------------------------------------------------------------
@@ -465,3 +480,53 @@ def test_random_histories_keep_the_machine_s_invariants(
             check(f, result)
             f = apply(f, result)
         assert not (f.state == S.PENDING and (f.cancel_requested or f.preempt_requested))
+
+
+def test_out_of_memory_is_an_end_a_node_reports_and_is_not_requeued() -> None:
+    assert S.OUT_OF_MEMORY in RUN_ENDS and S.OUT_OF_MEMORY in TERMINAL
+    assert S.OUT_OF_MEMORY not in REQUEUEABLE
+    reason = ("out of memory: the job's cgroup hit its 10 MiB limit (--mem); the kernel "
+              "killed 1 process")
+    change = report(facts(requeue=True), "OUT_OF_MEMORY", reason=reason, exit_code=137)
+    assert path(change) == [(S.RUNNING, S.OUT_OF_MEMORY)] and reasons(change) == [reason]
+    assert change is not None and change.ends_run and not change.requeued
+    assert change.exit_code == 137
+    # Its reason quotes nothing of the job: others see it as it is.
+    assert rules.public_reason("OUT_OF_MEMORY", reason) == reason
+    assert rules.public_reason("OUT_OF_MEMORY", "out of memory") == "out of memory"
+    assert rules.public_reason("OUT_OF_MEMORY", "killed /home/a/secret") == "out of memory"
+
+
+@pytest.mark.parametrize("given", ["", "started /opt/secret-tool"])
+def test_a_running_report_s_reason_is_always_started(given: str) -> None:
+    change = report(facts(S.DISPATCHED), "RUNNING", reason=given)
+    assert reasons(change) == ["started"]
+
+
+@pytest.mark.parametrize(("state", "reason", "others_see"), [
+    # The node's own words about an end: a category to others.
+    ("FAILED", "cannot start program /opt/secret-tool: No such file or directory",
+     "start failed"),
+    ("FAILED", "cannot start workdir /home/bob/x: Permission denied", "start failed"),
+    ("FAILED", "user bob has no local account", "failed"),
+    ("CANCELLED", "cancelled /opt/x", "cancelled"),
+    ("TIMEOUT", "ran out of time in /home/bob", "time limit reached"),
+    ("COMPLETED", "done: /opt/x", "completed"),
+    ("PREEMPTED", "for job 9 (cannot start program /opt/x)", "preempted"),
+    # Fixed words, and the scheduler's: as they are.
+    ("FAILED", "exit code 3", "exit code 3"),
+    ("FAILED", "exit code None", "exit code None"),
+    ("FAILED", "killed by SIGKILL", "killed by SIGKILL"),
+    ("FAILED", "killed by signal 77", "killed by signal 77"),
+    ("TIMEOUT", "time limit of 3600 s reached", "time limit of 3600 s reached"),
+    ("CANCELLED", "cancelled by alice", "cancelled by alice"),
+    ("CANCELLED", "cancelled before the node started it", "cancelled before the node started it"),
+    ("PREEMPTED", "for job 9 of alice (cancelled)", "for job 9 of alice (cancelled)"),
+    ("PREEMPTED", "preempted (gone from its node)", "preempted (gone from its node)"),
+    ("NODE_FAIL", "gpu01: no heartbeat for 60 s", "gpu01: no heartbeat for 60 s"),
+    ("PENDING", "Resources", "Resources"),
+    ("RUNNING", "cancel requested by bob", "cancel requested by bob"),
+    ("FAILED", "", ""),
+])
+def test_public_reason(state: str, reason: str, others_see: str) -> None:
+    assert rules.public_reason(state, reason) == others_see

@@ -15,7 +15,8 @@ from gpuq.wire.states import ACTIVE, TERMINAL, JobState
 from tests.scheduler.rows import T0, add_job, add_node, allocations, events, owner
 
 S = JobState
-ENDS = {S.COMPLETED, S.FAILED, S.CANCELLED, S.TIMEOUT, S.NODE_FAIL, S.PREEMPTED}
+ENDS = {S.COMPLETED, S.FAILED, S.CANCELLED, S.TIMEOUT, S.OUT_OF_MEMORY, S.NODE_FAIL,
+        S.PREEMPTED}
 
 #: The machine, written out by hand (not read from ``ALLOWED``): what each state may become.
 EXPECTED: dict[JobState, set[JobState]] = {

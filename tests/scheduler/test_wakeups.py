@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy.engine import make_url
 
 from gpuq.scheduler.runtime.wakeups import CHANNEL, WakeListener, WakeSender, conninfo
 from tests.e2e.conftest import wait_for
@@ -45,11 +47,30 @@ def listener(dsn: str) -> Iterator[tuple[WakeListener, Counter]]:
     lst.stop()
 
 
-def test_conninfo_is_libpq_uri() -> None:
-    assert conninfo("postgresql+psycopg://u:p%40ss@db:5433/gpuq") == \
-        "postgresql://u:p%40ss@db:5433/gpuq"
+def test_conninfo_is_libpq_conninfo() -> None:
+    assert conninfo_to_dict(conninfo("postgresql+psycopg://u:p%40ss@db:5433/gpuq")) == \
+        {"host": "db", "port": "5433", "user": "u", "password": "p@ss", "dbname": "gpuq"}
     with pytest.raises(ValueError, match="PostgreSQL"):
         conninfo("sqlite:///x.db")
+
+
+def test_conninfo_keeps_every_host_of_a_multi_host_url() -> None:
+    """SQLAlchemy's multi-host form (a standby behind the primary) is libpq's host and port
+    lists: rendered back as a URI it named one host ``db1:5432``, which does not resolve."""
+    url = ("postgresql+psycopg://u@/gpuq?host=db1:5432&host=db2:5433"
+           "&target_session_attrs=read-write")
+    assert conninfo_to_dict(conninfo(url)) == {
+        "host": "db1,db2", "port": "5432,5433", "user": "u", "dbname": "gpuq",
+        "target_session_attrs": "read-write"}
+
+
+def test_conninfo_of_a_multi_host_url_skips_a_host_that_is_down(pg_url: str) -> None:
+    """The first host refuses (port 1), the second is the test's PostgreSQL."""
+    u = make_url(pg_url)
+    url = (f"postgresql+psycopg://{u.username}@/{u.database}?host=127.0.0.1:1"
+           f"&host={u.host}:{u.port}&target_session_attrs=read-write")
+    with psycopg.connect(conninfo(url), connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (u.database,)
 
 
 def test_a_notify_from_another_connection_wakes_the_listener(

@@ -106,3 +106,66 @@ def test_token_never_logged_or_shown(server: FakeServer, transport: httpx.MockTr
     assert caplog.records, "expected the retry to be logged"
     assert TOKEN not in caplog.text
     assert TOKEN not in str(e.value) and TOKEN not in repr(c)
+
+
+def test_a_500_is_retried_then_raised_as_the_server_s_error() -> None:
+    """A 500 may be a passing fault (retried with the same backoff); if it stays, it is
+    the server's bug: ``ApiError``, which the reporter keeps for its next pass."""
+    calls: list[int] = []
+    sleeps: list[float] = []
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(500, json={"detail": "Internal Server Error"})
+
+    c = NodeClient("http://s", "n1", TOKEN, transport=httpx.MockTransport(broken),
+                   retries=2, backoff_s=0.5, sleep=sleeps.append)
+    with pytest.raises(ApiError) as e:
+        c.report(1, JobStateReport(state="RUNNING"))
+    assert e.value.status == 500 and len(calls) == 3 and sleeps == [0.5, 1.0]
+
+
+def test_a_500_then_an_answer_is_the_answer() -> None:
+    answers = iter([httpx.Response(500, text="oops"), httpx.Response(200, json={"state": "X"})])
+    c = NodeClient("http://s", "n1", TOKEN, transport=httpx.MockTransport(lambda r: next(answers)),
+                   sleep=lambda s: None)
+    assert c.report(1, JobStateReport(state="RUNNING")) == "X"
+
+
+def test_contact_for_the_fence() -> None:
+    """An accepted heartbeat or registration, or any 503 that says the database is away,
+    is contact (with the time its request was sent); nothing else is."""
+    now = [100.0]
+    seen: list[tuple[float, bool]] = []
+    answers: list[httpx.Response] = []
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        now[0] += 1.0  # each request takes a second to answer
+        return answers.pop(0)
+
+    c = NodeClient("http://s", "n1", TOKEN, transport=httpx.MockTransport(serve),
+                   retries=1, sleep=lambda s: None, clock=lambda: now[0])
+    c.on_contact = lambda sent_at, away: seen.append((sent_at, away))
+    answers[:] = [httpx.Response(200, json={"launch": [], "kill": []})]
+    c.heartbeat(Heartbeat())
+    assert seen == [(100.0, False)]  # sent at 100, answered at 101
+    db_away = httpx.Response(503, json={"detail": "the database is unavailable"},
+                             headers={"X-Gpuq-Unavailable": "database"})
+    answers[:] = [db_away, httpx.Response(503, text="proxy says no")]
+    with pytest.raises(ServerUnavailable):
+        c.heartbeat(Heartbeat())
+    assert seen[1:] == [(101.0, True)]  # the proxy's 503 is no contact
+    answers[:] = [httpx.Response(500, text="bug"), httpx.Response(502, text="gateway")]
+    with pytest.raises(ServerUnavailable):
+        c.heartbeat(Heartbeat())
+    answers[:] = [httpx.Response(200, json={"state": "RUNNING"})]
+    c.report(1, JobStateReport(state="RUNNING"))  # a report does not renew the lease
+    assert len(seen) == 2
+    answers[:] = [db_away, db_away]
+    with pytest.raises(ServerUnavailable):
+        c.report(1, JobStateReport(state="RUNNING"))  # but says the database is away
+    assert seen[2:] == [(106.0, True), (107.0, True)]
+    answers[:] = [httpx.Response(200, json={"node": "n1", "queue": "q",
+                                            "heartbeat_interval_s": 1.0})]
+    c.register(NodeRegister(gpu_backend="simulated"))
+    assert seen[4:] == [(108.0, False)]

@@ -287,3 +287,25 @@ def test_registration_offers_the_configured_cpus_and_memory() -> None:
     assert registration(backend, cpus=64, memory=1024).cpus == 64
     assert registration(backend, cpus=64, memory=1024).memory_mib == 1024
     assert registration(backend).cpus >= 1
+
+
+def test_registration_says_which_limits_the_worker_enforces(server: Any,
+                                                            daemon: Daemon) -> None:
+    # Job cgroups off (worker_cgroup_root = ""): nothing is enforced, and it is said.
+    daemon.register()
+    assert server.registrations[-1]["enforcement"] == \
+        "none: job cgroups are off (worker_cgroup_root is empty)"
+    assert registration(SimulatedBackend("1xT4-16GB", node="n1")).enforcement is None
+
+
+def test_the_worker_says_at_start_which_limits_it_cannot_enforce(
+        tmp_path: Path, transport: httpx.MockTransport, token: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    api = NodeClient("http://sched", "n1", token, transport=transport, retries=0)
+    conf = settings(tmp_path, simulate_gpus="1xT4-16GB")
+    with caplog.at_level(logging.INFO):
+        Daemon(conf, open_backend(conf), api, identity=lambda user: daemon_identity())
+    api.close()
+    assert ("gpuq.worker.jobs", logging.WARNING,
+            "job limits: none: job cgroups are off (worker_cgroup_root is empty)") \
+        in caplog.record_tuples

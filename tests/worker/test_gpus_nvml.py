@@ -267,6 +267,39 @@ def test_a_failing_reading_warns_once(caplog: pytest.LogCaptureFixture) -> None:
         "WARNING", "DEBUG", "DEBUG"]
 
 
+def test_device_nodes_are_dev_nvidia_minor(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Each GPU's node is ``/dev/nvidia<minor>`` (NVML's minor number, not its index);
+    one that cannot be read, or whose node is missing, is left out (not fenced)."""
+    nvml = StandIn(["NVIDIA A100-SXM4-80GB"] * 3)
+    minors = {0: 4, 1: 2, 2: 7}
+
+    def minor(h: int) -> int:
+        nvml._check("minor", h)
+        return minors[h]
+
+    nvml.nvmlDeviceGetMinorNumber = minor  # type: ignore[attr-defined]
+    nvml.fail[("minor", 2)] = pynvml.NVMLError_NotSupported
+    for m in (4, 2):
+        (tmp_path / f"nvidia{m}").write_text("")
+    monkeypatch.setattr("gpuq.worker.gpus.nvml.DEV_DIR", str(tmp_path))
+    b = NvmlBackend(nvml)
+    assert b.device_nodes() == {0: (f"{tmp_path}/nvidia4",), 1: (f"{tmp_path}/nvidia2",)}
+    (tmp_path / "nvidia2").unlink()
+    assert b.device_nodes() == {0: (f"{tmp_path}/nvidia4",)}
+    # A stand-in (an older pynvml) without the call: no nodes, no fence.
+    assert NvmlBackend(StandIn(["NVIDIA T4"])).device_nodes() == {}
+
+
+@pytest.mark.gpu
+def test_real_device_nodes(real: NvmlBackend) -> None:
+    nodes = real.device_nodes()
+    assert sorted(nodes) == [g.index for g in real.inventory()]
+    for (path,) in nodes.values():
+        st = os.stat(path)
+        assert os.major(st.st_rdev) == 195, path  # the NVIDIA driver's major
+
+
 def test_init_failure_says_to_simulate() -> None:
     nv = StandIn([])
     nv.init_error = pynvml.NVMLError_LibraryNotFound()

@@ -3,6 +3,7 @@ fake of the node endpoints through the real NodeClient."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
@@ -14,6 +15,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from gpuq.wire.nodes import LaunchSpec
 from gpuq.worker import jobdir as jd
 from gpuq.worker.client import NodeClient, ServerUnavailable
 from gpuq.worker.gpus.base import GpuSample
-from gpuq.worker.gpus.sim import IDLE_POWER_W, SimulatedBackend
+from gpuq.worker.gpus.sim import IDLE_POWER_W, SimulatedBackend, write_faults
 from gpuq.worker.jobdir import RunKey
 from gpuq.worker.jobenv import daemon_identity, identity_for, identity_policy
 from gpuq.worker.jobs import JobManager
@@ -506,7 +508,7 @@ def test_root_daemon_refuses_to_run_a_job_as_root(
 # --- GPUs: per-job samples, and which processes are the jobs' --------------------------
 
 
-def test_job_samples_count_energy_from_the_launch(
+def test_job_samples_count_energy_from_the_start(
         server: FakeServer, api: NodeClient, make_spec: Any, wait_for: Any,
         tmp_path: Path) -> None:
     clock, wall = FakeClock(), FakeClock()
@@ -518,7 +520,12 @@ def test_job_samples_count_energy_from_the_launch(
     start = {int(k): v["energy_start_j"] for k, v in jd.read_json(d / jd.USAGE)["gpus"].items()}
     assert start == {1: pytest.approx(100 * IDLE_POWER_W, abs=1),
                      2: pytest.approx(100 * IDLE_POWER_W, abs=1)}
-    wait_for(lambda: (s := jd.read_json(d / jd.STATE)) and s["pid"], what="the job runs")
+    state = wait_for(lambda: (s := jd.read_json(d / jd.STATE)) and s["pid"] and s,
+                     what="the job runs")
+    # The poll reads the GPUs as the job has started (here at once: nothing to take off).
+    wall.now_s = datetime.fromisoformat(state["started_at"]).timestamp()
+    m.start_sample(d)
+    assert jd.read_json(d / jd.USAGE)["begun"] == wall.now_s
     gpus.set_busy(m.job_processes().gpus)
     clock.now_s += 10
     wall.now_s += 10
@@ -538,7 +545,75 @@ def test_job_samples_count_energy_from_the_launch(
     final_state(d, wait_for)
     clock.now_s += 10
     [ended] = m.jobs(gpus.samples())
-    assert ended.state == "CANCELLED" and ended.sample == job.sample, "frozen once ended"
+    assert ended.state == "CANCELLED" and ended.sample is not None
+    assert ended.sample.energy_j >= job.sample.energy_j, "the end sample: up to the end"
+    clock.now_s += 10
+    [again] = m.jobs(gpus.samples())
+    assert again.sample == ended.sample, "frozen once ended"
+
+
+def fixed_power_gpus(tmp_path: Path, power_w: float) -> SimulatedBackend:
+    """Two simulated GPUs drawing ``power_w`` each all the time (real clocks)."""
+    faults = tmp_path / "gpu-faults.json"
+    write_faults(faults, trace={0: {"utilization_pct": 90, "power_w": power_w},
+                                1: {"utilization_pct": 0, "power_w": power_w}})
+    return SimulatedBackend("2xA100-80GB", node="n1", faults_file=faults)
+
+
+def end_report(server: FakeServer, job_id: int) -> dict[str, Any]:
+    [final] = [e for j, e in server.events if j == job_id and e["state"] != "RUNNING"]
+    return final
+
+
+def test_the_final_report_brings_the_energy_up_to_the_jobs_end(
+        server: FakeServer, api: NodeClient, make_spec: Any, wait_for: Any,
+        tmp_path: Path) -> None:
+    """Issue 16 item 7: the run's energy is read again at its end and sent with its final
+    report, counted from the process's start to its end (at 2 x 400 W: 800 J a second of
+    the process's life, whenever the poll saw the start and the end)."""
+    gpus = fixed_power_gpus(tmp_path, 400.0)
+    m = JobManager(state_dir=tmp_path / "s", node="n1", api=api, kill_grace_s=0.5,
+                   identity=lambda user: daemon_identity(), gpus=gpus)
+    d = launch(server, m, make_spec(command=["sleep", "1"], gpu_indices=[0, 1]))
+    time.sleep(0.3)  # the launch's reading is well before the start
+    done = poll_until_done(m, 1, wait_for)
+    state = jd.read_json(done / jd.STATE)
+    ran_s = (datetime.fromisoformat(state["ended_at"])
+             - datetime.fromisoformat(state["started_at"])).total_seconds()
+    report = end_report(server, 1)
+    end = report["end_sample"]
+    assert report["state"] == "COMPLETED"
+    assert end["sample"]["energy_j"] == pytest.approx(800.0 * ran_s, abs=2.0), ran_s
+    assert [g["energy_j"] for g in end["sample"]["gpus"]] == [
+        pytest.approx(400.0 * ran_s, abs=1.0)] * 2
+    assert 0.0 <= end["ended_s_ago"] < 5.0
+    assert jd.read_json(done / jd.USAGE)["end"]["sample"] == end["sample"]
+    assert d.exists() is False
+
+
+def test_a_restarted_daemon_sends_the_end_sample_taken_before(
+        server: FakeServer, api: NodeClient, make_spec: Any, wait_for: Any,
+        tmp_path: Path) -> None:
+    """The end sample is taken once and kept in the run's directory: a daemon restarted
+    between the end and the report sends the same figures (not the GPUs' reading then)."""
+    gpus = fixed_power_gpus(tmp_path, 400.0)
+    first = JobManager(state_dir=tmp_path / "s", node="n1", api=api, kill_grace_s=0.5,
+                       identity=lambda user: daemon_identity(), gpus=gpus)
+    d = launch(server, first, make_spec(command=["sleep", "0.3"], gpu_indices=[0, 1]))
+    final_state(d, wait_for)
+    taken = first.end_sample(d)
+    assert taken is not None and taken.energy_j is not None and taken.energy_j > 0
+    server.down = True
+    with pytest.raises(ServerUnavailable):
+        first.poll()
+    server.down = False
+    time.sleep(0.5)  # the GPUs draw on; the restarted daemon does not count it
+    again = JobManager(state_dir=tmp_path / "s", node="n1", api=api, kill_grace_s=0.5,
+                       identity=lambda user: daemon_identity(),
+                       gpus=fixed_power_gpus(tmp_path, 400.0))
+    assert again.end_sample(d) == taken
+    poll_until_done(again, 1, wait_for)
+    assert end_report(server, 1)["end_sample"]["sample"] == taken.model_dump()
 
 
 def test_energy_is_integrated_from_power_without_a_counter(
@@ -653,3 +728,57 @@ def test_a_job_that_ends_while_it_is_observed_is_not_taken_for_a_lost_supervisor
     final = jd.read_json(d / jd.STATE)
     assert final is not None and final["state"] == "CANCELLED"
     assert "supervisor died" not in final.get("reason", "") and running["pid"] > 0
+
+
+def test_a_server_older_than_the_end_sample_gets_the_report_without_it(
+        server: FakeServer, token: str, make_spec: Any, wait_for: Any,
+        tmp_path: Path) -> None:
+    """A server that does not know ``end_sample`` refuses it (422, unknown field): the end
+    is reported again without it, and RUNNING reports never carry the key."""
+    refused = []
+
+    def older(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events") and b"end_sample" in request.read():
+            refused.append(json.loads(request.read()))
+            return httpx.Response(422, json={"detail": [{"loc": ["body", "end_sample"],
+                                                         "msg": "Extra inputs are not "
+                                                                "permitted"}]})
+        return server.handle(request)
+
+    api = NodeClient("http://sched", "n1", token, transport=httpx.MockTransport(older),
+                     retries=0)
+    m = JobManager(state_dir=tmp_path / "s", node="n1", api=api, kill_grace_s=0.5,
+                   identity=lambda user: daemon_identity(), gpus=fixed_power_gpus(tmp_path, 1))
+    launch(server, m, make_spec(command=["true"], gpu_indices=[0]))
+    poll_until_done(m, 1, wait_for)
+    assert server.events == [
+        (1, {"attempt": 1, "state": "RUNNING", "exit_code": None, "reason": ""}),
+        (1, {"attempt": 1, "state": "COMPLETED", "exit_code": 0, "reason": "exit code 0"})]
+    assert [r["state"] for r in refused] == ["COMPLETED"]
+    assert refused[0]["end_sample"]["sample"]["gpus"][0]["index"] == 0
+    api.close()
+
+
+def test_a_run_of_a_previous_boot_ends_on_its_last_sample(
+        server: FakeServer, api: NodeClient, make_spec: Any, wait_for: Any,
+        tmp_path: Path) -> None:
+    """The node restarted under the run: its GPUs' counters started again and when it
+    ended is unknown, so its last heartbeat's sample stands for its end."""
+    m = JobManager(state_dir=tmp_path / "s", node="n1", api=api, kill_grace_s=0.5,
+                   identity=lambda user: daemon_identity(), gpus=fixed_power_gpus(tmp_path, 400))
+    spec = make_spec(job_id=3, gpu_indices=[0])
+    server.specs[3] = spec
+    d = m.jobs_dir / "3.1"
+    d.mkdir()
+    jd.write_json_atomic(d / jd.SPEC, {"job_id": 3, "attempt": 1,
+                                       "launch": spec.model_dump(mode="json")})
+    last = {"energy_j": 4000.0, "gpus": [{"index": 0, "energy_j": 4000.0}]}
+    jd.write_json_atomic(d / jd.USAGE, {"started_at": 0.0, "sample": last, "gpus": {
+        "0": {"energy_start_j": 90_000.0, "integrated_j": 4000.0, "power_w": 400.0,
+              "at": 10.0}}})
+    jd.write_json_atomic(d / jd.STATE, {"job_id": 3, "attempt": 1, "state": "RUNNING",
+                                        "pid": 999999, "pgid": 999999,
+                                        "supervisor_pid": 999998, "boot_id": "another-boot"})
+    (d / jd.REPORTED).write_text("RUNNING")
+    poll_until_done(m, 3, wait_for)
+    assert end_report(server, 3)["end_sample"]["sample"]["energy_j"] == 4000.0

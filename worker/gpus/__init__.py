@@ -23,7 +23,8 @@ def open_backend(settings: Settings) -> GpuBackend:
         from gpuq.worker.gpus.sim import FAULTS_FILE, SimulatedBackend
 
         return SimulatedBackend(settings.simulate_gpus, node=settings.node_name,
-                                faults_file=settings.effective_worker_state_dir / FAULTS_FILE)
+                                faults_file=settings.effective_worker_state_dir / FAULTS_FILE,
+                                device_dir=settings.simulate_gpu_devices or None)
     from gpuq.worker.gpus.nvml import NvmlBackend
 
     return NvmlBackend()

@@ -61,6 +61,10 @@ class GpuBackend(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional (``getattr``): ``device_nodes() -> dict[int, tuple[str, ...]]``, each GPU's
+    # device nodes (``/dev/nvidia<minor>``), which the GPU fence denies to the jobs not
+    # given that GPU (``worker.limits``). A backend without it fences nothing.
+
 
 class GpuBackendUnavailable(RuntimeError):
     """No GPU backend could be opened; the message says what to do instead."""

@@ -23,6 +23,7 @@ The NVML module is injectable so that all of this can be tested without a GPU.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
@@ -53,6 +54,8 @@ CRITICAL_XIDS: dict[int, str] = {
 }
 #: Events read per sample at most (the rest wait for the next sample).
 MAX_EVENTS_PER_POLL = 64
+#: Where the driver's device nodes are.
+DEV_DIR = "/dev"
 
 
 def _text(value: str | bytes) -> str:
@@ -139,6 +142,25 @@ class NvmlBackend:
 
     def set_busy(self, processes: Mapping[int, Iterable[int]]) -> None:
         """Real cards show their own load."""
+
+    def device_nodes(self) -> dict[int, tuple[str, ...]]:
+        """GPU index -> its device node, ``/dev/nvidia<minor>`` (NVML's minor number; the
+        node must exist). The driver's shared nodes (``nvidiactl``, ``nvidia-uvm``,
+        ``nvidia-modeset``) are every job's and are not listed; nor are MIG instances'
+        ``/dev/nvidia-caps`` nodes."""
+        out: dict[int, tuple[str, ...]] = {}
+        get_minor = getattr(self._nvml, "nvmlDeviceGetMinorNumber", None)
+        if get_minor is None:
+            return out
+        with self._lock:
+            for i, h in enumerate(self._handles):
+                minor = self._optional(i, "minor number", lambda h=h: get_minor(h))
+                if minor is None:
+                    continue
+                path = f"{DEV_DIR}/nvidia{int(minor)}"
+                if os.path.exists(path):
+                    out[i] = (path,)
+        return out
 
     def close(self) -> None:
         with self._lock:

@@ -35,6 +35,12 @@ the energy to the joule. ``no_energy_counter`` lists GPUs that report no energy 
 no faults, and a file that cannot be parsed is reported once in the log and ignored.
 ``write_faults`` writes the file atomically. ``fail``/``recover`` inject a fault from the
 daemon's own process.
+
+Device nodes: with ``device_dir`` (the setting ``simulate_gpu_devices``), simulated GPU
+``i``'s device node is ``<device_dir>/nvidia<i>`` (where it exists), so that the GPU fence
+(``worker.limits``) can be shown without a GPU: make them as root with ``mknod
+DIR/nvidia<i> c 195 <i>``. With no NVIDIA driver loaded, opening one fails with ENXIO
+where the fence allows it and EPERM where it denies it.
 """
 
 from __future__ import annotations
@@ -218,8 +224,10 @@ class SimulatedBackend:
 
     def __init__(self, spec: str, *, node: str,
                  clock: Callable[[], float] = time.monotonic,
-                 faults_file: Path | str | None = None) -> None:
+                 faults_file: Path | str | None = None,
+                 device_dir: Path | str | None = None) -> None:
         self._clock = clock
+        self._device_dir = Path(device_dir) if device_dir else None
         self._faults_file = Path(faults_file) if faults_file is not None else None
         self._gpus: list[GpuInfo] = []
         for t in parse_spec(spec):
@@ -265,6 +273,17 @@ class SimulatedBackend:
 
     def close(self) -> None:
         pass
+
+    def device_nodes(self) -> dict[int, tuple[str, ...]]:
+        """GPU index -> its device node (``<device_dir>/nvidia<index>``, where it is)."""
+        if self._device_dir is None:
+            return {}
+        out = {}
+        for g in self._gpus:
+            path = self._device_dir / f"nvidia{g.index}"
+            if path.exists():
+                out[g.index] = (str(path),)
+        return out
 
     # --- in-process fault injection -------------------------------------------------
     def fail(self, index: int, reason: str = "injected fault") -> None:

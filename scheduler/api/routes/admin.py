@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
-from gpuq.scheduler.api.deps import Admin, AdminActor, Ctx
+from gpuq.scheduler.api.deps import Admin, AdminActor, Ctx, StorableText
 from gpuq.scheduler.services import accounts, nodes, tokens, usage_import, users
 from gpuq.scheduler.services.audit import record
 from gpuq.wire.admin import (
@@ -39,9 +39,11 @@ def ex(summary: str, value: Any) -> dict[str, Any]:
     return {"summary": summary, "value": value}
 
 
-AccountName = Annotated[str, Path(description="an account name", examples=["qlab"])]
-UserName = Annotated[str, Path(description="a user name", examples=["alice"])]
-NodeName = Annotated[str, Path(description="a node (host) name", examples=["gpu01"])]
+AccountName = Annotated[str, Path(description="an account name", examples=["qlab"]),
+                        StorableText]
+UserName = Annotated[str, Path(description="a user name", examples=["alice"]), StorableText]
+NodeName = Annotated[str, Path(description="a node (host) name", examples=["gpu01"]),
+                     StorableText]
 
 # --- accounts ---------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from gpuq.scheduler.api.deps import Admin, Ctx
+from gpuq.scheduler.api.deps import Admin, Ctx, StorableText, StorableTime
 from gpuq.scheduler.errors import Invalid
 from gpuq.scheduler.services import audit as svc
 from gpuq.wire.admin import AuditRead
@@ -19,17 +19,20 @@ router = APIRouter(prefix="/v1/admin/audit", tags=["audit"])
 def list_audit(
     ctx: Ctx, _: Admin,
     actor: Annotated[str | None, Query(description="who: a user name, or gpuq for the "
-                                       "scheduler's own changes", examples=["bob"])] = None,
+                                       "scheduler's own changes", examples=["bob"]),
+                     StorableText] = None,
     action: Annotated[str | None, Query(
         description="exact (grant.create) or every action of an object (grant)",
-        examples=["grant"])] = None,
+        examples=["grant"]), StorableText] = None,
     target: Annotated[str | None, Query(description="the object: account:qlab, user:alice, "
                                         "grant:3, token:12, node:gpu01",
-                                        examples=["account:qlab"])] = None,
+                                        examples=["account:qlab"]), StorableText] = None,
     since: Annotated[datetime | None, Query(description="from this time (inclusive)",
-                                            examples=["2027-01-01T00:00:00Z"])] = None,
+                                            examples=["2027-01-01T00:00:00Z"]),
+                     StorableTime] = None,
     until: Annotated[datetime | None, Query(description="before this time",
-                                            examples=["2027-02-01T00:00:00Z"])] = None,
+                                            examples=["2027-02-01T00:00:00Z"]),
+                     StorableTime] = None,
     limit: Annotated[int, Query(ge=1, le=svc.MAX_LIMIT, description="at most this many",
                                 examples=[20])] = svc.DEFAULT_LIMIT,
 ) -> list[AuditRead]:

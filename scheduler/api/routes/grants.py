@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query
 
-from gpuq.scheduler.api.deps import Admin, AdminActor, Ctx
+from gpuq.scheduler.api.deps import Admin, AdminActor, Ctx, StorableText
 from gpuq.scheduler.api.routes.admin import ex
 from gpuq.scheduler.services import grants as svc
 from gpuq.wire.common import MAX_ID
@@ -58,7 +58,7 @@ def create_grant(
 def list_grants(
     ctx: Ctx, _: Admin,
     account: Annotated[str | None, Query(description="only this account's",
-                                         examples=["qlab"])] = None,
+                                         examples=["qlab"]), StorableText] = None,
     state: Annotated[GrantState | None, Query(description="only grants in this state now",
                                               examples=["active"])] = None,
     kind: Annotated[GrantKind | None, Query(examples=["reservation"])] = None,

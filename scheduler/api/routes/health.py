@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -10,18 +12,24 @@ from gpuq import __version__
 from gpuq.scheduler.api.deps import AnyCaller, Ctx
 from gpuq.wire.admin import WhoAmI
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
 def healthz(ctx: Ctx) -> JSONResponse:
-    """Liveness and database reachability (no token needed)."""
+    """Liveness and database reachability (no token needed): ``ok``, or ``unavailable``
+    with a 503. The database's error (which can name its host, user or database) is in
+    the server's log only."""
     try:
         with ctx.transaction() as session:
             session.execute(text("SELECT 1"))
     except Exception as e:  # noqa: BLE001 - report, don't crash
-        return JSONResponse({"status": "error", "database": str(e)[:200],
-                             "version": __version__}, status_code=503)
+        log.warning("/healthz: the database does not answer: %s",
+                    str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+        return JSONResponse({"status": "unavailable", "database": "unavailable",
+                             "version": __version__}, status_code=503,
+                            headers={"Retry-After": "5"})
     return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
 
 

@@ -110,7 +110,7 @@ def why_pending(job_id: JobId, ctx: Ctx, principal: UserOrAdmin) -> WhyRead:
     """Why the job waits: position, reason, priority factors beside the job ahead, and
     the estimated start, as the last scheduling cycle recorded them."""
     with ctx.transaction() as session:
-        return svc.why(session, svc.get_job(session, job_id))
+        return svc.why(session, svc.get_job(session, job_id), principal)
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)

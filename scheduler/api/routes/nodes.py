@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from gpuq.broker import queue_name
+from gpuq.config import Settings
 from gpuq.scheduler.api.deps import Ctx, JobId, NodeCaller, UserOrAdmin, node_principal
 from gpuq.scheduler.runtime.context import Context
 from gpuq.scheduler.runtime.logstore import OffsetMismatch
@@ -19,6 +20,7 @@ from gpuq.scheduler.services import nodes as svc
 from gpuq.scheduler.services import runs
 from gpuq.scheduler.services.auth import Principal
 from gpuq.wire.nodes import (
+    FenceTerms,
     Heartbeat,
     HeartbeatReply,
     JobStateReport,
@@ -54,7 +56,16 @@ def register(name: str, body: NodeRegister, ctx: Ctx, principal: NodeCaller) -> 
         svc.register(session, node, body, now=ctx.clock())
     ctx.wake()
     return RegisterReply(node=name, queue=queue_name(name),
-                         heartbeat_interval_s=ctx.settings.heartbeat_interval_s)
+                         heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
+                         fence=fence_terms(ctx.settings))
+
+
+def fence_terms(settings: Settings) -> FenceTerms:
+    """The fence a node keeps, from the scheduler's settings (``Settings`` checks that
+    ``node_down_after_s`` >= fence + grace + margin)."""
+    return FenceTerms(after_s=settings.effective_fence_after_s,
+                      grace_s=settings.fence_grace_s,
+                      hold_on_database_outage=settings.fence_hold_on_database_outage)
 
 
 async def heartbeat(name: str, body: Heartbeat, request: Request,
@@ -67,8 +78,12 @@ async def heartbeat(name: str, body: Heartbeat, request: Request,
     reply, changed = await asyncio.wrap_future(request.app.state.heartbeats.beat(name, body))
     if changed:  # else the loop has nothing new to look at (its timer still runs)
         ctx.wake()
+    terms = fence_terms(ctx.settings)
+    if body.fence is not None and body.fence != terms:  # the node keeps an old fence
+        return Response(reply.model_copy(update={"fence": terms}).model_dump_json(),
+                        media_type="application/json")
     # Serialised here: FastAPI would validate the reply against its model once more.
-    return Response(reply.model_dump_json(), media_type="application/json")
+    return Response(reply.model_dump_json(exclude={"fence"}), media_type="application/json")
 
 
 _Handler = Callable[[Request], Coroutine[Any, Any, Response]]

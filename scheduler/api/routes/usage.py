@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from gpuq.scheduler.api.deps import Ctx, UserOrAdmin
+from gpuq.scheduler.api.deps import Ctx, StorableText, StorableTime, UserOrAdmin
 from gpuq.scheduler.errors import Invalid
 from gpuq.scheduler.services import usage_report as svc
 from gpuq.wire.usage import UsageReport
@@ -23,11 +23,12 @@ def usage(
                              "day", examples=["account", "day,account"])] = "account",
     since: Annotated[str | None, Query(description="30d, 12h, 2w (ago) or an ISO time",
                                        examples=["30d"])] = None,
-    until: Annotated[datetime | None, Query(description="up to this time (default now)")
-                     ] = None,
-    account: Annotated[str | None, Query(description="this account and those under it")
-                       ] = None,
-    user: Annotated[str | None, Query(description="only this user's usage")] = None,
+    until: Annotated[datetime | None, Query(description="up to this time (default now)"),
+                     StorableTime] = None,
+    account: Annotated[str | None, Query(description="this account and those under it"),
+                       StorableText] = None,
+    user: Annotated[str | None, Query(description="only this user's usage"),
+                    StorableText] = None,
 ) -> UsageReport:
     """Sums of the usage records (one per charge interval), so the totals equal the sum
     over the jobs. Users see the accounts they are in (and those below them)."""
