@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -69,8 +70,11 @@ def create_app(ctx: Context) -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own answer, but one that can always be written: a 422 quoting an
         # input of NaN (or Infinity), or text with a lone surrogate, failed to serialise
-        # and became a 500.
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))},
+        # and became a 500. Each error quotes at most ``QUOTED_INPUT_CHARS`` of its input:
+        # a 1 MiB value over its limit is not sent back whole.
+        errors = [{**e, "input": _quoted(e["input"])} if "input" in e else e
+                  for e in exc.errors()]
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))},
                             status_code=422)
 
     @app.exception_handler(ServiceError)
@@ -107,6 +111,28 @@ def create_app(ctx: Context) -> FastAPI:
     # A body over the limit is a 413 before it is read (the fields' own limits: 422s).
     app.add_middleware(BodyLimit, max_bytes=ctx.settings.max_request_bytes)
     return app
+
+
+#: The most of a refused input that a 422 quotes back.
+QUOTED_INPUT_CHARS = 200
+
+
+def _quoted(value: Any) -> Any:
+    """A refused input as a 422 quotes it: text cut at ``QUOTED_INPUT_CHARS``, a list or
+    an object whose JSON is longer replaced by a note of its size."""
+    if isinstance(value, str):
+        if len(value) <= QUOTED_INPUT_CHARS:
+            return value
+        return f"{value[:QUOTED_INPUT_CHARS]}... ({len(value)} characters)"
+    if isinstance(value, list | dict):
+        try:
+            size = len(json.dumps(jsonable_encoder(value), default=str))
+        except (TypeError, ValueError):
+            size = QUOTED_INPUT_CHARS + 1
+        if size > QUOTED_INPUT_CHARS:
+            what = "a list" if isinstance(value, list) else "an object"
+            return f"({what} of {len(value)} items, {size} characters of JSON: not quoted)"
+    return value
 
 
 def _json_safe(value: Any) -> Any:

@@ -299,6 +299,22 @@ def test_a_field_over_its_limit_is_422_naming_it(api: Api, alice: dict[str, str]
 
 
 @sqlite_only
+def test_a_422_quotes_a_refused_input_only_in_part(api: Api, alice: dict[str, str]) -> None:
+    """A 1 MiB value over its limit is not sent back whole: 200 characters of it and its
+    size (the body of a refused request would otherwise come back in the answer)."""
+    big = "x" * (MAX_ARG_BYTES + 1)
+    r = api.client.post("/v1/jobs", headers=alice,
+                        json={"command": [big], "workdir": "/tmp",
+                              "environment": {f"V{i}": "y" * 100 for i in range(50)},
+                              "gpus": "not a number"})
+    assert r.status_code == 422
+    assert len(r.content) < 4000, len(r.content)
+    quoted = {tuple(e["loc"]): e["input"] for e in r.json()["detail"]}
+    assert quoted[("body", "command", 0)] == f"{'x' * 200}... ({len(big)} characters)"
+    assert quoted[("body", "gpus")] == "not a number"
+
+
+@sqlite_only
 def test_limits_are_exact(api: Api, alice: dict[str, str]) -> None:
     """At each limit itself: accepted."""
     at_limit = [
