@@ -28,6 +28,9 @@ EXIT_INTERRUPTED = 130
 
 #: Seconds to wait before each retry after a transport error (so 4 tries in all).
 RETRY_DELAYS_S: tuple[float, ...] = (0.2, 0.5, 1.0)
+#: Answers that say "try again" (the server's database away: 503; a load balancer whose
+#: upstream failed or is failing over: 502, 504): retried like a transport error.
+RETRY_STATUSES = frozenset({502, 503, 504})
 DEFAULT_TIMEOUT_S = 30.0
 
 USER_TOKEN_HINT = "bad or missing token: set GPUQ_TOKEN or run gpuq up / ask your admin"
@@ -175,10 +178,10 @@ class ApiClient:
         """Send one request; return the 2xx response or raise ``CliError``.
 
         A connection that could not be made is always retried (nothing was sent). Other
-        transport errors (timeouts, dropped connections) are retried only for
-        ``idempotent`` requests: GETs, and POSTs the caller marks as safe to repeat (a
-        submit with an idempotency key, a cancel). ``content`` (with its ``headers``) sends
-        a body that is not JSON.
+        transport errors (timeouts, dropped connections) and answers that say "try again"
+        (``RETRY_STATUSES``) are retried only for ``idempotent`` requests: GETs, and POSTs
+        the caller marks as safe to repeat (a submit with an idempotency key, a cancel).
+        ``content`` (with its ``headers``) sends a body that is not JSON.
         """
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "DELETE")
@@ -187,15 +190,18 @@ class ApiClient:
             try:
                 resp = self._http.request(method, path, json=json, params=params,
                                           content=content, headers=headers)
-                break
             except httpx.UnsupportedProtocol as e:
                 raise CliError(f"bad server URL {self.server!r}: {e}", EXIT_USAGE) from e
             except httpx.TransportError as e:
                 retry = idempotent or isinstance(e, httpx.ConnectError | httpx.ConnectTimeout)
                 if not retry or attempt >= len(self._delays):
                     raise self._unreachable(e) from e
-                self._sleep(self._delays[attempt])
-                attempt += 1
+            else:
+                if resp.status_code not in RETRY_STATUSES or not idempotent \
+                        or attempt >= len(self._delays):
+                    break
+            self._sleep(self._delays[attempt])
+            attempt += 1
         if resp.status_code >= 400:
             raise error_for(resp, what=what, not_found=not_found, auth_hint=self.auth_hint)
         return resp

@@ -128,6 +128,9 @@ class FakeApi:
     queries: list[list[tuple[str, str]]] = field(default_factory=list)
     #: Seconds to stall before answering each submit, popped in order (after creating).
     post_delays: list[float] = field(default_factory=list)
+    #: Answers to give each submit instead of making the job, popped in order (a 503 of
+    #: a database away, a proxy's 502).
+    post_refusals: list[int] = field(default_factory=list)
     #: Per job: steps applied one per log read: (bytes appended, state after), or
     #: (bytes, state, attempt): a new attempt starts a new log with those bytes.
     log_steps: dict[int, list[tuple[Any, ...]]] = field(default_factory=dict)
@@ -199,6 +202,10 @@ def build_app(state: FakeApi) -> FastAPI:  # noqa: C901 - one route per contract
     async def submit(body: JobCreate, request: Request, authorization: Auth = None) -> Any:
         _role(authorization)
         state.posts.append(await request.json())
+        if state.post_refusals:
+            status = state.post_refusals.pop(0)
+            return JSONResponse({"detail": "the database is unavailable; retry later"},
+                                status_code=status, headers={"Retry-After": "5"})
         if body.account == "nope":
             return JSONResponse({"detail": [{"loc": ["body", "account"], "type": "value_error",
                                              "msg": "user alice is not a member of 'nope'"}]},

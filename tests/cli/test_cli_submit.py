@@ -76,6 +76,19 @@ def test_a_lost_answer_is_retried_with_the_same_key(api: FakeApi, gpuq) -> None:
     assert len(api.jobs) == 1
 
 
+def test_a_busy_or_failing_over_server_is_retried(api: FakeApi, gpuq) -> None:
+    """A 503 (the server's database away) and a proxy's 502 are tried again with the same
+    key; a 500 is not (a bug is not fixed by repeating)."""
+    api.post_refusals = [503, 502]
+    r = gpuq("submit", "--", "true")
+    assert r.exit_code == 0, r.output
+    assert r.stdout == "Submitted job 1\n"
+    assert len(api.posts) == 3 and len({p["idempotency_key"] for p in api.posts}) == 1
+    api.post_refusals = [500]
+    r = gpuq("submit", "--", "true")
+    assert r.exit_code == 1 and len(api.posts) == 4 and len(api.jobs) == 1
+
+
 def test_submit_a_script_with_directives_and_args(api: FakeApi, gpuq, tmp_path: Path) -> None:
     script = tmp_path / "job.sh"
     script.write_text("#!/bin/bash\n#GPUQ --gpus 3 --time 2h\n#GPUQ --env X=script\n"
