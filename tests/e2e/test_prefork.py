@@ -150,13 +150,21 @@ def test_dead_children_are_replaced_and_sigterm_stops_everything(prefork: Cluste
 
     victim = min(apis)
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: len(api_processes(prefork)) == WORKERS and victim not in
-             api_processes(prefork), 15, lambda: f"a new API process\n{server.output()}")
+
+    def replaced() -> bool:  # one look at the processes: two could straddle the kill
+        now = api_processes(prefork)
+        return len(now) == WORKERS and victim not in now
+
+    wait_for(replaced, 15, lambda: f"a new API process\n{server.output()}")
     assert httpx.get(prefork.url + "/healthz", timeout=10).status_code == 200
     assert f"(pid {victim}) was killed by SIGKILL" in server.output()
 
     os.kill(loop_pid, signal.SIGKILL)
-    wait_for(lambda: len(children(server.popen.pid)) == WORKERS + 1, 15,
+    def loop_replaced() -> bool:
+        now = children(server.popen.pid)
+        return len(now) == WORKERS + 1 and loop_pid not in now
+
+    wait_for(loop_replaced, 15,
              lambda: f"a new loop process\n{server.output()}")
     job_id, took = submit_and_time(prefork)  # the new loop listens and schedules
     assert took < 5, f"job {job_id} took {took:.1f} s to dispatch\n{server.output()}"
