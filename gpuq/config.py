@@ -83,7 +83,9 @@ class Settings(BaseSettings):
     #: Celery broker URL. Empty means the local filesystem transport in ``data_dir/broker``
     #: (no external service; one machine only). Production: ``redis://host:6379/0``.
     broker_url: str = ""
-    #: Polling interval of broker transports that poll (filesystem, SQL), in seconds.
+    #: Polling interval of broker transports that poll (filesystem, SQL), in seconds. The
+    #: filesystem broker's worker is woken by a message (inotify, Linux): there it is only
+    #: the longest wait, and the delay where inotify is not to be had.
     broker_polling_interval_s: float = 0.1
     #: Redis through Sentinel: ``broker_url = "sentinel://s1:26379;sentinel://s2:26379;
     #: sentinel://s3:26379"`` (every Sentinel, ``;`` between them) and the name of the
@@ -124,6 +126,12 @@ class Settings(BaseSettings):
     #: After an event (submit, job end, node change) the loop waits this long, in seconds,
     #: so a burst of events makes one cycle.
     schedule_coalesce_s: float = 0.05
+    #: A cycle an event woke (a job's end, a submit) looks at this many pending jobs, the
+    #: first in priority order (plus those holding a claim), as Slurm's main scheduler does
+    #: (``default_queue_depth``): a freed GPU gets its next job in milliseconds whatever the
+    #: queue's length. The timer's cycle (``schedule_interval_s``) looks at the whole queue
+    #: (backfill, every job's reason, priority and estimated start). 0: every cycle does.
+    schedule_queue_depth: int = Field(100, ge=0)
     #: Niceness added to the loop's process under ``gpuq server --workers N`` (N > 1): a
     #: cycle over a long queue takes a core for a few hundred milliseconds, and the API
     #: processes' requests should not wait behind it (0: the same priority).

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import threading
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from gpuq.broker import make_celery
 from gpuq.config import Settings
 from gpuq.wire.nodes import FenceTerms, Heartbeat, JobRef, RegisterReply
 from gpuq.wire.nodes import GpuSample as WireGpuSample
+from gpuq.worker import jobdir as jd
 from gpuq.worker.client import ApiError, NodeClient, ServerUnavailable
 from gpuq.worker.gpus import GpuBackend, GpuSample, open_backend
 from gpuq.worker.host import read_node_token, registration
@@ -55,7 +57,8 @@ class Daemon:
                                   node=settings.node_name, api=api,
                                   kill_grace_s=settings.kill_grace_s, identity=identity,
                                   gpus=backend, cgroup_root=settings.worker_cgroup_root)
-        #: Set when a launched job has started: the poll thread reports it at once.
+        #: Set when a launched job has started or a run started or ended (its supervisor
+        #: wrote into the ``poke`` FIFO): the poll thread reports it at once.
         self.poke = threading.Event()
         self.handlers = Handlers(api, self.manager, on_started=self.poke.set)
         #: The node's lease (fencing, ``worker.lease``): renewed at each contact with the
@@ -191,6 +194,27 @@ class Daemon:
                                  name=f"gpuq-{name}", daemon=True)
             t.start()
             self._threads.append(t)
+        t = threading.Thread(target=self._listen_pokes, name="gpuq-pokes", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _listen_pokes(self) -> None:
+        """Wake the poll thread when a supervisor writes into the ``poke`` FIFO (its job
+        started or ended): a freed GPU is reported at once, not at the next pass."""
+        try:
+            fd = jd.open_poke(self.manager.jobs_dir.parent)
+        except OSError as e:
+            log.warning("no poke FIFO (%s): job ends are reported every %.2f s", e,
+                        self.settings.job_poll_interval_s)
+            return
+        try:
+            while not self.stop.is_set():
+                ready, _, _ = select.select([fd], [], [], 1.0)
+                if ready:
+                    jd.drain_poke(fd)
+                    self.poke.set()
+        finally:
+            os.close(fd)
 
     def stop_threads(self, timeout_s: float = 15.0) -> None:
         self.stop.set()

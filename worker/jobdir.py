@@ -16,6 +16,10 @@ everything local is keyed by (job id, attempt): ``<state_dir>/jobs/<id>.<attempt
     stale           present once the server said this run is not the job's current one
                     (or not this node's): nothing more is sent for it (daemon)
 
+The daemon also keeps ``<state_dir>/poke``, a FIFO: a supervisor writes a byte into it
+when its job starts or ends, so the daemon reports it at once instead of at its next
+pass (``job_poll_interval_s``; the next job of a freed GPU waited for it).
+
 Directories of the first layout, ``<state_dir>/jobs/<id>/`` (before attempts existed),
 are read as attempt 1, so a daemon upgraded under running jobs still re-adopts them.
 
@@ -47,6 +51,8 @@ SHIPPED = "shipped"
 REPORTED = "reported"
 USAGE = "usage.json"
 STALE = "stale"
+#: The daemon's FIFO at ``<state_dir>/poke`` (the parent of ``jobs/``).
+POKE = "poke"
 
 #: The state file of a run that has started, and of one that has ended on the node.
 RUNNING = JobState.RUNNING.value
@@ -187,3 +193,35 @@ def try_lock(jobdir: Path) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
+
+
+def open_poke(state_dir: Path) -> int:
+    """The daemon's end of ``<state_dir>/poke`` (made if missing): a non-blocking fd open
+    for reading and writing, so that it never sees an end of file between writers."""
+    path = state_dir / POKE
+    with contextlib.suppress(FileExistsError):
+        os.mkfifo(path, 0o600)
+    return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+def poke(run_dir: Path) -> None:
+    """Tell the daemon that the run in ``run_dir`` (``<state_dir>/jobs/<run>``) changed.
+    Best effort: no daemon listening (no FIFO, no reader) or a full FIFO (pokes pending
+    already) is fine; the daemon's timer finds the change anyway."""
+    try:
+        fd = os.open(run_dir.parent.parent / POKE, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, b"!")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def drain_poke(fd: int) -> None:
+    """Read what the supervisors wrote into the daemon's FIFO."""
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while os.read(fd, 4096):
+            pass

@@ -175,6 +175,7 @@ class Supervisor:
         log.info("job %s: %s (%s)", self.label, state, reason)
         self._write(state=state, exit_code=exit_code, reason=reason,
                     ended_at=jd.iso_utc(self.wall()))
+        jd.poke(self.dir)  # the daemon reports the end now: the GPU is free
 
     def _cancel_asked(self) -> bool:
         return self._stop_signal or (self.dir / jd.CANCEL).exists()
@@ -223,6 +224,7 @@ class Supervisor:
                     limit_cgroups=[str(d) for d in self._limits.v1_dirs.values()]
                     if self._limits else [],
                     started_at=jd.iso_utc(self.wall()))
+        jd.poke(self.dir)
         ending, code = self._wait(self._tree, start_s + float(launch["time_limit_s"]))
         proc.returncode = code  # reaped here, not by Popen
         # Any process of the job killed for memory makes it OUT_OF_MEMORY, whatever its

@@ -211,6 +211,9 @@ def effective_spec(job: Any, shared: Any | None
 
 #: The states of jobs in the queue (pending or on a node): ``ix_jobs_active_id``'s rows.
 ACTIVE_JOBS = text("state IN ('PENDING', 'DISPATCHED', 'RUNNING')")
+PENDING_JOBS = text("state = 'PENDING'")
+#: The pending jobs holding a claim (a claim given up is JSON null, not SQL NULL).
+CLAIMED_JOBS = text("state = 'PENDING' AND claim IS NOT NULL AND CAST(claim AS TEXT) <> 'null'")
 
 
 class Job(Base):
@@ -221,6 +224,12 @@ class Job(Base):
         #: The queue listing (``state IN (...) ORDER BY id DESC LIMIT n``) reads the active
         #: jobs newest first through this, not backwards through every ended job's id.
         Index("ix_jobs_active_id", "id", postgresql_where=ACTIVE_JOBS, sqlite_where=ACTIVE_JOBS),
+        #: A cycle an event woke reads the first pending jobs in priority order through this
+        #: (``schedule_queue_depth``), not the whole queue.
+        Index("ix_jobs_pending_priority", "priority_key", "id",
+              postgresql_where=PENDING_JOBS, sqlite_where=PENDING_JOBS),
+        Index("ix_jobs_pending_claim", "id", postgresql_where=CLAIMED_JOBS,
+              sqlite_where=CLAIMED_JOBS),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(128))
@@ -250,6 +259,9 @@ class Job(Base):
     qos: Mapped[str] = mapped_column(String(16), default="normal")
     #: The factors of the last scheduling cycle (pending jobs), for `gpuq show` / `why`.
     priority_factors: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    #: Minus ``priority_factors["total"]``: the order (ascending, then id) a quick cycle
+    #: reads the pending jobs in (NULL: not ranked by a full pass yet; read first).
+    priority_key: Mapped[float | None] = mapped_column(Float)
     estimated_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: Usage has been charged for this job up to here (running jobs charge as they run).
     charged_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
 from gpuq.config import Settings
@@ -169,7 +169,7 @@ PENDING_COLUMNS = (
     _jobs.id, _jobs.state, _jobs.gpus, _jobs.submitted_at, _jobs.priority, _jobs.gpu_model,
     _jobs.cpus, _jobs.memory_mib, _jobs.user_id, _jobs.account_id, _jobs.time_limit_s,
     _jobs.nice, _jobs.qos, _jobs.requeue, _jobs.claim, _jobs.reason, _jobs.priority_factors,
-    _jobs.estimated_start,
+    _jobs.priority_key, _jobs.estimated_start,
 )
 #: What the snapshot reads of an active job: ``job_view``'s fields and what charging needs.
 ACTIVE_COLUMNS = (
@@ -181,11 +181,36 @@ ACTIVE_COLUMNS = (
 )
 
 
-def build_snapshot_rows(session: Session, now: datetime, settings: Settings | None = None
-                        ) -> tuple[Snapshot, dict[int, Any]]:
-    """The snapshot, and the rows of the pending (``PENDING_COLUMNS``) and active
-    (``ACTIVE_COLUMNS``) jobs it was built from: the cycle compares what it would write
-    with them, and writes only what changes."""
+def pending_rows(session: Session, depth: int = 0) -> tuple[list[Any], bool]:
+    """The pending jobs' rows (``PENDING_COLUMNS``) a cycle looks at, and whether they are
+    the whole queue. ``depth`` 0: every pending job. Else (Slurm's ``default_queue_depth``)
+    the first ``depth`` in priority order (``priority_key``, as the last full pass ranked
+    them), the first ``depth`` not ranked yet (new since then) and every job holding a
+    claim (GPUs set aside for it, which no other job may take): three index scans, not
+    the whole queue."""
+    pending = select(*PENDING_COLUMNS).where(_jobs.state == JobState.PENDING.value)
+    if not depth:
+        return list(session.execute(pending).all()), True
+    new = session.execute(pending.where(_jobs.priority_key.is_(None))
+                          .order_by(_jobs.id).limit(depth)).all()
+    ranked = session.execute(pending.where(_jobs.priority_key.is_not(None))
+                             .order_by(_jobs.priority_key, _jobs.id).limit(depth)).all()
+    if len(new) < depth and len(ranked) < depth:
+        return [*new, *ranked], True
+    seen = {r.id for r in (*new, *ranked)}
+    # A claim dropped is JSON null, not SQL NULL (the column is JSON); the same condition
+    # as the partial index ix_jobs_pending_claim's, which the planner then reads.
+    claimed = session.execute(pending.where(_jobs.claim.is_not(None),
+                                            cast(_jobs.claim, Text) != "null")).all()
+    return [*new, *ranked, *(r for r in claimed if r.id not in seen)], False
+
+
+def build_snapshot_rows(session: Session, now: datetime, settings: Settings | None = None,
+                        depth: int = 0) -> tuple[Snapshot, dict[int, Any], bool]:
+    """The snapshot, the rows of the pending (``PENDING_COLUMNS``) and active
+    (``ACTIVE_COLUMNS``) jobs it was built from (the cycle compares what it would write
+    with them, and writes only what changes), and whether its pending jobs are the whole
+    queue (``depth``: see ``pending_rows``)."""
     settings = settings or Settings()
     # The rows are read by plain (Core) queries, which do not autoflush: this
     # transaction's changes so far (nodes marked down, charges) go first.
@@ -194,8 +219,7 @@ def build_snapshot_rows(session: Session, now: datetime, settings: Settings | No
     account_names = {aid: name for aid, name in session.execute(select(Account.id,
                                                                       Account.name))}
     node_names = {nid: name for nid, name in session.execute(select(Node.id, Node.name))}
-    pending = session.execute(select(*PENDING_COLUMNS)
-                              .where(_jobs.state == JobState.PENDING.value)).all()
+    pending, whole = pending_rows(session, depth)
     active = session.execute(select(*ACTIVE_COLUMNS)
                              .where(_jobs.state.in_([s.value for s in ACTIVE]))).all()
     accounts, assocs, usage = tree_views(session, now)
@@ -216,4 +240,4 @@ def build_snapshot_rows(session: Session, now: datetime, settings: Settings | No
         usage=usage,
         config=policy_config(settings),
         grants=grants,
-    ), {j.id: j for j in (*pending, *active)}
+    ), {j.id: j for j in (*pending, *active)}, whole

@@ -39,10 +39,13 @@ class CycleResult:
     next_grant_change: datetime | None = None
     #: Jobs pending or running when the cycle read them (for ``PlannerStats``).
     active: int = field(default=0, compare=False)
+    #: Whether the cycle looked at the whole queue (a quick cycle may not: ``depth``).
+    whole: bool = field(default=True, compare=False)
 
 
 def apply_decisions(session: Session, decisions: Decisions, now: datetime, result: CycleResult,
-           snapshot: Snapshot | None = None, rows: dict[int, Any] | None = None) -> None:
+                    snapshot: Snapshot | None = None, rows: dict[int, Any] | None = None,
+                    *, whole: bool = True) -> None:
     """Re-check every start against the current rows before committing it (Nomad's
     plan applier): the job is still pending, the node still up, its GPUs still free.
     ``rows``: the job rows (``snapshot.PENDING_COLUMNS``) the snapshot was read from: what the
@@ -50,7 +53,11 @@ def apply_decisions(session: Session, decisions: Decisions, now: datetime, resul
 
     Only the jobs the cycle acts on (started, preempted, borrowing changes) are ORM objects;
     the pending jobs' reasons, priorities and claims are written by set-based UPDATEs, and
-    only where a value changes (see ``_write_pending``)."""
+    only where a value changes (see ``_write_pending``).
+
+    ``whole``: the snapshot held the whole queue. A quick cycle's (the first jobs in
+    priority order only) writes no priorities or estimated starts: ranked against part
+    of the queue they would be wrong, and the next full pass writes them."""
     rows = rows if rows is not None else {}
     starts: list[tuple[Job, rules.Change]] = []
     claimed: set[tuple[int, int]] = set()
@@ -100,7 +107,7 @@ def apply_decisions(session: Session, decisions: Decisions, now: datetime, resul
         reason = decisions.pending_reasons[job_id]
         if job.reason != reason:
             pending.reasons[reason].append(job_id)
-        changes = _record_priority(job, decisions, job_id)
+        changes = _record_priority(job, decisions, job_id) if whole else None
         if changes:
             pending.columns[job_id].update(changes)
     # The ORM's changes (starts, preemptions, borrowing labels) go now, not at whatever
@@ -174,7 +181,8 @@ def _write_pending(session: Session, todo: _PendingWrites) -> None:
 #: How each column the cycle writes travels in ``_update_from_arrays``: the array's type,
 #: and the cast from its element to the column (JSON goes as its text).
 _ARRAYS = {"priority_factors": ("text[]", "::json"), "claim": ("text[]", "::json"),
-           "estimated_start": ("timestamptz[]", ""), "reason": ("text[]", "")}
+           "estimated_start": ("timestamptz[]", ""), "reason": ("text[]", ""),
+           "priority_key": ("float8[]", "")}
 
 
 def _update_from_arrays(session: Session, keys: tuple[str, ...],
@@ -289,8 +297,10 @@ def _record_priority(job: Any, decisions: Decisions, job_id: int) -> dict[str, A
                    "age": round(p.age, 4), "jobsize": round(p.jobsize, 4),
                    "qos": round(p.qos, 4), "nice": p.nice, "site": p.site}
         old = job.priority_factors
-        if old != factors and not _drift_only(old, factors):
+        if (old != factors and not _drift_only(old, factors)) or job.priority_key is None:
             changes["priority_factors"] = factors
+            # The order quick cycles read the queue in (``snapshot.pending_rows``).
+            changes["priority_key"] = -factors["total"]
     est = decisions.estimated_starts.get(job_id)
     when = datetime.fromtimestamp(round(est), UTC) if est is not None else None
     if job.estimated_start != when:

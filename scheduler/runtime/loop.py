@@ -55,20 +55,22 @@ def _charge_due(session: Session, now: datetime, interval_s: float) -> bool:
 
 
 def cycle(ctx: Context, *, housekeeping: bool = True,
-          listening_since: datetime | None = None) -> CycleResult:
+          listening_since: datetime | None = None, depth: int = 0) -> CycleResult:
     """One scheduling cycle. Safe to call from tests with a manual clock.
 
     ``housekeeping`` (nodes without heartbeats marked down, usage charged, grant states
     refreshed, idle jobs cancelled) comes first, in its own transaction; the loop skips
     it in a cycle an event woke shortly after the last one (``SchedulerLoop``).
     ``listening_since``: since when the scheduler could hear heartbeats (a node's silence
-    counts from then at the earliest: ``outages.down_deadline``); ``None``: always."""
+    counts from then at the earliest: ``outages.down_deadline``); ``None``: always.
+    ``depth``: a quick cycle, which looks at the first ``depth`` pending jobs in priority
+    order (``snapshot.pending_rows``, Slurm's ``default_queue_depth``); 0: a full pass."""
     with measures.cycle_timer():
-        return _cycle(ctx, housekeeping, listening_since)
+        return _cycle(ctx, housekeeping, listening_since, depth)
 
 
 def _cycle(ctx: Context, housekeeping: bool = True,
-           listening_since: datetime | None = None) -> CycleResult:
+           listening_since: datetime | None = None, depth: int = 0) -> CycleResult:
     now = ctx.clock()
     result = CycleResult()
     notices: list[dict[str, Any]] = []
@@ -83,10 +85,11 @@ def _cycle(ctx: Context, housekeeping: bool = True,
     # heartbeat that records its job's sample (bench/load.py: p99 3.7 s).
     with ctx.transaction() as session:
         if _take_lock(session):
-            snapshot, rows = build_snapshot_rows(session, now, ctx.settings)
+            snapshot, rows, whole = build_snapshot_rows(session, now, ctx.settings, depth)
+            result.whole = whole
             result.active = len(snapshot.pending) + len(snapshot.running)
             decisions = schedule(snapshot)
-            apply_decisions(session, decisions, now, result, snapshot, rows)
+            apply_decisions(session, decisions, now, result, snapshot, rows, whole=whole)
             result.next_grant_change = in_effect.next_change(session, now)
         else:
             # Another replica's loop acts now. Its cycle may have read the queue before
@@ -200,6 +203,12 @@ class SchedulerLoop:
     #: replicas, bench/faults/failover.py measured a median queue wait of the timer's
     #: 5 s). Trying the lock is one cheap statement.
     LOCK_RETRY_S = 0.1
+    #: The most of the loop's time full passes take: the next one is due
+    #: ``schedule_interval_s`` after the last began, or ten times its length if that is
+    #: longer (at 100,000 pending a full pass takes seconds; the quick cycles between them,
+    #: which start the jobs on freed GPUs, milliseconds). Slurm's backfill pass is spaced
+    #: the same way (``bf_interval``, 30 s by default).
+    FULL_PASS_SHARE = 0.1
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -208,6 +217,10 @@ class SchedulerLoop:
         self._thread: threading.Thread | None = None
         self.stats = PlannerStats()
         self._housekept_at = float("-inf")
+        #: When the last cycle that looked at the whole queue began, and how long after it
+        #: the next one is due (``FULL_PASS_SHARE``).
+        self._full_at = float("-inf")
+        self._full_every = ctx.settings.schedule_interval_s
         #: Since when this server has heard heartbeats (fresh timeouts after its outages).
         self.listening = Listening(
             max_gap_s=max(10.0, 2 * ctx.settings.schedule_interval_s + 5.0),
@@ -261,17 +274,29 @@ class SchedulerLoop:
                 started = time.monotonic()
                 housekeeping = not woken or started - self._housekept_at >= self.HOUSEKEEPING_S
                 since = self.listening.begin(self.ctx.clock()) if housekeeping else None
-                result = cycle(self.ctx, housekeeping=housekeeping, listening_since=since)
+                # A cycle looks at the first jobs of the queue only, unless a full pass is
+                # due (schedule_interval_s after the last, or more: FULL_PASS_SHARE).
+                quick = started - self._full_at < self._full_every
+                result = cycle(self.ctx, housekeeping=housekeeping, listening_since=since,
+                               depth=settings.schedule_queue_depth if quick else 0)
                 if housekeeping:  # the database answered (ran False: another loop acts)
                     self.listening.succeeded()
                 if result.ran:
-                    self.stats.observe(self.ctx, result.active)
+                    if result.whole:
+                        self.stats.observe(self.ctx, result.active)
+                        self._full_at = started
+                        self._full_every = max(settings.schedule_interval_s,
+                                               (time.monotonic() - started)
+                                               / self.FULL_PASS_SHARE)
                     if housekeeping:
                         self._housekept_at = started
                 else:  # another replica's loop held the lock
                     retry, wait_s = True, self.LOCK_RETRY_S
                 ended = time.monotonic()
-                rest_until = ended + (ended - started)
+                # The rest follows the quick cycles (what constant wake-ups repeat); a full
+                # pass is spaced by FULL_PASS_SHARE instead, and a rest as long would keep
+                # freed GPUs idle for seconds after each at a deep queue.
+                rest_until = ended + (ended - started if quick else 0.0)
                 if result.next_grant_change is not None:
                     # A grant starts or ends sooner than the timer: wake on time for it.
                     until = (result.next_grant_change - self.ctx.clock()).total_seconds()

@@ -153,7 +153,8 @@ def test_a_cycle_writes_exactly_the_values_that_changed(
     assert {r: sorted(ids) for r, ids in writes[3].reasons.items()} == {
         cluster.job(new).reason: [new]}
     assert set(writes[3].columns) == {new}
-    assert set(writes[3].columns[new]) == {"priority_factors", "estimated_start"}
+    assert set(writes[3].columns[new]) == {"priority_factors", "priority_key",
+                                           "estimated_start"}
     # Its reason, factors and estimate in one statement (one new row version).
     assert len(cluster.job_updates) == 1
     assert all(c in cluster.job_updates[0]
@@ -166,7 +167,8 @@ def test_a_cycle_writes_exactly_the_values_that_changed(
     cycle(cluster.ctx)
     assert dict(writes[4].reasons) == {}
     assert sorted(writes[4].columns) == sorted([*waiting, new])
-    assert {k for c in writes[4].columns.values() for k in c} == {"priority_factors"}
+    assert {k for c in writes[4].columns.values() for k in c} == {"priority_factors",
+                                                                  "priority_key"}
     # One row each (the running job's charge is the other UPDATE); on PostgreSQL all four
     # rows in one statement (UPDATE ... FROM unnest).
     rewrites = sum("priority_factors" in u for u in cluster.job_updates)
@@ -210,7 +212,7 @@ def test_a_job_cancelled_after_the_snapshot_keeps_the_cancel(
 
         result = CycleResult()
         with c.ctx.transaction() as s:
-            snapshot, rows = build_snapshot_rows(s, T0, c.ctx.settings)
+            snapshot, rows, _ = build_snapshot_rows(s, T0, c.ctx.settings)
             decisions = schedule(snapshot)
             assert [st.job_id for st in decisions.starts] == [starts]
             assert {waits, other} <= set(decisions.pending_reasons)
@@ -275,7 +277,7 @@ def test_a_claim_the_policy_drops_is_cleared(cluster: Cluster) -> None:
         claim = {"node": "n1", "gpus": [0], "victims": [999], "grant": None}
         job_id = add_job(s, claim=claim).id
     with cluster.ctx.transaction() as s:
-        snapshot, rows = build_snapshot_rows(s, T0, cluster.ctx.settings)
+        snapshot, rows, _ = build_snapshot_rows(s, T0, cluster.ctx.settings)
         decisions = schedule(snapshot)
         assert job_id not in decisions.claims  # its victim is gone: no claim any more
         apply_decisions(s, decisions, T0, CycleResult(), snapshot, rows)
@@ -291,7 +293,7 @@ def test_a_claim_is_not_written_over_a_cancel(
             claim = {"node": "n1", "gpus": [0], "victims": [999], "grant": None}
             job_id = add_job(s, claim=claim).id
         with c.ctx.transaction() as s:
-            snapshot, rows = build_snapshot_rows(s, T0, c.ctx.settings)
+            snapshot, rows, _ = build_snapshot_rows(s, T0, c.ctx.settings)
             decisions = schedule(snapshot)
             assert job_id not in decisions.claims
             with c.ctx.transaction() as api:

@@ -1,0 +1,85 @@
+"""Quick cycles (Slurm's ``default_queue_depth``): a cycle an event woke reads the first
+``depth`` pending jobs in priority order, the new ones and those holding a claim; the full
+pass reads them all and keeps the order (``priority_key``) up to date."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gpuq.scheduler.db.models import Job
+from gpuq.scheduler.domain.snapshot import pending_rows
+from gpuq.scheduler.lifecycle.writes import transition
+from gpuq.scheduler.runtime import applier as loop_module
+from gpuq.scheduler.runtime.loop import cycle
+from gpuq.wire.states import JobState
+from tests.scheduler.rows import T0, add_job, add_node
+from tests.scheduler.test_cycle_writes import Cluster, make_cluster
+
+CLAIM = {"node": "n1", "gpus": [0], "victims": [], "grant": None}
+
+
+@pytest.fixture
+def cluster(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    with make_cluster(db_url, tmp_path, monkeypatch) as c:
+        yield c
+
+
+def test_the_queue_s_head_the_new_jobs_and_the_claims(cluster: Cluster) -> None:
+    with cluster.ctx.transaction() as s:
+        ranked = [add_job(s, priority_key=key).id for key in (-5.0, -9.0, -1.0, -9.0)]
+        new = [add_job(s).id for _ in range(3)]
+        deep = add_job(s, priority_key=100.0, claim=CLAIM).id  # last in order, but claimed
+        add_job(s, priority_key=200.0, claim=None)  # a claim given up (JSON null)
+        ended = add_job(s, priority_key=-50.0)  # not pending
+        ended.state = JobState.COMPLETED.value
+    with cluster.ctx.sessions() as s:
+        rows, whole = pending_rows(s, 2)
+        assert [r.id for r in rows] == [*new[:2], ranked[1], ranked[3], deep]
+        assert whole is False
+        rows, whole = pending_rows(s, 0)
+        assert len(rows) == 9 and whole is True
+        rows, whole = pending_rows(s, 7)  # fewer than 7 of each: the whole queue
+        assert sorted(r.id for r in rows) == sorted([*ranked, *new, deep, deep + 1])
+        assert whole is True
+
+
+def test_a_quick_cycle_starts_the_head_and_writes_no_priorities(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[loop_module._PendingWrites] = []
+    real = loop_module._write_pending
+    monkeypatch.setattr(loop_module, "_write_pending",
+                        lambda session, w: (seen.append(w), real(session, w)))
+    with cluster.ctx.transaction() as s:
+        add_node(s, "n1", gpus=1)
+        jobs = [add_job(s, submitted_at=T0 - timedelta(minutes=i)).id for i in range(6)]
+    cluster.clock.advance(10)
+    r = cycle(cluster.ctx)  # the full pass: the oldest job starts, every other one is ranked
+    assert r.whole and [j for j, _ in r.started] == [jobs[5]]
+    waiting = jobs[:5]
+    keys = {j: cluster.job(j).priority_key for j in waiting}
+    assert all(k is not None for k in keys.values())
+    assert {j: cluster.job(j).priority_factors["total"] for j in waiting} == {
+        j: -k for j, k in keys.items()}
+
+    with cluster.ctx.transaction() as s:  # the running job ends; a newer job arrives
+        done = s.get(Job, jobs[5])
+        assert done is not None
+        transition(s, done, JobState.RUNNING, now=cluster.clock())
+        transition(s, done, JobState.COMPLETED, now=cluster.clock(), reason="exit code 0")
+        late = add_job(s, submitted_at=cluster.clock()).id
+    seen.clear()
+    r = cycle(cluster.ctx, housekeeping=False, depth=2)
+    # The head of the queue (the oldest waiting job ranks first), not the whole queue.
+    assert not r.whole and [j for j, _ in r.started] == [jobs[4]]
+    (w,) = seen
+    assert w.columns == {}  # no priorities, no estimates from a partial view
+    considered = {i for ids in w.reasons.values() for i in ids}
+    assert considered <= {jobs[3], late}  # reasons for what it looked at only
+    assert cluster.job(late).priority_key is None  # ranked by the next full pass
+
+    r = cycle(cluster.ctx)
+    assert r.whole and cluster.job(late).priority_key is not None
