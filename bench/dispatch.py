@@ -13,7 +13,9 @@ clock). The server's own timestamps split it:
 Two deployments:
 
   redis    PostgreSQL + the Redis broker (production)   target: p50 < 50 ms, p99 < 200 ms
-  up       SQLite + kombu's filesystem broker, what ``gpuq up`` runs (figures only)
+  up       SQLite + kombu's filesystem broker, what      target: p50 <= 35 ms
+           ``gpuq up`` runs (its worker woken by inotify,
+           gpuq/fsbroker.py)
 
 Run from the repository root:
 
@@ -38,6 +40,9 @@ from tests.e2e.conftest import wait_for
 TARGET_P50_MS = 50.0
 TARGET_P99_MS = 200.0
 TARGET_MIN_JOBS = 200
+#: ``gpuq up``: its consumer is woken by a message (gpuq/fsbroker.py) where it polled every
+#: 0.1 s (p50 67 ms against Redis's 31 ms before; issue 17).
+TARGET_UP_P50_MS = 35.0
 DEPLOYMENTS = {"redis": ("postgresql", "redis"), "up": ("sqlite", "filesystem")}
 
 
@@ -86,13 +91,17 @@ def run(deployments: list[str], jobs: int) -> dict[str, Any]:
     results = [measure(d, jobs) for d in deployments]
     met = {}
     for r in results:
+        t = r["total"]
         if r["deployment"] == "redis":
-            t = r["total"]
-            met = {"p50_ms": t["p50_ms"] < TARGET_P50_MS, "p99_ms": t["p99_ms"] < TARGET_P99_MS,
-                   "jobs": t["n"] >= TARGET_MIN_JOBS}
+            met.update({"p50_ms": t["p50_ms"] < TARGET_P50_MS,
+                        "p99_ms": t["p99_ms"] < TARGET_P99_MS,
+                        "jobs": t["n"] >= TARGET_MIN_JOBS})
+        elif r["deployment"] == "up":
+            met["up_p50_ms"] = t["p50_ms"] <= TARGET_UP_P50_MS
     return {"benchmark": "dispatch", "machine": where, "jobs": jobs, "results": results,
             "target": {"deployment": "redis", "p50_ms": TARGET_P50_MS,
-                       "p99_ms": TARGET_P99_MS, "jobs": TARGET_MIN_JOBS},
+                       "p99_ms": TARGET_P99_MS, "jobs": TARGET_MIN_JOBS,
+                       "up_p50_ms": TARGET_UP_P50_MS},
             "met": met}
 
 
@@ -110,13 +119,18 @@ def print_human(r: dict[str, Any], smoke: bool) -> None:
             s = res[key]
             print(f"{name:<24} {label:<30} {s['p50_ms']:>7.1f} {s['p95_ms']:>7.1f} "
                   f"{s['p99_ms']:>7.1f} {s['max_ms']:>7.1f}")
-    if r["met"]:
-        note = " (smoke run: not the target's measurement)" if smoke else ""
-        red = next(x for x in r["results"] if x["deployment"] == "redis")["total"]
-        print(f"target (redis): p50 < {TARGET_P50_MS:.0f} ms: {red['p50_ms']:.1f} ms "
-              f"{verdict(r['met']['p50_ms'])}; p99 < {TARGET_P99_MS:.0f} ms: "
-              f"{red['p99_ms']:.1f} ms {verdict(r['met']['p99_ms'])}; over >= "
-              f"{TARGET_MIN_JOBS} jobs: {red['n']} {verdict(r['met']['jobs'])}{note}")
+    note = " (smoke run: not the target's measurement)" if smoke else ""
+    met = r["met"]
+    for res in r["results"]:
+        t = res["total"]
+        if res["deployment"] == "redis":
+            print(f"target (redis): p50 < {TARGET_P50_MS:.0f} ms: {t['p50_ms']:.1f} ms "
+                  f"{verdict(met['p50_ms'])}; p99 < {TARGET_P99_MS:.0f} ms: "
+                  f"{t['p99_ms']:.1f} ms {verdict(met['p99_ms'])}; over >= "
+                  f"{TARGET_MIN_JOBS} jobs: {t['n']} {verdict(met['jobs'])}{note}")
+        elif res["deployment"] == "up":
+            print(f"target (up): p50 <= {TARGET_UP_P50_MS:.0f} ms: {t['p50_ms']:.1f} ms "
+                  f"{verdict(met['up_p50_ms'])}{note}")
 
 
 def main() -> int:

@@ -8,7 +8,9 @@ Brokers: Redis in production (``GPUQ_BROKER_URL=redis://host:6379/0``), or Redis
 Sentinel for a broker that survives its host (``sentinel://s1:26379;sentinel://s2:26379``
 and ``GPUQ_BROKER_MASTER_NAME``). With no broker
 configured, the kombu *filesystem* transport under ``data_dir/broker`` is used: no service,
-one machine only, and each message waits up to ``broker_polling_interval_s`` (0.1 s).
+one machine only. Its consumer (the worker) waits on an inotify watch of the folder, so a
+message wakes it at once (gpuq/fsbroker.py); ``broker_polling_interval_s`` (0.1 s) is only
+the longest wait, what a message waits where inotify is not to be had (not Linux).
 """
 
 from __future__ import annotations
