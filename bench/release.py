@@ -81,7 +81,9 @@ def measure(pending: int, wanted: int, duration_s: float, workers: int) -> dict[
     folder = Path(tempfile.mkdtemp(prefix="gpuq-bench-release-"))
     with server({"GPUQ_API_WORKERS": str(workers), "GPUQ_NODE_DOWN_AFTER_S": "60"},
                 redis_db=12) as cluster:
-        cluster.add_worker("bench", f"{GPUS}xA100-80GB")
+        print(f"server and worker logs: {cluster.tmp}", file=sys.stderr)
+        # One CPU a job (the default): the node offers one per GPU, whatever the host has.
+        cluster.add_worker("bench", f"{GPUS}xA100-80GB", GPUQ_WORKER_CPUS=str(GPUS))
         token = cluster.add_user("bench")
         with Http(cluster.url, token, timeout=600) as h:
             t0 = time.monotonic()

@@ -41,8 +41,8 @@ from typing import Any
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.transport.virtual.base import Empty
-from kombu.utils.encoding import str_to_bytes
-from kombu.utils.json import dumps
+from kombu.utils.encoding import bytes_to_str, str_to_bytes
+from kombu.utils.json import dumps, loads
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,40 @@ class Channel(filesystem.Channel):
             with contextlib.suppress(OSError):
                 os.unlink(partial)
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+    def _get(self, queue: str) -> Any:
+        """Take the next message of ``queue``: renamed into ``processed_folder`` (private,
+        in the broker's folder), read, removed. kombu's own moves it into the system's
+        temporary folder (``/tmp``, readable by every local user, and another file
+        system: a copy) unless it keeps every message (``store_processed``)."""
+        wanted = f"{queue}.msg"
+        into = self._taken_folder()
+        for name in sorted(os.listdir(self.data_folder_in)):
+            if name.partition(".")[2] != wanted:
+                continue
+            taken = os.path.join(into, name)
+            try:
+                os.rename(os.path.join(self.data_folder_in, name), taken)
+            except OSError:  # another consumer took it first
+                continue
+            try:
+                with open(taken, "rb") as f:
+                    payload = f.read()
+                if not self.store_processed:
+                    os.unlink(taken)
+            except OSError as exc:
+                raise ChannelError(f"Cannot read file {taken!r} from queue.") from exc
+            return loads(bytes_to_str(payload))
+        raise Empty()
+
+    def _taken_folder(self) -> str:
+        """``processed_folder`` (``gpuq.broker`` sets it in the broker's folder); kombu's
+        default is a relative path: then a private ``.processed`` in the folder read."""
+        folder = self.processed_folder
+        if not os.path.isabs(folder):
+            folder = os.path.join(self.data_folder_in, ".processed")
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        return folder
 
 
 class Transport(filesystem.Transport):

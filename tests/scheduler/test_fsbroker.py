@@ -300,3 +300,27 @@ def test_a_celery_worker_takes_a_task_at_once(tmp_path: Path) -> None:
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_a_message_taken_never_leaves_the_broker_s_private_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kombu's consumer moved each message into the system's temporary folder (/tmp,
+    readable by every local user) to read it; gpuq's takes it into ``processed_folder``."""
+    # A temporary folder that cannot be written to (its parent is missing: root writes
+    # anywhere): kombu's move there fails and the message is never taken.
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "missing" / "tmp"))
+    folder, processed = tmp_path / "broker", tmp_path / "broker" / "processed"
+    processed.mkdir(parents=True)
+    opts = {"data_folder_in": str(folder), "data_folder_out": str(folder),
+            "processed_folder": str(processed),
+            "control_folder": str(tmp_path / "control"), "store_processed": False}
+    queue = f"q{uuid.uuid4().hex}"
+    with Connection("filesystem://", transport=Transport, transport_options=opts) as conn:
+        q = conn.SimpleQueue(queue)
+        q.put({"job": 7})
+        message = q.get(timeout=5)
+        assert message.payload == {"job": 7}
+        message.ack()
+        q.close()
+    assert list(processed.iterdir()) == []  # read, then removed
+    assert not any(p.name.endswith(".msg") for p in folder.iterdir())
