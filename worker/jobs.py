@@ -159,7 +159,8 @@ class JobManager:
             "refused": refused, "node": self.node, "cgroup_root": self.cgroup_root,
             "lease": str(self.lease_path),
             "limits": limits.plan(self.enforcement, memory_mib=spec.memory_mib, cpus=spec.cpus,
-                                  deny=limits.deny_list(self._gpu_devices, spec.gpu_indices))})
+                                  deny=limits.deny_list(self._gpu_devices, spec.gpu_indices))},
+            durable=False)  # read by this boot's supervisor and daemon only
         self._spawn(key, d)
         if run_as is None:
             log.warning("job %s: not started: %s", key, refused)
@@ -188,7 +189,7 @@ class JobManager:
                 log.exception("reading the GPUs at launch failed; the job's energy will "
                               "count from its first heartbeat")
         jd.write_json_atomic(d / jd.USAGE, usage.start_record(gpu_indices, samples,
-                                                               self._wall()))
+                                                               self._wall()), durable=False)
 
     def _kill_and_wait(self, key: RunKey, attempts: Sequence[int]) -> None:
         log.info("job %s: killing attempt(s) %s of the job still running here first", key,
@@ -288,7 +289,7 @@ class JobManager:
                 record = usage.begin(record, indices, samples, now_s, started_s)
             record, sample = usage.advance(record, indices, samples, now_s)
             with contextlib.suppress(FileNotFoundError):  # retired meanwhile
-                jd.write_json_atomic(d / jd.USAGE, record)
+                jd.write_json_atomic(d / jd.USAGE, record, durable=False)
         return sample
 
     def start_sample(self, d: Path) -> None:
@@ -312,7 +313,7 @@ class JobManager:
                 return
             record = usage.begin(record, indices, samples, self._wall(), started_s)
             with contextlib.suppress(FileNotFoundError):  # retired meanwhile
-                jd.write_json_atomic(d / jd.USAGE, record)
+                jd.write_json_atomic(d / jd.USAGE, record, durable=False)
 
     def end_sample(self, d: Path) -> JobSample | None:
         """The run's GPUs at its end (read now, once, and kept in its ``usage.json``), for
@@ -345,7 +346,7 @@ class JobManager:
             record, sample = usage.finish(record, indices, samples, now_s,
                                           now_s if ended_s is None else ended_s)
             with contextlib.suppress(FileNotFoundError):  # retired meanwhile
-                jd.write_json_atomic(d / jd.USAGE, record)
+                jd.write_json_atomic(d / jd.USAGE, record, durable=False)
         return sample
 
     @staticmethod
