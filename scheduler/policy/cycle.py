@@ -34,7 +34,11 @@ from gpuq.scheduler.policy import reasons
 from gpuq.scheduler.policy.backfill import Guard, Outlook, Releases, plan_reservation
 from gpuq.scheduler.policy.decisions import Decisions, Reservation, Start
 from gpuq.scheduler.policy.placement import Cluster, Shape, Survey
-from gpuq.scheduler.policy.priority import fairshare_factors, priorities
+from gpuq.scheduler.policy.priority import (
+    fairshare_factors,
+    pending_associations,
+    priorities,
+)
 from gpuq.scheduler.policy.snapshot import JobView, Snapshot
 
 #: (GPUs, model, CPUs rounded up to a power of two, memory rounded up to a power-of-two GiB)
@@ -276,7 +280,7 @@ class _Cycle:
 
 
 def schedule_fairshare(snapshot: Snapshot, *, backfill: bool) -> Decisions:
-    prios = priorities(snapshot, fairshare_factors(snapshot))
+    prios = priorities(snapshot, fairshare_factors(snapshot, pending_associations(snapshot)))
     order = prios.order()
     cycle = _Cycle(snapshot, backfill)
     cycle.run(order)

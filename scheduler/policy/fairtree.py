@@ -100,9 +100,18 @@ def _rank(tree: Tree) -> None:
 
 
 def fair_tree_factors(accounts: Iterable[AccountView], assocs: Iterable[AssocView],
-                      usage: Mapping[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+                      usage: Mapping[tuple[str, str], float],
+                      wanted: Iterable[tuple[str, str]] | None = None,
+                      ) -> dict[tuple[str, str], float]:
     """``fair_tree(...).factors`` without the display rows, on the cached tree shape: what
-    scheduling needs. Equal to ``fair_tree``'s factors, bit for bit (tests/policy)."""
+    scheduling needs. Equal to ``fair_tree``'s factors, bit for bit (tests/policy).
+
+    ``wanted``: only these associations' factors (those of them in the tree), the same
+    values. The walk then skips every group of accounts with none of them below: the users
+    there take ranks in a row, so the count of its users moves the next rank, and the first
+    user placed after such a group is never tied with anything in it (the group ends where
+    LevelFS changes: equal LevelFS puts users before accounts, and merges accounts).
+    """
     shape = tree_shape(accounts, assocs)
     raw = assoc_usage(shape, usage)
     acc_raw = account_usage(shape, raw)
@@ -118,22 +127,28 @@ def fair_tree_factors(accounts: Iterable[AccountView], assocs: Iterable[AssocVie
         total = acc_raw[level.head]
         if total == 0:  # every U is 0: LevelFS depends on the shares only
             return level.zero_usage
-        out = []
-        for is_user, idx, S, _shares, rank in level.members:
-            # level_fs(S, U), inlined.
-            if S is None:
-                neg = -inf
-            elif S == 0:
-                neg = -0.0
-            else:
-                U = (raw[idx] if is_user else acc_raw[idx]) / total
-                neg = -inf if U == 0 else -(S / U)
-            out.append((neg, rank, is_user, idx))
+        # -level_fs(S, U), inlined: -inf when S is None (FairShare=parent), -0.0 when S is
+        # 0, else -inf when U is 0, else -(S / U).
+        out = [(-inf if S is None else -0.0 if S == 0 else
+                -inf if (U := (raw[idx] if is_user else acc_raw[idx]) / total) == 0
+                else -(S / U), rank, is_user, idx)
+               for is_user, idx, S, _shares, rank in level.members]
         out.sort()
         return out
 
     n = len(raw)
     fs: list[float | None] = [None] * n
+    #: Per account: whether a wanted association is below it (None: every one is wanted).
+    below_wanted: list[bool] | None = None
+    picked: list[int] = []
+    if wanted is not None:
+        position = shape.assoc_position
+        picked = sorted({i for key in wanted if (i := position.get(key)) is not None})
+        below_wanted = [False] * len(shape.below)
+        for i in picked:
+            for a in shape.assoc_accounts[i]:
+                below_wanted[a] = True
+    below = shape.below
     rank = nxt = n  # the rank of the last user placed, and the next one's if not tied
 
     def visit_level(li: int, inherited_tie: bool) -> None:
@@ -172,7 +187,14 @@ def fair_tree_factors(accounts: Iterable[AccountView], assocs: Iterable[AssocVie
             while j < size and not ordered[j][2] and ordered[j][0] == neg:
                 j += 1
             if j == i + 1:
-                visit_level(level_of[idx], tied)  # type: ignore[arg-type]
+                if below_wanted is not None and not below_wanted[idx]:
+                    nxt -= len(below[idx])  # skipped: its users' ranks are not wanted
+                else:
+                    visit_level(level_of[idx], tied)  # type: ignore[arg-type]
+            elif below_wanted is not None and not any(
+                    below_wanted[e[3]] for e in ordered[i:j]):
+                for e in ordered[i:j]:
+                    nxt -= len(below[e[3]])
             else:
                 merged: list[tuple[float, int, bool, int]] = []
                 for e in ordered[i:j]:
@@ -181,6 +203,11 @@ def fair_tree_factors(accounts: Iterable[AccountView], assocs: Iterable[AssocVie
                 visit(merged, tied)
             i = j
 
+    if below_wanted is not None:
+        if picked and levels:
+            visit_level(0, False)
+        keys = shape.assoc_keys
+        return {keys[i]: fs[i] for i in picked}  # type: ignore[misc]
     if levels:
         visit_level(0, False)
     return dict(zip(shape.assoc_keys, fs, strict=True))  # type: ignore[arg-type]

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from operator import attrgetter
 
 from gpuq.scheduler.policy.classic import classic_factors, classic_fairshare
 from gpuq.scheduler.policy.decisions import Priority
 from gpuq.scheduler.policy.fairtree import fair_tree, fair_tree_factors
 from gpuq.scheduler.policy.snapshot import JobView, Snapshot
 from gpuq.scheduler.policy.tree import FairShareTable
+
+_assoc_of = attrgetter("user", "account")
 
 #: (fair share, job size, qos, total without the age term): what jobs of a kind share.
 _Kind = tuple[float, float, float, float]
@@ -32,14 +35,24 @@ def fairshare_table(snapshot: Snapshot) -> FairShareTable:
     return fair_tree(snapshot.accounts, snapshot.assocs, snapshot.usage)
 
 
-def fairshare_factors(snapshot: Snapshot) -> dict[tuple[str, str], float]:
+def fairshare_factors(snapshot: Snapshot, wanted: Iterable[tuple[str, str]] | None = None,
+                      ) -> dict[tuple[str, str], float]:
     """``fairshare_table(snapshot).factors``, without building the display rows and on the
-    cached tree shape: what a scheduling cycle needs."""
+    cached tree shape: what a scheduling cycle needs. ``wanted``: at least these
+    associations' factors (the same values; Fair Tree then ranks only what it must)."""
     c = snapshot.config
     if c.fairshare_algorithm == "classic":
         return classic_factors(snapshot.accounts, snapshot.assocs, snapshot.usage,
                                c.classic_dampening)
-    return fair_tree_factors(snapshot.accounts, snapshot.assocs, snapshot.usage)
+    return fair_tree_factors(snapshot.accounts, snapshot.assocs, snapshot.usage, wanted)
+
+
+def pending_associations(snapshot: Snapshot) -> set[tuple[str, str]] | None:
+    """The (user, account) of every pending job, the only factors ``priorities`` reads; None
+    when there are more pending jobs than associations (then most are read anyway)."""
+    if len(snapshot.pending) > len(snapshot.assocs):
+        return None
+    return set(map(_assoc_of, snapshot.pending))
 
 
 def qos_factors(qos_priority: Iterable[tuple[str, int]] | Mapping[str, int]) -> dict[str, float]:

@@ -260,6 +260,10 @@ class TreeShape:
     assoc_level_head: tuple[int, ...]
     #: Per association: FairShare=parent.
     assoc_shares_parent: tuple[bool, ...]
+    #: (user, account) -> the association's index (read-only).
+    assoc_position: Mapping[tuple[str, str], int]
+    #: Per association: every account above it (its own first, the root last).
+    assoc_accounts: tuple[tuple[int, ...], ...]
 
 
 def _shape_of(accounts: tuple[AccountView, ...], assocs: tuple[AssocView, ...]) -> TreeShape:
@@ -297,7 +301,19 @@ def _shape_of(accounts: tuple[AccountView, ...], assocs: tuple[AssocView, ...]) 
         level_of=tuple(level_of),
         levels=tuple(levels),
         assoc_level_head=tuple(acc_index[id(tree.level_parent(u))] for u in tree.assocs),
-        assoc_shares_parent=tuple(u.shares_parent for u in tree.assocs))
+        assoc_shares_parent=tuple(u.shares_parent for u in tree.assocs),
+        assoc_position={(u.user, u.account): i for i, u in enumerate(tree.assocs)},
+        assoc_accounts=tuple(tuple(acc_index[id(a)] for a in _ancestors(u))
+                             for u in tree.assocs))
+
+
+def _ancestors(node: Node) -> list[Node]:
+    out = []
+    p = node.parent
+    while p is not None:
+        out.append(p)
+        p = p.parent
+    return out
 
 
 #: The last few shapes built, newest last: (accounts, assocs, shape). The simulator and the

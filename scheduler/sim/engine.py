@@ -7,6 +7,14 @@ of one node (no policy can start a job that does not fit now, so skipping the ca
 nothing). Starts are checked before they are applied; a start that is not possible is a
 policy bug and stops the run (``SimulationError``).
 
+Under FIFO (the real policy), the loop also skips calls while the queue's head blocks every
+node. The head is the first pending job in FIFO order after a call's starts are applied;
+it stays the head until the next call, since a newly submitted job comes after it (the same
+priority, 0, and a later submit time). If it could run on every node (the static filters)
+and fits on none now (its GPUs free on no node: simulated nodes have no CPU or memory
+limits and only healthy GPUs), the call would find it first, not fitting, and holding every
+node from every later job: it would start nothing.
+
 The snapshot is built from views that change only where the state changed: a job's view is
 made once at submit and once at start, a node's when its free GPUs change, and the tuples
 the policy reads are rebuilt only after a change.
@@ -22,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from gpuq.config import DEFAULT_GPU_BILLING_WEIGHTS
 from gpuq.scheduler.policy import schedule as policy_schedule
 from gpuq.scheduler.policy.decisions import Decisions, Start
+from gpuq.scheduler.policy.filters import STATIC, first_failure
 from gpuq.scheduler.policy.snapshot import (
     JobView,
     NodeView,
@@ -104,6 +113,11 @@ class Simulation:
         self._running: dict[int, JobView] = {}
         self._running_tuple: tuple[JobView, ...] | None = None
         self._ends: list[tuple[float, int]] = []
+        #: FIFO: the skip of the module's docstring applies (the real policy only: it relies
+        #: on FIFO's hold rule); and the head's (GPUs, model) when it could run on every node.
+        self._fifo_skip = policy == "fifo" and schedule is policy_schedule
+        self._head: tuple[int, str | None] | None = None
+        self._fits_every_node: dict[tuple[int, str | None, int, int], bool] = {}
 
     # --- the loop --------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -120,7 +134,7 @@ class Simulation:
                 self._submit(submits[i])
                 i += 1
             result.event_times += 1
-            if self._pending and self._could_start():
+            if self._pending and self._could_start() and not self._head_waits():
                 result.policy_calls += 1
                 self._cycle(now)
             if self._pending and not ends and i == n:
@@ -145,6 +159,29 @@ class Simulation:
             self.observe(snapshot, decisions)
         for start in decisions.starts:
             self._start(start, now)
+        if self._fifo_skip:
+            self._head = self._head_of(decisions)
+
+    def _head_of(self, decisions: Decisions) -> tuple[int, str | None] | None:
+        """The (GPUs, model) of the first job of the call's order that did not start, when it
+        could run on every node (then it holds every node while it fits on none)."""
+        head = next((self._pending[i] for i in decisions.order if i in self._pending), None)
+        if head is None:
+            return None
+        shape = (head.gpus, head.gpu_model, head.cpus, head.memory_mib)
+        every = self._fits_every_node.get(shape)
+        if every is None:  # what a node is never changes here: once per shape
+            every = self._fits_every_node[shape] = all(
+                first_failure(STATIC, node, head) is None for node in self._node_views)
+        return (head.gpus, head.gpu_model) if every else None
+
+    def _head_waits(self) -> bool:
+        """FIFO: the head holds every node and its GPUs are free on none (the skip)."""
+        if self._head is None:
+            return False
+        gpus, model = self._head
+        hist = self._hist.get(model)
+        return hist is None or not any(hist[k] for k in range(gpus, len(hist)))
 
     # --- state changes -------------------------------------------------------------------
     def _submit(self, job: TraceJob) -> None:
