@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,6 +23,9 @@ def make_engine(url: str, *, idle_in_transaction_timeout_s: float = 0.0,
     of this engine that waits that long on its client inside a transaction, so that a
     server that vanished mid-transaction (its host down or cut off, its VM paused: no
     connection closes) does not keep its locks, the scheduling loop's among them."""
+    # JSON columns (a job's priority factors, claim, environment...) decoded by orjson,
+    # several times faster than the standard library's json (the same values).
+    kw.setdefault("json_deserializer", orjson.loads)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:" and not path.startswith("file:"):

@@ -276,6 +276,11 @@ def _apply_borrowing(session: Session, snapshot: Snapshot, decisions: Decisions,
     writes.apply(session, notes, now=now)
 
 
+#: How far a job's stored estimated start may be from the cycle's before it is written: each
+#: job's end moves every waiting job's estimate by a little, and at 10,000 pending
+#: rewriting them all was most of a full pass's writes (a freed GPU's next job waited
+#: behind them). Slurm's own estimates move in steps of its backfill pass (30 s).
+ESTIMATE_STEP_S = 60.0
 #: The age factor a job's stored factors may lag behind by (about ten minutes of age with
 #: the default week-long ``priority_max_age_s``).
 AGE_STEP = 0.001
@@ -303,7 +308,9 @@ def _record_priority(job: Any, decisions: Decisions, job_id: int) -> dict[str, A
             changes["priority_key"] = -factors["total"]
     est = decisions.estimated_starts.get(job_id)
     when = datetime.fromtimestamp(round(est), UTC) if est is not None else None
-    if job.estimated_start != when:
+    old_when = job.estimated_start
+    if old_when != when and (old_when is None or when is None or abs(
+            (when - old_when).total_seconds()) >= ESTIMATE_STEP_S):
         changes["estimated_start"] = when
     return changes
 
