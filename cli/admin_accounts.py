@@ -6,12 +6,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import click
-from rich.table import Table
 
 from gpuq.cli.adminapi import SHARES, call, drop_none
 from gpuq.cli.context import Env, echo_json, pass_env
-from gpuq.cli.render import echo_table, local_time, plain_table
-from gpuq.wire.common import QOS_NAMES
+from gpuq.cli.render import Table, echo_table, local_time, plain_table
+from gpuq.cli.vocab import QOS_NAMES
 
 #: ``--default-qos inherit``: take the parent's (sends ``default_qos: null``).
 INHERIT = "inherit"

@@ -10,7 +10,7 @@ import click
 from gpuq.cli.adminapi import SHARES, call, drop_none
 from gpuq.cli.context import Env, echo_json, pass_env
 from gpuq.cli.render import echo_table, plain_table
-from gpuq.wire.common import QOS_NAMES
+from gpuq.cli.vocab import QOS_NAMES
 
 NONE = "none"
 

@@ -9,11 +9,10 @@ from datetime import datetime
 from typing import Any
 
 import click
-from rich.table import Table
 
 from gpuq.cli.adminapi import call, drop_none
 from gpuq.cli.context import Env, echo_json, pass_env
-from gpuq.cli.render import echo_table, local_time, plain_table
+from gpuq.cli.render import Table, echo_table, local_time, plain_table
 from gpuq.cli.when import EXAMPLES, WhenType, iso_utc
 
 #: Fields left out of diffs: they change without an admin changing anything.

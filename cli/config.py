@@ -9,12 +9,10 @@ default server ``http://127.0.0.1:8642``. ``GPUQ_CLIENT_CONFIG`` names another f
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-
-import platformdirs
+from typing import NamedTuple
 
 from gpuq.cli.client import EXIT_USAGE, CliError
 
@@ -23,8 +21,7 @@ CONFIG_PATH_ENV = "GPUQ_CLIENT_CONFIG"
 _KEYS = ("server", "token", "admin_token")
 
 
-@dataclass(frozen=True)
-class ClientConfig:
+class ClientConfig(NamedTuple):
     server: str = DEFAULT_SERVER
     #: The user's token (``None``: send none; the server answers 401).
     token: str | None = None
@@ -41,17 +38,43 @@ def client_config_path() -> Path:
     named = os.environ.get(CONFIG_PATH_ENV, "")
     if named:
         return Path(named).expanduser()
-    return Path(platformdirs.user_config_dir("gpuq")) / "config.toml"
+    return Path(user_config_dir()) / "config.toml"
+
+
+def user_config_dir() -> str:
+    """``platformdirs.user_config_dir("gpuq")``: on Linux ``$XDG_CONFIG_HOME/gpuq``, else
+    ``$HOME/.config/gpuq``, found here; elsewhere, and for a home platformdirs has more
+    rules for (none, or relative), platformdirs says. Importing platformdirs took 5 ms of
+    every command's 60 (tests/cli/test_cli_config.py holds the two equal)."""
+    if sys.platform == "linux" and not hasattr(sys, "getandroidapilevel") \
+            and "ANDROID_DATA" not in os.environ:
+        xdg = os.environ.get("XDG_CONFIG_HOME", "")
+        if xdg.startswith("/"):
+            return os.path.join(xdg, "gpuq")
+        if os.environ.get("HOME", "").startswith("/"):
+            return os.path.join(os.path.expanduser("~/.config"), "gpuq")
+    import platformdirs
+
+    return platformdirs.user_config_dir("gpuq")
 
 
 def read_client_config_file(path: Path) -> dict[str, str]:
     """The known keys of the file, or ``{}`` when there is no file."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise CliError(f"cannot read the configuration file {path}: {e}", EXIT_USAGE) from e
+    data = simple_toml(text)
+    if data is None:
+        import tomllib  # the whole of TOML: 5 ms (it compiles its regular expressions)
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise CliError(f"cannot read the configuration file {path}: {e}",
+                           EXIT_USAGE) from e
     out: dict[str, str] = {}
     for key in _KEYS:
         value = data.get(key)
@@ -60,6 +83,54 @@ def read_client_config_file(path: Path) -> dict[str, str]:
         if not isinstance(value, str):
             raise CliError(f"{path}: {key} must be a string", EXIT_USAGE)
         out[key] = value
+    return out
+
+
+_BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_ESCAPES = {'"': '"', "\\": "\\"}
+
+
+def simple_toml(text: str) -> dict[str, str] | None:
+    """``text`` read as TOML when it is only what ``write_client_config`` writes: comment
+    and blank lines, and ``key = "string"`` lines (bare keys; escapes ``\\"``, ``\\\\``,
+    ``\\uXXXX``), in ASCII. ``None`` for anything else: ``tomllib`` reads it then, and says
+    what is wrong. tests/cli/test_cli_config.py holds the two equal."""
+    if not text.isascii():
+        return None
+    out: dict[str, str] = {}
+    for line in text.split("\n"):
+        line = line.removesuffix("\r")
+        if any(c < " " and c != "\t" or c == "\x7f" for c in line):
+            return None
+        line = line.strip(" \t")
+        if not line or line.startswith("#"):
+            continue
+        key, eq, rest = line.partition("=")
+        key, rest = key.strip(" \t"), rest.lstrip(" \t")
+        if not eq or not key or not set(key) <= _BARE_KEY or key in out \
+                or not rest.startswith('"'):
+            return None
+        value: list[str] = []
+        i = 1
+        while i < len(rest) and rest[i] != '"':
+            c = rest[i]
+            if c != "\\":
+                value.append(c)
+                i += 1
+            elif rest[i + 1:i + 2] in _ESCAPES:
+                value.append(_ESCAPES[rest[i + 1]])
+                i += 2
+            elif rest[i + 1:i + 2] == "u" and len(h := rest[i + 2:i + 6]) == 4 \
+                    and all(d in "0123456789abcdefABCDEF" for d in h) \
+                    and not 0xD800 <= int(h, 16) <= 0xDFFF:
+                value.append(chr(int(h, 16)))
+                i += 6
+            else:
+                return None
+        after = rest[i + 1:].strip(" \t")
+        if i >= len(rest) or after and not after.startswith("#"):
+            return None
+        out[key] = "".join(value)
     return out
 
 

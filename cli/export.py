@@ -15,13 +15,10 @@ What ``ALL`` left out is said by name (never by value): ``Exported.withheld``.
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SECRETS = frozenset({"GPUQ_TOKEN", "GPUQ_ADMIN_TOKEN", "GPUQ_NODE_TOKEN"})
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 #: Names ``ALL`` leaves out unless they are named: cloud and service credentials, and the
 #: SSH agent's socket (keys of the submitting host). Matched without regard to case.
@@ -41,11 +38,30 @@ def looks_secret(name: str) -> bool:
     """Whether ``ALL`` leaves the variable ``name`` out (``SECRET_NAMES``,
     ``SECRET_PATTERNS``)."""
     upper = name.upper()
-    return upper in SECRET_NAMES or any(fnmatch.fnmatchcase(upper, p) for p in SECRET_PATTERNS)
+    return upper in SECRET_NAMES or any(glob_match(upper, p) for p in SECRET_PATTERNS)
 
 
-@dataclass(frozen=True)
-class Exported:
+def glob_match(name: str, pattern: str) -> bool:
+    """``fnmatch.fnmatchcase`` for a pattern whose one special character is ``*``, at its
+    start, its end or both (fnmatch compiles each pattern into a regular expression: 5 ms
+    of every ``gpuq submit``)."""
+    core = pattern.strip("*")
+    starts, ends = pattern.startswith("*"), pattern.endswith("*") and pattern != "*"
+    if starts and ends:
+        return core in name
+    if starts:
+        return name.endswith(core)
+    if ends:
+        return name.startswith(core)
+    return name == core
+
+
+def valid_name(name: str) -> bool:
+    """A variable name a shell takes: ``[A-Za-z_][A-Za-z0-9_]*``."""
+    return name.isascii() and name.replace("_", "a").isalnum() and not name[0].isdigit()
+
+
+class Exported(NamedTuple):
     """The environment to send, and the names ``ALL`` left out because they look like
     secrets (sorted; the values are never kept)."""
 
@@ -54,7 +70,7 @@ class Exported:
 
 
 def _check_name(name: str, where: str) -> None:
-    if not _NAME.fullmatch(name):
+    if not valid_name(name):
         raise ValueError(f"{where}: {name!r} is not a valid variable name")
     if name in SECRETS:
         raise ValueError(f"{where}: {name} is a gpuq secret and is never given to jobs")
@@ -88,7 +104,7 @@ def export_environment(export: str, env_pairs: Iterable[str],
     withheld: set[str] = set()
     if "ALL" in modes or not items:
         for k, v in environ.items():
-            if not _NAME.fullmatch(k) or k in SECRETS or "\x00" in v:
+            if not valid_name(k) or k in SECRETS or "\x00" in v:
                 continue
             if looks_secret(k):
                 withheld.add(k)

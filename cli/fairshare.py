@@ -10,11 +10,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import click
-from rich.table import Table
 
 from gpuq.cli.client import CliError
 from gpuq.cli.context import Env, echo_json, pass_env
-from gpuq.cli.render import echo_table, plain_table
+from gpuq.cli.render import Table, echo_table, plain_table
 
 Row = Mapping[str, Any]
 SHARE_COLUMNS = ("Account", "User", "RawShares", "NormShares", "RawUsage", "GPUHours",

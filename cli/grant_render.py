@@ -7,9 +7,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from rich.table import Table
-
-from gpuq.cli.render import parse_time, plain_table
+from gpuq.cli.render import Table, parse_time, plain_table
 from gpuq.cli.units import format_duration, format_gpu_hours
 from gpuq.cli.when import local, short_local
 

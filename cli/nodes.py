@@ -7,10 +7,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import click
-from rich.table import Table
 
 from gpuq.cli.context import Env, echo_json, pass_env
-from gpuq.cli.render import plain_table, render
+from gpuq.cli.render import Table, plain_table, render
 from gpuq.cli.units import format_mib
 
 NODE_COLUMNS = ("NAME", "STATE", "GPUS", "JOB", "UTIL", "MEMORY", "POWER", "LIMITS")

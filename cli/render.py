@@ -1,12 +1,18 @@
 """Human output: tables of jobs (like squeue) and one job in detail. Pure functions of the
 API's JSON (``JobRead`` dicts; the jobs table also takes ``JobBrief`` ones, what ``gpuq q``
-reads) and ``now``, so tests call them directly."""
+reads) and ``now``, so tests call them directly.
+
+Tables (``plain_table``, ``render``) are plain text: no colour, no borders, columns two
+spaces apart. A table that fits the width is laid out here; rich (30 ms to import) is
+imported only for one that does not (its cells folded to fit a narrow terminal) or whose
+cells are not one line of printable ASCII (rich knows how wide a character is on a
+terminal). Either way the text is the same as rich's (tests/cli/test_cli_tables.py).
+"""
 
 from __future__ import annotations
 
 import io
 import shlex
-import shutil
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -14,8 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from gpuq.cli.accounting_render import accounting_rows
 from gpuq.cli.units import format_duration, format_energy, format_mib
@@ -256,24 +260,86 @@ def job_detail(job: Job, now: datetime) -> str:
     return "\n".join(lines)
 
 
+class Column:
+    """A column of a ``Table``: its header and how its cells are aligned."""
+
+    def __init__(self, header: str, justify: str = "left") -> None:
+        self.header = header
+        #: "left" or "right".
+        self.justify = justify
+
+
+class Table:
+    """Rows of text cells under headers, rendered by ``render``."""
+
+    def __init__(self, *headers: str) -> None:
+        self.columns = [Column(h) for h in headers]
+        self.rows: list[tuple[str, ...]] = []
+
+    def add_row(self, *cells: str | None) -> None:
+        self.rows.append(tuple("" if c is None else str(c) for c in cells))
+
+    def plain_lines(self, width: int) -> list[str] | None:
+        """The table's lines when it fits ``width`` and every cell is one line of printable
+        ASCII (one character, one column); ``None`` otherwise."""
+        rows = [tuple(c.header for c in self.columns), *self.rows]
+        n = len(self.columns)
+        widths = [0] * n
+        for row in rows:
+            for i, cell in enumerate(row[:n]):
+                if not (cell.isascii() and cell.isprintable()):
+                    return None
+                widths[i] = max(widths[i], len(cell))
+        if sum(widths) + 2 * (n - 1) > width:
+            return None
+        right = [c.justify == "right" for c in self.columns]
+        out = []
+        for row in rows:
+            cells = (*row[:n], *[""] * (n - len(row)))
+            out.append("  ".join(cell.rstrip().rjust(w) if r else cell.ljust(w)
+                                 for cell, w, r in zip(cells, widths, right, strict=True)))
+        return out
+
+    def rich_lines(self, width: int) -> list[str]:
+        """The table's lines as rich lays it out in ``width`` columns."""
+        from rich.console import Console
+        from rich.table import Table as RichTable
+
+        table = RichTable(box=None, pad_edge=False, show_edge=False, show_header=True,
+                          header_style="", padding=(0, 2, 0, 0))
+        for c in self.columns:
+            table.add_column(c.header, no_wrap=True, overflow="fold",
+                             justify=c.justify)  # type: ignore[arg-type]
+        for row in self.rows:
+            table.add_row(*row)
+        buf = io.StringIO()
+        Console(file=buf, width=width, highlight=False, no_color=True, soft_wrap=False,
+                emoji=False, markup=False).print(table)
+        return buf.getvalue().splitlines()
+
+
 def plain_table(*columns: str) -> Table:
-    table = Table(box=None, pad_edge=False, show_edge=False, show_header=True,
-                  header_style="", padding=(0, 2, 0, 0))
-    for c in columns:
-        table.add_column(c, no_wrap=True, overflow="fold")
-    return table
+    return Table(*columns)
 
 
 def render(table: Table, *, width: int | None = None, indent: int = 0) -> str:
     """The table as plain text, trailing spaces stripped. ``width`` ``None``: the
     terminal's width when stdout is one, else unlimited (no wrapping in pipes)."""
     if width is None:
-        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100_000
-    buf = io.StringIO()
-    Console(file=buf, width=max(20, width - indent), highlight=False, no_color=True,
-            soft_wrap=False, emoji=False, markup=False).print(table)
+        width = terminal_width() if sys.stdout.isatty() else 100_000
+    width = max(20, width - indent)
+    lines = table.plain_lines(width)
+    if lines is None:
+        lines = table.rich_lines(width)
     pad = " " * indent
-    return "\n".join(pad + line.rstrip() for line in buf.getvalue().splitlines())
+    return "\n".join(pad + line.rstrip() for line in lines)
+
+
+def terminal_width() -> int:
+    """$COLUMNS, else the terminal's width (80 when there is none)."""
+    import shutil  # 3 ms (it imports bz2, lzma...): only on a terminal
+
+    return shutil.get_terminal_size().columns
 
 
 def echo_table(table: Table) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
+from gpuq.cli.client import ApiClient, CliError
 from gpuq.cli.config import client_config_path, write_client_config
 
 DEFAULT_SIMULATED = "4xA100-80GB"
@@ -166,9 +166,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> 
                 f"the server exited with code {proc.returncode} before it answered at {url} "
                 "(is the port taken? try --port)")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
+            with ApiClient(url, None, timeout_s=1.0, retry_delays_s=()) as api:
+                if api.request("GET", "/healthz").status_code == 200:
+                    return
+        except CliError:  # not answering yet
             pass
         time.sleep(0.1)
     raise click.ClickException(f"the server did not answer at {url} within {timeout_s:.0f} s")

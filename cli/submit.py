@@ -16,7 +16,7 @@ from gpuq.cli.context import Env, echo_json, pass_env
 from gpuq.cli.export import export_environment
 from gpuq.cli.script import directive_lines, script_with_args
 from gpuq.cli.units import MemoryType, TimeType
-from gpuq.wire.common import QOS_NAMES
+from gpuq.cli.vocab import QOS_NAMES
 
 _COMMAND_FORM = "gpuq.submit.command_form"
 #: Options that go into the request body as they are (None: not given, server default).

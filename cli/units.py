@@ -8,8 +8,10 @@ import re
 import click
 
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_SUFFIXED = re.compile(r"(\d+(?:\.\d+)?)([smhd])", re.IGNORECASE)
-_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+# Patterns, compiled (by re, which keeps them) when first used: compiling each costs about
+# half a millisecond, and most commands parse none of these.
+_SUFFIXED = r"(?i)(\d+(?:\.\d+)?)([smhd])"
+_MEMORY = r"(?i)(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?"
 _MIB_PER = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
 
 
@@ -25,8 +27,8 @@ def parse_time_s(text: str) -> int:
     s = text.strip()
     if not s:
         raise ValueError("empty time")
-    if _SUFFIXED.match(s):
-        pieces = _SUFFIXED.findall(s)
+    if re.match(_SUFFIXED, s):
+        pieces = re.findall(_SUFFIXED, s)
         if "".join(n + u for n, u in pieces) != s:
             raise ValueError(f"{text!r} is not a time (examples: 90s, 30m, 2h, 1d, 1h30m)")
         seconds = math.ceil(sum(float(n) * _UNIT_S[u.lower()] for n, u in pieces))
@@ -55,7 +57,7 @@ def parse_time_s(text: str) -> int:
 
 def parse_memory_mib(text: str) -> int:
     """Memory in MiB: "16G", "512M", "1.5G", "1T", "2048K"; a bare number is MiB."""
-    m = _MEMORY.fullmatch(text.strip())
+    m = re.fullmatch(_MEMORY, text.strip())
     if not m:
         raise ValueError(f"{text!r} is not a size (examples: 16G, 512M, 1024 = MiB)")
     return math.ceil(float(m.group(1)) * _MIB_PER[m.group(2).lower()])
@@ -128,15 +130,15 @@ class MemoryType(click.ParamType):
 
 
 _DURATION_UNIT_S = {**_UNIT_S, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])", re.IGNORECASE)
-_GPU_HOURS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:h|gpu-?h|gpu-?hours?)?", re.IGNORECASE)
+_DURATION = r"(?i)(\d+(?:\.\d+)?)([smhdw])"
+_GPU_HOURS = r"(?i)(\d+(?:\.\d+)?)\s*(?:h|gpu-?h|gpu-?hours?)?"
 
 
 def parse_duration_s(text: str) -> int:
     """A span of time with units, in seconds: "90d", "12h", "2w", "1d12h", "30m", "45s".
     A bare number is refused (minutes? days?): the unit is part of the value."""
     s = text.strip().replace(" ", "")
-    pieces = _DURATION.findall(s)
+    pieces = re.findall(_DURATION, s)
     if not pieces or "".join(n + u for n, u in pieces) != s:
         raise ValueError(f"{text!r} is not a duration (examples: 90d, 12h, 2w, 1d12h, 30m)")
     seconds = math.ceil(sum(float(n) * _DURATION_UNIT_S[u.lower()] for n, u in pieces))
@@ -147,7 +149,7 @@ def parse_duration_s(text: str) -> int:
 
 def parse_gpu_hours(text: str) -> float:
     """GPU-hours: "5000h", "5000", "5000 GPU-hours", "1.5h"."""
-    m = _GPU_HOURS.fullmatch(text.strip())
+    m = re.fullmatch(_GPU_HOURS, text.strip())
     if not m or float(m.group(1)) <= 0:
         raise ValueError(f"{text!r} is not a number of GPU-hours above 0 (examples: 5000h, "
                          "5000, 1.5h)")

@@ -46,8 +46,9 @@ def test_dispatch() -> None:
     for x in r["results"]:
         for key in ("total", "dispatch", "start"):
             sane_ms(x[key], 3)
-    assert set(r["met"]) == {"p50_ms", "p99_ms", "jobs"}
+    assert set(r["met"]) == {"p50_ms", "p99_ms", "jobs", "up_p50_ms"}
     assert r["target"]["p50_ms"] == 50 and r["target"]["p99_ms"] == 200
+    assert r["target"]["up_p50_ms"] == 35
 
 
 @pytest.mark.usefixtures("pg_url", "redis_url")
@@ -60,6 +61,30 @@ def test_load() -> None:
     lag = r["loop_lag_s"]
     assert lag["probes"] >= 1 and lag["seen"] == lag["probes"]
     assert set(r["met"]) == {"api_p99_ms", "loop_keeps_up"}
+
+
+@pytest.mark.usefixtures("pg_url", "redis_url")
+def test_cli() -> None:
+    r = smoke("bench.cli")
+    assert r["benchmark"] == "cli" and r["gpuq"].endswith("gpuq")
+    assert list(r["commands"]) == ["--help", "submit", "q", "show", "cancel"]
+    for s in (r["python_start"], *r["commands"].values()):
+        assert s["n"] == 3 and 0 < s["min_ms"] <= s["p50_ms"] <= s["max_ms"] < 60_000
+        assert 0 < s["cpu_p50_ms"] < 60_000
+    assert r["loop"]["submits"] == 10 and r["loop"]["per_s"] > 0
+    assert set(r["met"]) == {"median_ms", "loop_per_s"}
+    assert r["target"] == {"median_ms": 60, "loop_per_s": 15}
+
+
+@pytest.mark.usefixtures("pg_url", "redis_url")
+def test_release() -> None:
+    r = smoke("bench.release")
+    assert r["benchmark"] == "release" and r["gpus"] == 8 and r["met"] == {}
+    (res,) = r["results"]
+    assert res["pending"] == 300
+    sane_ms(res["release"], 8)  # a release is a GPU's end, then its next job's start
+    assert set(res["split"]) == {"end -> DISPATCHED", "DISPATCHED -> start"}
+    assert r["target"]["10000"] == {"p50_ms": 50.0, "p99_ms": 200.0}
 
 
 def test_policy_cycle() -> None:
@@ -80,3 +105,14 @@ def test_policy_cycle_at_the_target_size_says_met_or_not() -> None:
     assert out.returncode == (0 if all(r["met"].values()) else 1)
     [one] = r["results"]
     assert one["pending"] == 100_000 and one["runs"] == 1 and one["peak_rss_mb"] > 0
+
+
+def test_sim() -> None:
+    r = smoke("bench.sim")
+    assert r["benchmark"] == "sim" and r["trace"] == "lanl-cm5-1994" and r["met"] == {}
+    assert [(x["policy"], x["jobs"]) for x in r["results"]] == [
+        ("fifo", 1500), ("fairshare+backfill", 1500), ("fairshare+backfill", 2000)]
+    for x in r["results"]:
+        assert 0 < x["cpu_s"] < 120 and 0 < x["policy_calls"] <= x["event_times"]
+        assert 0 < x["gpu_utilization"] <= 1
+    assert r["target"]["full_cpu_s"] == 30 and r["target"]["compare_jobs"] == 27_000

@@ -1,6 +1,6 @@
 """A small fake of the gpuq API, served for real (uvicorn in a thread on 127.0.0.1), so
-the CLI's HTTP paths run through httpx and a socket. It uses the real wire schemas, so a
-body the real server would refuse is refused here too (422 with FastAPI's detail list).
+the CLI's HTTP paths run through its client and a socket. It uses the real wire schemas, so
+a body the real server would refuse is refused here too (422 with FastAPI's detail list).
 
 The scheduler itself is not involved; end-to-end tests against it live in tests/e2e.
 """

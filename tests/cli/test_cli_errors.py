@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import httpx
+import json
+
 import pytest
 from cli_fakeapi import ADMIN_TOKEN, FakeApi, make_job
 from click.testing import CliRunner
 
-from gpuq.cli.client import USER_TOKEN_HINT, CliError, error_for
+from gpuq.cli.client import USER_TOKEN_HINT, CliError, Response, error_for
 from gpuq.cli.main import cli
 
 
@@ -93,7 +94,7 @@ def test_not_a_gpuq_server(api: FakeApi) -> None:
 
 
 def _error(status: int, detail: object, what: str = "grant") -> CliError:
-    resp = httpx.Response(status, json={"detail": detail})
+    resp = Response(status, json.dumps({"detail": detail}).encode())
     return error_for(resp, what=what, not_found=None, auth_hint=USER_TOKEN_HINT)
 
 

@@ -130,3 +130,30 @@ def test_submit_says_which_names_it_withheld_never_their_values(
     assert "OPENAI_API_KEY" not in r.stderr and "HF_TOKEN" in r.stderr
     # Nothing withheld: nothing said.
     assert gpuq("submit", "--export", "NONE", "--", "true").stderr == ""
+
+
+def test_the_secret_patterns_match_as_fnmatch_does() -> None:
+    """``looks_secret`` matches ``SECRET_PATTERNS`` without fnmatch (which compiles a
+    regular expression per pattern in every ``gpuq submit``): patterns with ``*`` at their
+    ends only, each name as fnmatch would."""
+    import fnmatch
+
+    from gpuq.cli.export import SECRET_PATTERNS, glob_match
+
+    assert all("?" not in p and "[" not in p and "*" not in p.strip("*")
+               for p in SECRET_PATTERNS)
+    names = ["HF_TOKEN", "TOKEN", "TOKENS", "MY_SECRET_X", "SECRET", "PASSWORD", "X_PASSWD",
+             "API_KEY", "APIKEY_X", "", "*", "A*B", "DB_CONNECTION_STRING", "PATH"]
+    for pattern in (*SECRET_PATTERNS, "*", "**", "TOKEN", "TOK*", "*OK*", "***"):
+        for name in names:
+            assert glob_match(name, pattern) == fnmatch.fnmatchcase(name, pattern), (name,
+                                                                                  pattern)
+
+
+def test_valid_names_are_the_shell_s() -> None:
+    import re
+
+    from gpuq.cli.export import valid_name
+
+    for name in ("A", "_", "a_1", "1A", "", "A-B", "\u00e9", "A B", "_9", "ZZ9", "A\u0661"):
+        assert valid_name(name) == bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)), name
