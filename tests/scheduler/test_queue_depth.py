@@ -7,13 +7,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from gpuq.scheduler.db.models import Job
 from gpuq.scheduler.domain.snapshot import pending_rows
 from gpuq.scheduler.lifecycle.writes import transition
+from gpuq.scheduler.policy import Decisions
 from gpuq.scheduler.runtime import applier as loop_module
+from gpuq.scheduler.runtime.applier import ESTIMATE_STEP_S, _record_priority
 from gpuq.scheduler.runtime.loop import cycle
 from gpuq.wire.states import JobState
 from tests.scheduler.rows import T0, add_job, add_node
@@ -83,3 +86,21 @@ def test_a_quick_cycle_starts_the_head_and_writes_no_priorities(
 
     r = cycle(cluster.ctx)
     assert r.whole and cluster.job(late).priority_key is not None
+
+
+@pytest.mark.parametrize("moved_s, written", [(0, False), (30, False), (-59, False),
+                                              (60, True), (-600, True)])
+def test_an_estimate_is_rewritten_only_when_it_moved_by_a_step(moved_s: int,
+                                                               written: bool) -> None:
+    """Each job's end moves every waiting job's estimate a little; writing them all each
+    pass was most of a full pass's writes at 10,000 pending."""
+    stored = T0 + timedelta(hours=1)
+    row = SimpleNamespace(priority_factors=None, priority_key=None, estimated_start=stored)
+    est = (stored + timedelta(seconds=moved_s)).timestamp()
+    changes = _record_priority(row, Decisions(estimated_starts={1: est}), 1)
+    assert ("estimated_start" in changes) is written
+    assert moved_s < ESTIMATE_STEP_S or changes["estimated_start"].timestamp() == est
+    # None <-> a time is always written.
+    assert "estimated_start" in _record_priority(row, Decisions(), 1)
+    fresh = SimpleNamespace(priority_factors=None, priority_key=None, estimated_start=None)
+    assert "estimated_start" in _record_priority(fresh, Decisions(estimated_starts={1: est}), 1)
