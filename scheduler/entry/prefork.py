@@ -198,7 +198,7 @@ def _run_loop(settings: Settings, sock: socket.socket, dsn: str) -> None:
             log.warning("could not lower the loop's priority (loop_nice %d): %s",
                         settings.loop_nice, e)
     ctx = open_context(settings)
-    loop = SchedulerLoop(ctx)
+    loop = SchedulerLoop(ctx, rest=False)  # the API processes have their own
     freeze_startup_objects()
     listener = WakeListener(dsn, loop.wake)
     loop.start()

@@ -210,8 +210,14 @@ class SchedulerLoop:
     #: the same way (``bf_interval``, 30 s by default).
     FULL_PASS_SHARE = 0.1
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, rest: bool = True) -> None:
+        """``rest``: rest after each quick cycle as long as it took, leaving the process's
+        other half to the API it shares it with (``gpuq server``'s single process). A loop
+        in a process of its own (``--workers N``, at ``loop_nice``) does not: the kernel
+        gives the API processes their turn, and a rest only delayed the next freed GPU's
+        job (bench/release.py: 20-40 ms a release at 10,000 pending)."""
         self.ctx = ctx
+        self.rest = rest
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -296,7 +302,7 @@ class SchedulerLoop:
                 # The rest follows the quick cycles (what constant wake-ups repeat); a full
                 # pass is spaced by FULL_PASS_SHARE instead, and a rest as long would keep
                 # freed GPUs idle for seconds after each at a deep queue.
-                rest_until = ended + (ended - started if quick else 0.0)
+                rest_until = ended + (ended - started if quick and self.rest else 0.0)
                 if result.next_grant_change is not None:
                     # A grant starts or ends sooner than the timer: wake on time for it.
                     until = (result.next_grant_change - self.ctx.clock()).total_seconds()

@@ -134,3 +134,23 @@ def test_woken_cycles_look_at_the_queue_s_head_and_a_full_pass_comes_every_inter
     assert 3 <= len([t for t in full if t - started < 1.5]) <= 4, seen
     assert depths[-1] == 0, seen
     assert all(b - a >= 0.55 for a, b in zip(full, full[1:], strict=False)), seen
+
+
+def test_a_loop_in_a_process_of_its_own_does_not_rest(
+        cycles: list[tuple[float, float]]) -> None:
+    """``gpuq server --workers N``: the API processes have CPUs of their own (and the loop
+    runs at loop_nice): under constant wake-ups the cycles follow each other."""
+    ctx = SimpleNamespace(settings=Settings(schedule_interval_s=30, schedule_coalesce_s=0.0),
+                          clock=lambda: datetime.now(UTC), wake=None)
+    loop = SchedulerLoop(ctx, rest=False)  # type: ignore[arg-type]
+    loop.start()
+    try:
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            ctx.wake()
+            time.sleep(0.005)
+    finally:
+        loop.stop()
+    gaps = [b[0] - a[1] for a, b in zip(cycles, cycles[1:], strict=False)]
+    assert len(cycles) >= 7, cycles  # about 1 s / CYCLE_S, not half as many
+    assert max(gaps) < CYCLE_S / 2, gaps
