@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gpuq.scheduler.policy.filters import CAPACITY, STATIC, first_failure
-from gpuq.scheduler.policy.snapshot import JobView, NodeView
+from gpuq.scheduler.policy.snapshot import GpuView, JobView, NodeView
 
 #: What the placement of a job depends on: (gpus, gpu model, cpus, memory MiB).
 Shape = tuple[int, str | None, int, int]
@@ -52,54 +52,139 @@ class Survey:
     blocked: bool
 
 
+@dataclass(slots=True)
+class Layout:
+    """What a cycle's nodes *are*, not what is free on them: the nodes by name, their
+    classes and the static filters' answers per job shape (filled as shapes come). Read
+    only, but for ``static``, a cache of a pure function of the classes."""
+
+    #: Per node, in the order given: (name, state, gpus, cpus, memory MiB).
+    given: list[tuple[str, str, tuple[GpuView, ...], int, int]]
+    #: The positions of the given nodes, by name.
+    order: list[int]
+    names: list[str]
+    index: dict[str, int]
+    up: list[bool]
+    cpus: list[int]
+    mem: list[int]
+    model_of: list[dict[int, str]]
+    #: Per node: (index, model) of its healthy GPUs that no foreign process holds, by index;
+    #: and their one model (None when they are of several, or none).
+    healthy: list[list[tuple[int, str]]]
+    one_model: list[str | None]
+    cls: list[int]
+    reps: list[NodeView]
+    sizes: list[int]
+    caps: list[tuple[bool, int, int, dict[str | None, int], dict[str | None, int]]]
+    static: dict[Shape, StaticFit]
+
+
+def _layout_of(nodes: tuple[NodeView, ...] | list[NodeView]) -> Layout:
+    order = sorted(range(len(nodes)), key=lambda k: nodes[k].name)
+    views = [nodes[k] for k in order]
+    classes: dict[tuple[object, ...], int] = {}
+    cls: list[int] = []
+    reps: list[NodeView] = []
+    sizes: list[int] = []
+    healthy: list[list[tuple[int, str]]] = []
+    one_model: list[str | None] = []
+    for v in views:
+        mine = sorted((g.index, g.model) for g in v.gpus if g.healthy and not g.occupied)
+        healthy.append(mine)
+        models = {m for _, m in mine}
+        one_model.append(models.pop() if len(models) == 1 else None)
+        # The static filters read only these: nodes alike in them share the answers.
+        key = (v.state, v.gpus, v.cpus, v.memory_mib)
+        c = classes.get(key)
+        if c is None:
+            c = classes[key] = len(reps)
+            reps.append(v)
+            sizes.append(0)
+        sizes[c] += 1
+        cls.append(c)
+    #: Per class: (UP, CPUs, memory, GPUs installed per model, healthy GPUs per model);
+    #: model None counts every GPU.
+    caps = []
+    for v in reps:
+        installed: dict[str | None, int] = {None: len(v.gpus)}
+        healthy_n: dict[str | None, int] = {None: sum(1 for g in v.gpus if g.healthy)}
+        for g in v.gpus:
+            installed[g.model] = installed.get(g.model, 0) + 1
+            healthy_n[g.model] = healthy_n.get(g.model, 0) + (1 if g.healthy else 0)
+        caps.append((v.schedulable, v.cpus, v.memory_mib, installed, healthy_n))
+    names = [v.name for v in views]
+    return Layout(
+        given=[(v.name, v.state, v.gpus, v.cpus, v.memory_mib) for v in nodes],
+        order=order, names=names, index={name: i for i, name in enumerate(names)},
+        up=[v.schedulable for v in views], cpus=[v.cpus for v in views],
+        mem=[v.memory_mib for v in views],
+        model_of=[{g.index: g.model for g in v.gpus} for v in views],
+        healthy=healthy, one_model=one_model, cls=cls, reps=reps, sizes=sizes, caps=caps,
+        static={})
+
+
+#: The last few layouts, newest last. The simulator hands every cycle node views that share
+#: their (immutable) ``gpus`` tuples with the last cycle's where only free resources changed,
+#: so a layout is found by identity of those tuples (and equality of the other static
+#: fields); any other input builds a new one. A cache of a pure function of immutable input:
+#: decisions do not depend on it.
+_LAYOUTS: list[Layout] = []
+_LAYOUTS_MAX = 4
+
+
+def layout(nodes: tuple[NodeView, ...] | list[NodeView]) -> Layout:
+    """The (cached) layout of ``nodes``."""
+    n = len(nodes)
+    for i in range(len(_LAYOUTS) - 1, -1, -1):
+        lay = _LAYOUTS[i]
+        given = lay.given
+        if len(given) != n:
+            continue
+        for v, (name, state, gpus, cpus, mem) in zip(nodes, given, strict=True):
+            if v.gpus is not gpus or v.name != name or v.state != state or v.cpus != cpus \
+                    or v.memory_mib != mem:
+                break
+        else:
+            return lay
+    lay = _layout_of(nodes)
+    _LAYOUTS[:] = [*_LAYOUTS[-(_LAYOUTS_MAX - 1):], lay]
+    return lay
+
+
 class Cluster:
     def __init__(self, nodes: Iterable[NodeView]) -> None:
-        self.views = sorted(nodes, key=lambda n: n.name)
-        self.names = [v.name for v in self.views]
-        self.index = {name: i for i, name in enumerate(self.names)}
-        self.up = [v.schedulable for v in self.views]
-        self.cpus = [v.cpus for v in self.views]
-        self.mem = [v.memory_mib for v in self.views]
-        self.free_cpus = [v.free_cpus for v in self.views]
-        self.free_mem = [v.free_memory_mib for v in self.views]
-        self.model_of: list[dict[int, str]] = []
+        given = nodes if isinstance(nodes, tuple | list) else tuple(nodes)
+        lay = layout(given)
+        self.layout = lay
+        self.views = views = [given[k] for k in lay.order]
+        self.names = lay.names
+        self.index = lay.index
+        self.up = lay.up
+        self.cpus = lay.cpus
+        self.mem = lay.mem
+        self.free_cpus = [v.free_cpus for v in views]
+        self.free_mem = [v.free_memory_mib for v in views]
+        self.model_of = lay.model_of
         #: Node -> model (None: any) -> free usable GPU indices, ascending.
         self.usable: list[dict[str | None, list[int]]] = []
-        classes: dict[tuple[object, ...], int] = {}
-        self.cls: list[int] = []
-        self.reps: list[NodeView] = []
-        self._sizes: list[int] = []
-        for v in self.views:
-            self.model_of.append({g.index: g.model for g in v.gpus})
+        for v, healthy, model in zip(views, lay.healthy, lay.one_model, strict=True):
             free = v.free_gpus
-            usable = sorted((g.index, g.model) for g in v.gpus
-                            if g.healthy and not g.occupied and g.index in free)
+            if model is not None:
+                mine = [i for i, _ in healthy if i in free]
+                self.usable.append({None: mine, model: mine[:]} if mine else {None: mine})
+                continue
+            usable = [(i, m) for i, m in healthy if i in free]
             by_model: dict[str | None, list[int]] = {None: [i for i, _ in usable]}
             for i, m in usable:
                 by_model.setdefault(m, []).append(i)
             self.usable.append(by_model)
-            # The static filters read only these: nodes alike in them share the answers.
-            key = (v.state, v.gpus, v.cpus, v.memory_mib)
-            c = classes.get(key)
-            if c is None:
-                c = classes[key] = len(self.reps)
-                self.reps.append(v)
-                self._sizes.append(0)
-            self._sizes[c] += 1
-            self.cls.append(c)
-        #: Per class: (UP, CPUs, memory, GPUs installed per model, healthy GPUs per model);
-        #: model None counts every GPU.
-        self._caps: list[tuple[bool, int, int, dict[str | None, int], dict[str | None, int]]] = []
-        for v in self.reps:
-            installed: dict[str | None, int] = {None: len(v.gpus)}
-            healthy: dict[str | None, int] = {None: sum(1 for g in v.gpus if g.healthy)}
-            for g in v.gpus:
-                installed[g.model] = installed.get(g.model, 0) + 1
-                healthy[g.model] = healthy.get(g.model, 0) + (1 if g.healthy else 0)
-            self._caps.append((v.schedulable, v.cpus, v.memory_mib, installed, healthy))
-        self._excluded = [False] * len(self.views)
+        self.cls = lay.cls
+        self.reps = lay.reps
+        self._sizes = lay.sizes
+        self._caps = lay.caps
+        self._excluded = [False] * len(views)
         self._buckets: dict[str | None, list[list[int]]] = {}
-        self._static: dict[Shape, StaticFit] = {}
+        self._static = lay.static
 
     # --- what a node is ---------------------------------------------------------------------
 

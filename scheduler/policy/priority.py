@@ -21,6 +21,9 @@ from gpuq.scheduler.policy.snapshot import JobView, Snapshot
 from gpuq.scheduler.policy.tree import FairShareTable
 
 _assoc_of = attrgetter("user", "account")
+_kind_of = attrgetter("user", "account", "gpus", "qos", "nice", "priority")
+_submitted_at = attrgetter("submitted_at")
+_id_of = attrgetter("id")
 
 #: (fair share, job size, qos, total without the age term): what jobs of a kind share.
 _Kind = tuple[float, float, float, float]
@@ -129,24 +132,27 @@ def priorities(snapshot: Snapshot,
     qos = qos_factors(c.qos_priority)
     wf, wa, ws, wq = c.weight_fairshare, c.weight_age, c.weight_jobsize, c.weight_qos
     fs_of = fairshare_by_assoc.get
+    favor_small = c.jobsize_favor_small
     # Jobs of one kind differ only in age: their other factors are computed once.
     seen: dict[tuple[str, str, int, str, int, int], _Kind] = {}
-    keys: list[tuple[float, float, int]] = []
-    kinds: list[_Kind] = []
-    ages: list[float] = []
-    for j in snapshot.pending:
-        kind = (j.user, j.account, j.gpus, j.qos, j.nice, j.priority)
-        k = seen.get(kind)
-        if k is None:
-            fs = fs_of((j.user, j.account), 0.0)
-            size = jobsize_factor(j.gpus, total_gpus, c.jobsize_favor_small)
-            q = qos.get(j.qos, 0.0)
-            k = seen[kind] = (fs, size, q, j.priority + wf * fs + ws * size + wq * q - j.nice)
-        waited = now - j.submitted_at
-        age = 0.0 if waited <= 0 else 1.0 if waited * inv_age >= 1.0 else waited * inv_age
-        keys.append((-(k[3] + wa * age), j.submitted_at, j.id))
-        kinds.append(k)
-        ages.append(age)
+
+    def first(kind: tuple[str, str, int, str, int, int]) -> _Kind:
+        user, account, gpus, qos_name, nice, site = kind
+        fs = fs_of((user, account), 0.0)
+        size = jobsize_factor(gpus, total_gpus, favor_small)
+        q = qos.get(qos_name, 0.0)
+        k = seen[kind] = (fs, size, q, site + wf * fs + ws * size + wq * q - nice)
+        return k
+
+    pending = snapshot.pending
+    get = seen.get
+    kinds: list[_Kind] = [get(kind) or first(kind) for kind in map(_kind_of, pending)]
+    submitted = list(map(_submitted_at, pending))
+    ages: list[float] = [0.0 if (waited := now - t) <= 0 else
+                         1.0 if (x := waited * inv_age) >= 1.0 else x for t in submitted]
+    keys: list[tuple[float, float, int]] = [
+        (-(k[3] + wa * age), t, i)
+        for k, age, t, i in zip(kinds, ages, submitted, map(_id_of, pending), strict=True)]
     return Priorities(snapshot.pending, keys, kinds, ages)
 
 

@@ -7,7 +7,7 @@ A job charges ``gpus x seconds x weight``, the weight being its GPU model's bill
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 #: Default half-life of usage: one week, as Slurm's ``PriorityDecayHalfLife`` and the Alliance.
 DEFAULT_HALF_LIFE_S = 7 * 86400.0
@@ -62,3 +62,43 @@ def accrue(usage: float, elapsed_s: float, half_life_s: float, charged: float) -
     """Usage after ``elapsed_s``: the old usage decayed, plus ``charged`` (billed seconds of the
     interval, added undecayed: a charge made at the end of the interval)."""
     return decayed(usage, elapsed_s, half_life_s) + charged
+
+
+class UsageVector(Mapping[tuple[str, str], float]):
+    """A usage mapping kept as two parallel sequences: ``keys`` (distinct (user, account)
+    pairs) and ``values`` (their usage, floats). A plain read-only mapping to any reader;
+    the fair-share code reads it without a lookup per association when ``keys`` starts with
+    its tree's associations in the tree's order (``tree.TreeShape.assoc_keys``), which is
+    how the simulator builds it every cycle (the same ``keys`` tuple each time).
+
+    The caller must not change ``values`` after handing the vector over.
+    """
+
+    __slots__ = ("keys_", "values_", "_index")
+
+    def __init__(self, keys: tuple[tuple[str, str], ...], values: list[float]) -> None:
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys but {len(values)} values")
+        self.keys_ = keys
+        self.values_ = values
+        self._index: dict[tuple[str, str], int] | None = None
+
+    def _position(self) -> dict[tuple[str, str], int]:
+        if self._index is None:
+            self._index = {k: i for i, k in enumerate(self.keys_)}
+        return self._index
+
+    def __getitem__(self, key: tuple[str, str]) -> float:
+        return self.values_[self._position()[key]]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._position()
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+    def __repr__(self) -> str:
+        return f"UsageVector({dict(zip(self.keys_, self.values_, strict=True))!r})"

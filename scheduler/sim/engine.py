@@ -25,7 +25,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from gpuq.config import DEFAULT_GPU_BILLING_WEIGHTS
 from gpuq.scheduler.policy import schedule as policy_schedule
@@ -37,6 +37,7 @@ from gpuq.scheduler.policy.snapshot import (
     PolicyConfig,
     Snapshot,
 )
+from gpuq.scheduler.policy.tree import tree_shape
 from gpuq.scheduler.sim.cluster import SimNode
 from gpuq.scheduler.sim.ledger import UsageLedger
 from gpuq.scheduler.sim.shares import Tree
@@ -91,7 +92,9 @@ class Simulation:
         self.schedule = schedule
         self.observe = observe
         self.config = PolicyConfig(policy=policy)
-        self.ledger = UsageLedger(half_life_s)
+        # Numbered as the policy's tree numbers its associations: the usage vector needs no
+        # lookups there (policy.tree.usage_sums).
+        self.ledger = UsageLedger(half_life_s, tree_shape(tree.accounts, tree.assocs).assoc_keys)
         self.records = {j.id: JobRecord(j) for j in self.jobs}
         self._accounts = tree.accounts  # already the policy's AccountView / AssocView
         self._assocs = tree.assocs
@@ -151,7 +154,7 @@ class Simulation:
             running=self._running_view(),
             accounts=self._accounts,
             assocs=self._assocs,
-            usage=self.ledger.usage(now),
+            usage=self.ledger.vector(now),
             config=self.config,
         )
         decisions = self.schedule(snapshot)
@@ -208,8 +211,13 @@ class Simulation:
         self._pending_tuple = None
         self._shapes[view.gpus, view.gpu_model] -= 1
         self._take(index, gpus)
-        self._running[view.id] = replace(view, node=start.node,
-                                         gpu_indices=tuple(start.gpu_indices), started_at=now)
+        # ``replace(view, node=..., gpu_indices=..., started_at=now)``: the fields _submit
+        # sets, the rest at their defaults as there.
+        self._running[view.id] = JobView(
+            id=view.id, gpus=view.gpus, submitted_at=view.submitted_at,
+            gpu_model=view.gpu_model, user=view.user, account=view.account,
+            time_limit_s=view.time_limit_s, node=start.node,
+            gpu_indices=tuple(start.gpu_indices), started_at=now)
         self._running_tuple = None
         record = self.records[view.id]
         record.start_s, record.node = now, start.node
