@@ -267,11 +267,7 @@ def fair_tree_factors(accounts: Iterable[AccountView], assocs: Iterable[AssocVie
             if j == i + 1:
                 visit_level(level_of[idx], tied)  # type: ignore[arg-type]
             else:
-                merged: list[Entry] = []
-                for e in ordered[i:j]:
-                    merged.extend(entries(level_of[e[3]]))  # type: ignore[arg-type]
-                merged.sort()
-                visit(merged, tied)
+                visit_merged(ordered[i:j], tied)
             done = j
         nxt = start - prefix[-1] if size else start
 
@@ -303,12 +299,16 @@ def fair_tree_factors(accounts: Iterable[AccountView], assocs: Iterable[AssocVie
                 for e in ordered[i:j]:
                     nxt -= e[4]
             else:
-                merged: list[Entry] = []
-                for e in ordered[i:j]:
-                    merged.extend(entries(level_of[e[3]]))  # type: ignore[arg-type]
-                merged.sort()
-                visit(merged, tied)
+                visit_merged(ordered[i:j], tied)
             i = j
+
+    def visit_merged(tied_accounts: Sequence[Entry], tied: bool) -> None:
+        """Sibling accounts of one LevelFS: their members ranked together, as one level."""
+        merged: list[Entry] = []
+        for e in tied_accounts:
+            merged.extend(entries(level_of[e[3]]))  # type: ignore[arg-type]
+        merged.sort()
+        visit(merged, tied)
 
     if below_wanted is not None:
         if picked and levels:
