@@ -98,10 +98,21 @@ def cancel_message(job: dict[str, Any]) -> str:
     return f"Cancel requested for job {jid} ({state})"
 
 
+def array_cancel_message(out: dict[str, Any]) -> str:
+    asked = out.get("cancel_requested") or []
+    text = f"Cancelled array job {out['array_job_id']}: {out['cancelled']} waiting"
+    if asked:
+        text += f"; cancel requested for {len(asked)} running"
+    return text
+
+
 @click.command("cancel")
 @click.argument("job_ids", nargs=-1, required=True, type=int, metavar="JOB...")
+@click.option("--array", "arrays", is_flag=True,
+              help="Each JOB is an array's id: cancel all its elements (like scancel of an "
+                   "array's id); without it, JOB is one job (or one element).")
 @pass_env
-def cancel(env: Env, job_ids: tuple[int, ...]) -> None:
+def cancel(env: Env, job_ids: tuple[int, ...], arrays: bool) -> None:
     """Cancel jobs: a pending job ends at once, a running one when its node has killed it.
 
     Goes on past a job it cannot cancel (unknown, not yours), and exits non-zero then.
@@ -110,6 +121,11 @@ def cancel(env: Env, job_ids: tuple[int, ...]) -> None:
     with env.client() as api:
         for jid in job_ids:
             try:
+                if arrays:
+                    out = api.post(f"/v1/jobs/array/{jid}/cancel", what="job array",
+                                   not_found=f"no job array {jid}", idempotent=True)
+                    click.echo(array_cancel_message(out))
+                    continue
                 job = api.post(f"/v1/jobs/{jid}/cancel", what="job", not_found=f"no job {jid}",
                                idempotent=True)
             except CliError as e:

@@ -145,12 +145,20 @@ def jobs_table(jobs: Iterable[Job], now: datetime) -> Table:
     table = plain_table(*columns)
     for j in rows:
         qos = [] if not show_qos else [j["qos"] if j.get("qos") not in (None, "normal") else ""]
-        table.add_row(str(j["id"]), j.get("name") or "", j.get("user") or "",
+        table.add_row(job_label(j), j.get("name") or "", j.get("user") or "",
                       j.get("account") or "", *qos, state_label(j),
                       format_duration(elapsed_s(j, now)), gpus_label(j),
                       where(j) + (BORROW_MARK if borrowing(j) else "")
                       + (IDLE_MARK if idle(j) else ""))
     return table
+
+
+def job_label(job: Job) -> str:
+    """The job's id as squeue shows it: ``123`` for a job, ``123_7`` for index 7 of array
+    123, ``123_[8-99]`` for the array's elements that wait without rows (one line)."""
+    if job.get("array_id") is not None and job.get("array_task"):
+        return f"{job['array_id']}_{job['array_task']}"
+    return str(job["id"])
 
 
 def _jobs(ids: Iterable[object]) -> str:
@@ -200,6 +208,11 @@ def job_detail(job: Job, now: datetime) -> str:
     """``gpuq show``: fields, then the events."""
     rows: list[tuple[str, str]] = [
         ("Job", f"{job['id']} ({job.get('name') or ''})"),
+    ]
+    if job.get("array_id") is not None:
+        rows.append(("Array", f"{job_label(job)}  (array job {job['array_id']}, index "
+                              f"{job.get('array_task')})"))
+    rows += [
         ("User", f"{job.get('user')}  account {job.get('account')}"),
         ("State", state_label(job) + (f"  ({job['reason']})" if job.get("reason") else "")),
     ]

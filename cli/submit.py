@@ -200,7 +200,8 @@ def _submit_array(env: Env, body: dict[str, Any], params: dict[str, Any]) -> Non
     elif params.get("parsable"):
         click.echo(out["array_job_id"])
     else:
-        ids = out["ids"]
-        span = f"{ids[0]}" if len(ids) == 1 else f"{ids[0]}-{ids[-1]}"
-        click.echo(f"Submitted array job {out['array_job_id']}: {len(ids)} job"
-                   f"{'s' if len(ids) != 1 else ''} (ids {span})")
+        first = out["array_job_id"]
+        count = out.get("count") or len(out["ids"])
+        span = f"{first}" if count == 1 else f"{first}-{first + count - 1}"
+        click.echo(f"Submitted array job {first}: {count} job"
+                   f"{'s' if count != 1 else ''} (ids {span})")

@@ -250,6 +250,12 @@ class JobRead(BaseModel):
     memory_mib: int
     time_limit_s: int
     priority: int
+    #: The job array it is an element of (Slurm's ArrayJobId) and its index there ("7");
+    #: for a line standing for an array's waiting elements (folded, as squeue shows
+    #: them), their indices ("[8-9999]") and how many they are (``count``).
+    array_id: int | None = None
+    array_task: str | None = None
+    count: int = 1
     node: str | None
     gpu_indices: list[int]
     exit_code: int | None
@@ -325,3 +331,9 @@ class JobBrief(BaseModel):
     submitted_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+    #: The job array it is an element of (Slurm's ArrayJobId) and its index there ("7");
+    #: for a line standing for an array's waiting elements (folded, as squeue shows
+    #: them), their indices ("[8-9999]") and how many they are (``count``).
+    array_id: int | None = None
+    array_task: str | None = None
+    count: int = 1

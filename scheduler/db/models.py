@@ -209,6 +209,72 @@ def effective_spec(job: Any, shared: Any | None
             {**(shared.environment or {}), **own})
 
 
+#: The arrays with elements that have no row yet and wait (``ix_job_arrays_pending``).
+PENDING_ARRAYS = text("state = 'PENDING'")
+
+
+class JobArray(Base):
+    """A job array (Slurm's ``--array``) as one record: what its elements share, which
+    indices it has, and how far it has been split into rows. An element gets its own
+    ``jobs`` row only when it is started or touched (cancelled alone, given a claim); the
+    others wait here, one record for all of them (``services/arrays.py``). The elements'
+    job ids are the block ``id .. id + count - 1`` reserved at submit: position ``p`` (the
+    ``p``-th index of ``ranges``) is job ``id + p``."""
+
+    __tablename__ = "job_arrays"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key"),
+        Index("ix_job_arrays_pending", "priority_key", "id",
+              postgresql_where=PENDING_ARRAYS, sqlite_where=PENDING_ARRAYS),
+    )
+    #: The array's job id (Slurm's ArrayJobId): its first element's.
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    #: The indices, as ascending disjoint runs ``[first, last, step]`` (gpuq.wire.arrays).
+    ranges: Mapped[list[list[int]]] = mapped_column(JSON)
+    count: Mapped[int] = mapped_column(Integer)
+    #: Element rows made so far (started or touched), and the position below which every
+    #: element has its row (the next to start is the first at or above it without one).
+    split: Mapped[int] = mapped_column(Integer, default=0)
+    next_pos: Mapped[int] = mapped_column(Integer, default=0)
+    #: PENDING: elements without a row wait; CANCELLED: they were cancelled with the
+    #: array; SPLIT: every element has its row (the record only names the array then).
+    state: Mapped[str] = mapped_column(String(16), default=JobState.PENDING.value)
+    reason: Mapped[str] = mapped_column(String(256), default="Submitted")
+    #: What every element shares (the spec and the job's columns but its index).
+    spec_id: Mapped[int] = mapped_column(ForeignKey("job_specs.id"))
+    workdir: Mapped[str] = mapped_column(String(1024))
+    gpus: Mapped[int] = mapped_column(Integer, default=1)
+    gpu_model: Mapped[str | None] = mapped_column(String(64))
+    cpus: Mapped[int] = mapped_column(Integer, default=1)
+    memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    time_limit_s: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    requeue: Mapped[bool] = mapped_column(Boolean, default=True)
+    nice: Mapped[int] = mapped_column(Integer, default=0)
+    qos: Mapped[str] = mapped_column(String(16), default="normal")
+    #: The waiting elements' factors, order and estimated start (the first of them), as
+    #: the scheduling loop last wrote them (``Job``'s columns of the same names).
+    priority_factors: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    priority_key: Mapped[float | None] = mapped_column(Float)
+    estimated_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: When the waiting elements were cancelled (with the array).
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship()
+    account: Mapped[Account] = relationship()
+    spec: Mapped[JobSpec] = relationship()
+
+    @property
+    def waiting(self) -> int:
+        """Elements without a row of their own."""
+        return self.count - self.split
+
+
 #: The states of jobs in the queue (pending or on a node): ``ix_jobs_active_id``'s rows.
 ACTIVE_JOBS = text("state IN ('PENDING', 'DISPATCHED', 'RUNNING')")
 PENDING_JOBS = text("state = 'PENDING'")
@@ -246,6 +312,9 @@ class Job(Base):
     #: ``script`` are None and ``environment`` holds only the element's own variables);
     #: None: the spec is all in this row. Read a job's spec with ``effective_spec``.
     spec_id: Mapped[int | None] = mapped_column(ForeignKey("job_specs.id"))
+    #: The array this job is an element of (``JobArray``; its index is in its name and
+    #: environment); None: a job of its own, or an element made before arrays had records.
+    array_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     gpus: Mapped[int] = mapped_column(Integer, default=1)
     gpu_model: Mapped[str | None] = mapped_column(String(64))
     cpus: Mapped[int] = mapped_column(Integer, default=1)

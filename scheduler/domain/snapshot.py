@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from gpuq.config import Settings
 from gpuq.scheduler.db.models import Account, Gpu, Job, Membership, Node, User
 from gpuq.scheduler.domain import grants_in_effect as in_effect
+from gpuq.scheduler.domain.arrays import Element, pending_arrays, rows_ahead, waiting
 from gpuq.scheduler.policy import (
     AccountView,
     AssocView,
@@ -154,6 +155,26 @@ def node_views(session: Session, active: Sequence[Any]) -> list[NodeView]:
     return views
 
 
+def array_elements(session: Session, nodes: Sequence[NodeView]) -> list[Element]:
+    """The waiting elements of every array the cycle looks at: of each, as many as could
+    start on the GPUs (CPUs, for jobs of no GPU) free now, and one more (the first that
+    cannot start says why the rest wait, and holds the array's place for backfill). The
+    elements are alike but for their index: the policy decides the same for the first
+    ones of an array whether the rest are in its snapshot or not (``domain/arrays.py``)."""
+    arrays = pending_arrays(session)
+    if not arrays:
+        return []
+    up = [n for n in nodes if n.state == NodeState.UP.value]
+    free_gpus = sum(len(n.free_gpus) for n in up)
+    free_cpus = sum(max(n.free_cpus, 0) for n in up)
+    taken = rows_ahead(session, [a.id for a in arrays])
+    out: list[Element] = []
+    for array in arrays:
+        fits = free_gpus // array.gpus if array.gpus else free_cpus // max(array.cpus, 1)
+        out.extend(waiting(array, fits + 1, taken.get(array.id, set())))
+    return out
+
+
 def build_snapshot(session: Session, now: datetime, settings: Settings | None = None
                    ) -> Snapshot:
     return build_snapshot_rows(session, now, settings)[0]
@@ -222,6 +243,8 @@ def build_snapshot_rows(session: Session, now: datetime, settings: Settings | No
     pending, whole = pending_rows(session, depth)
     active = session.execute(select(*ACTIVE_COLUMNS)
                              .where(_jobs.state.in_([s.value for s in ACTIVE]))).all()
+    nodes = node_views(session, active)
+    elements = array_elements(session, nodes)
     accounts, assocs, usage = tree_views(session, now)
     grants = tuple(GrantView(id=gid, account=acct, gpus=gpus, gpu_model=model,
                              nodes=tuple(nodes))
@@ -232,12 +255,12 @@ def build_snapshot_rows(session: Session, now: datetime, settings: Settings | No
             usage[key] += _uncharged(job, now, settings)
     return Snapshot(
         now=now.timestamp(),
-        nodes=tuple(node_views(session, active)),
-        pending=tuple(job_view(j, users, account_names) for j in pending),
+        nodes=tuple(nodes),
+        pending=tuple(job_view(j, users, account_names) for j in (*pending, *elements)),
         running=tuple(job_view(j, users, account_names, node_names) for j in active),
         accounts=accounts,
         assocs=assocs,
         usage=usage,
         config=policy_config(settings),
         grants=grants,
-    ), {j.id: j for j in (*pending, *active)}, whole
+    ), {j.id: j for j in (*pending, *elements, *active)}, whole

@@ -352,8 +352,13 @@ def cancelled(f: Facts, *, by: str) -> Change | None:
     if f.state in TERMINAL:
         return None
     if f.state == JobState.PENDING:
-        return _move(f, JobState.CANCELLED, f"cancelled by {by}")
+        return _move(f, JobState.CANCELLED, cancelled_reason(by))
     return request_cancel(f, f"cancel requested by {by}")
+
+
+def cancelled_reason(by: str) -> str:
+    """The reason of a pending job (or an array's waiting elements) cancelled by ``by``."""
+    return f"cancelled by {by}"[:REASON_CHARS]
 
 
 def request_cancel(f: Facts, reason: str) -> Change | None:

@@ -30,10 +30,10 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Engine, Row
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.db.models import GpuAllocation, Job, JobEvent, JobSpec
+from gpuq.scheduler.db.models import GpuAllocation, Job, JobArray, JobEvent, JobSpec
 from gpuq.scheduler.lifecycle import rules
 from gpuq.scheduler.lifecycle.rules import Change, InvalidTransition, Step, submitted
 from gpuq.wire.states import TERMINAL, JobState
@@ -68,6 +68,10 @@ def _insert_returning(session: Session, rows: list[dict[str, Any]]) -> list[Row[
     took longer than the batch's other work (32 submits: 0.29 -> 0.18 ms a job)."""
     table = Job.__table__
     conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        # Ids after every array's block (``reserve_ids``), not SQLite's own choice.
+        rows = [{**row, "id": job_id} for job_id, row in zip(reserve_ids(session, len(rows)),
+                                                           rows, strict=True)]
     if conn.dialect.name != "postgresql" or len(rows) <= _RETURNING_ROWS:
         return conn.execute(insert(table).returning(*table.c, sort_by_parameter_order=True),
                             rows).all()
@@ -130,8 +134,44 @@ def reserve_ids(session: Session, n: int) -> list[int]:
             text("SELECT nextval(pg_get_serial_sequence('jobs', 'id')) "
                  "FROM generate_series(1, :n)"), {"n": n})
         return sorted(r[0] for r in rows)
-    top = session.scalar(text("SELECT coalesce(max(id), 0) FROM jobs")) or 0
+    top = _sqlite_top(session)
     return list(range(top + 1, top + n + 1))
+
+
+#: SQLite: the largest job id taken, by a row or by an array's block (whose elements have
+#: no rows yet). New rows are given ids after it: SQLite's own choice (the largest rowid
+#: plus one) would fall inside a block.
+_SQLITE_TOP = text("SELECT max(coalesce((SELECT max(id) FROM jobs), 0), "
+                   "coalesce((SELECT max(id + count - 1) FROM job_arrays), 0))")
+
+
+def _sqlite_top(session: Session) -> int:
+    return int(session.scalar(_SQLITE_TOP) or 0)
+
+
+def reserve_block(session: Session, n: int) -> int:
+    """SQLite: the first of ``n`` consecutive new job ids (an array's elements: job
+    ``first + p`` is the element at position ``p``), after the largest taken, under the
+    write lock the session's transaction holds. PostgreSQL: ``reserve_block_apart``."""
+    return _sqlite_top(session) + 1
+
+
+def reserve_block_apart(engine: Engine, n: int, *, lock_timeout_ms: int = 5000) -> int:
+    """PostgreSQL: the first of ``n`` consecutive new job ids that no other job can take,
+    in a short transaction of its own, before the array's (whose block it becomes; if
+    that one fails, the block is a gap in the ids, as a rolled-back ``nextval`` leaves).
+
+    ``ALTER SEQUENCE`` first: it takes the lock that blocks every other ``nextval`` (and
+    waits for the transactions that called one to end), so that nothing moves the
+    sequence between reading where it is and setting it past the block. Taking it after a
+    ``nextval`` of its own would be a lock upgrade, and two arrays doing so at once
+    deadlock. Taken before the array's own transaction holds any lock, so a single submit
+    that waits on that transaction cannot be what this waits on."""
+    with engine.connect() as conn, conn.begin():
+        conn.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}"))
+        # Migration 0012's function: ALTER SEQUENCE, where it is, setval past the block.
+        return int(conn.execute(text("SELECT gpuq_reserve_job_ids(:n)"), {"n": n}
+                                ).scalar_one())
 
 
 def bulk_insert(session: Session, model: type[Job] | type[JobEvent],
@@ -244,3 +284,40 @@ def _move(session: Session, job: Job, change: Change, now: datetime) -> bool:
 def _event(job_id: int, step: Step, now: datetime) -> dict[str, Any]:
     return {"job_id": job_id, "time": now, "old_state": step.old.value if step.old else None,
             "new_state": step.new.value, "reason": step.reason}
+
+
+# --- arrays as one record (``JobArray``; domain/arrays.py) ----------------------------------
+
+
+def create_array(session: Session, fields: dict[str, Any]) -> None:
+    """Store a new array's record: its elements wait in it, PENDING, with no rows."""
+    session.execute(insert(JobArray), [{**fields, "state": JobState.PENDING.value,
+                                        "split": 0, "next_pos": 0}])
+
+
+def split_array(session: Session, array: JobArray, rows: list[dict[str, Any]],
+                next_pos: int, *, reason: str) -> None:
+    """Give these waiting elements of ``array`` (a record locked for this transaction)
+    their own rows (``rows``: their columns, ids from the array's block), PENDING since the
+    array's submit, as if they had been made with it; ``next_pos``: below it every
+    element has its row now. An array whose elements all have rows is SPLIT."""
+    create_rows(session, rows, now=array.submitted_at, reason=reason)
+    array.split += len(rows)
+    array.next_pos = next_pos
+    if array.split >= array.count:
+        array.state = ARRAY_SPLIT
+
+
+def cancel_array_waiting(session: Session, array: JobArray, *, by: str,
+                         now: datetime) -> int:
+    """Cancel the elements of ``array`` (locked) that have no rows: they end with the
+    record (Slurm cancels a pending array's record at once). Returns how many."""
+    if array.state != JobState.PENDING.value:
+        return 0
+    array.state, array.ended_at = JobState.CANCELLED.value, now
+    array.reason = rules.cancelled_reason(by)
+    return array.count - array.split
+
+
+#: The state of an array record whose elements all have rows of their own.
+ARRAY_SPLIT = "SPLIT"

@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.db.models import GpuAllocation, Grant, Job, Node
+from gpuq.scheduler.db.models import GpuAllocation, Grant, Job, JobArray, Node
+from gpuq.scheduler.domain.arrays import Element, split
 from gpuq.scheduler.domain.snapshot import PENDING_COLUMNS
 from gpuq.scheduler.lifecycle import rules, writes
 from gpuq.scheduler.policy import Decisions, Snapshot
@@ -59,9 +60,15 @@ def apply_decisions(session: Session, decisions: Decisions, now: datetime, resul
     priority order only) writes no priorities or estimated starts: ranked against part
     of the queue they would be wrong, and the next full pass writes them."""
     rows = rows if rows is not None else {}
+    # Arrays' waiting elements (no rows yet) that start or get a claim get rows first.
+    elements = {i: r for i, r in rows.items() if isinstance(r, Element)}
+    split_ids = _split_elements(session, decisions, elements)
     starts: list[tuple[Job, rules.Change]] = []
     claimed: set[tuple[int, int]] = set()
     for start in decisions.starts:
+        if start.job_id in elements and start.job_id not in split_ids:
+            result.dropped.append(start.job_id)  # its array was cancelled meanwhile
+            continue
         # Read the rows as they are now, not as the snapshot loaded them, and lock the job:
         # on PostgreSQL an API transaction that is cancelling it commits first, and the
         # start is dropped instead of overwriting the cancel (FOR NO KEY UPDATE is the lock
@@ -98,7 +105,9 @@ def apply_decisions(session: Session, decisions: Decisions, now: datetime, resul
     if snapshot is not None:  # what the jobs held before: claims and borrowing labels
         _apply_claims(session, snapshot, decisions, started, rows, pending)
         _apply_borrowing(session, snapshot, decisions, started, now)
-    waiting = [i for i in decisions.pending_reasons if i not in started]
+    # (Arrays' elements that still have no rows hear theirs on their arrays' records.)
+    waiting = [i for i in decisions.pending_reasons
+               if i not in started and (i not in elements or i in split_ids)]
     held = _pending_rows(session, waiting, rows)
     for job_id in waiting:
         job = held.get(job_id)
@@ -114,6 +123,46 @@ def apply_decisions(session: Session, decisions: Decisions, now: datetime, resul
     # query autoflushes next; then the pending rows' changes, set-based.
     session.flush()
     _write_pending(session, pending)
+    _write_arrays(session, decisions, elements, split_ids, whole=whole)
+
+
+def _split_elements(session: Session, decisions: Decisions,
+                    elements: dict[int, Element]) -> set[int]:
+    """Rows for the arrays' waiting elements the cycle starts or gives a claim
+    (``domain.arrays.split``, which re-checks that each still waits); the ids made."""
+    wanted: dict[int, list[int]] = defaultdict(list)
+    for job_id in (*(s.job_id for s in decisions.starts), *decisions.claims):
+        element = elements.get(job_id)
+        if element is not None:
+            wanted[element.array_id].append(element.pos)
+    made: set[int] = set()
+    for array_id, positions in sorted(wanted.items()):
+        made.update(split(session, array_id, positions))
+    return made
+
+
+def _write_arrays(session: Session, decisions: Decisions, elements: dict[int, Element],
+                  split_ids: set[int], *, whole: bool) -> None:
+    """What each array's waiting elements hear: the reason, the factors and the estimated
+    start of its first element that still has no row, on the array's record (while its
+    elements still wait)."""
+    first: dict[int, Element] = {}
+    for element in elements.values():
+        if element.id in split_ids or element.id not in decisions.pending_reasons:
+            continue
+        best = first.get(element.array_id)
+        if best is None or element.pos < best.pos:
+            first[element.array_id] = element
+    arrays = JobArray.__table__
+    for array_id, element in sorted(first.items()):
+        changes = _record_priority(element, decisions, element.id) if whole else {}
+        reason = decisions.pending_reasons[element.id]
+        if reason != element.reason:
+            changes["reason"] = reason
+        if changes:
+            session.execute(update(arrays).where(
+                arrays.c.id == array_id, arrays.c.state == JobState.PENDING.value)
+                .values(changes))
 
 
 @dataclass

@@ -30,7 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
-from gpuq.scheduler.db.models import Account, GpuAllocation, Job, Node
+from gpuq.scheduler.db.models import Account, GpuAllocation, Job, JobArray, Node
 from gpuq.scheduler.measures import PROCESS
 from gpuq.scheduler.runtime.context import Context
 from gpuq.wire.states import JobState, NodeState
@@ -69,7 +69,16 @@ class StateCollector:
                 select(Job.state, Job.account_id, func.count())
                 .where(Job.state.in_([s.value for s in QUEUE_STATES]))
                 .group_by(Job.state, Job.account_id)).all()
+            by_key: Counter[tuple[str, int]] = Counter()
             for state, account_id, n in counts:
+                by_key[(state, account_id)] += n
+            # Arrays' elements that wait in their arrays' records (no rows yet) are pending.
+            for account_id, n in session.execute(
+                    select(JobArray.account_id, func.sum(JobArray.count - JobArray.split))
+                    .where(JobArray.state == JobState.PENDING.value)
+                    .group_by(JobArray.account_id)).all():
+                by_key[(JobState.PENDING.value, account_id)] += int(n or 0)
+            for (state, account_id), n in by_key.items():
                 jobs.add_metric([state, names.get(account_id, "?")], n)
             yield jobs
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.db.models import Account, Grant, Job
+from gpuq.scheduler.db.models import Account, Grant, Job, JobArray
 from gpuq.scheduler.errors import Conflict, Invalid, NotFound
 from gpuq.scheduler.services.audit import Actor, record
 from gpuq.wire.admin import AccountCreate, AccountRead, AccountUpdate
@@ -171,6 +171,10 @@ def _retire_blockers(session: Session, acct: Account, *, now: datetime) -> list[
                    f"them first)")
     jobs = list(session.scalars(select(Job.id).where(
         Job.account_id == acct.id, Job.state.in_(LIVE_JOB_STATES)).order_by(Job.id)))
+    # Arrays whose elements wait without rows: the array's id stands for them.
+    jobs += list(session.scalars(select(JobArray.id).where(
+        JobArray.account_id == acct.id, JobArray.state == JobState.PENDING.value)
+        .order_by(JobArray.id)))
     if jobs:
         out.append(f"jobs {', '.join(map(str, jobs[:20]))}{' ...' if len(jobs) > 20 else ''}"
                    f" are pending or running (cancel them or let them end)")

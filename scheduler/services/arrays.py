@@ -1,168 +1,166 @@
-"""Job arrays: one request makes every element, or none (one transaction, bulk inserts).
-What the elements share (the command or script, the environment) is stored once, in a
-``job_specs`` row they point to; each element's row holds only its own index."""
+"""Job arrays: one request makes one record (``JobArray``) for all its elements, in one
+transaction, whatever their number: the spec stored once (``job_specs``), the indices as
+runs, a block of job ids reserved. The elements get rows of their own as they start or
+are touched (``domain/arrays.py``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Integer,
-    Text,
-    case,
-    cast,
-    column,
-    func,
-    literal,
-    null,
-    or_,
-    select,
-)
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gpuq.config import Settings
-from gpuq.scheduler.db.models import Job
-from gpuq.scheduler.errors import Forbidden
-from gpuq.scheduler.lifecycle import writes
+from gpuq.scheduler.db.models import Job, JobArray
+from gpuq.scheduler.domain.arrays import (
+    EVENT_REASON,
+    INDEX_KEYS,
+    array_common_env,
+    array_name,
+    index_env,
+    owner_of,
+    split,
+)
+from gpuq.scheduler.errors import Forbidden, NotFound
+from gpuq.scheduler.lifecycle import rules, writes
 from gpuq.scheduler.services.auth import Principal
-from gpuq.scheduler.services.jobs import check_submit, job_fields
-from gpuq.wire.arrays import JobArrayCreate, JobArrayRead
+from gpuq.scheduler.services.jobs import Accepted, check_owner, check_submit, job_fields
+from gpuq.wire.arrays import MAX_LISTED, JobArrayCreate, JobArrayRead, Ranges
+from gpuq.wire.states import ACTIVE, TERMINAL
 
-#: The reason of an element's first event.
-EVENT_REASON = "submitted (array)"
-
-#: Between an array's idempotency key and an element's position in the element's own key.
-KEY_SEP = "#"
-
-
-def array_name(base: dict[str, Any]) -> str:
-    """The array's name: the job name, short enough for ``NAME[INDEX]`` to fit its column."""
-    return base["name"][:120]
-
-
-#: The variables holding an element's own index (the rest are the same in every element).
-INDEX_KEYS = ("GPUQ_ARRAY_TASK_ID", "GPUQ_ARRAY_INDEX", "SLURM_ARRAY_TASK_ID")
-
-
-def array_common_env(array_id: int, indices: list[int]) -> dict[str, str]:
-    """The array variables that every element of the array has alike."""
-    values = {"ARRAY_JOB_ID": str(array_id), "ARRAY_TASK_COUNT": str(len(indices)),
-              "ARRAY_TASK_MIN": str(indices[0]), "ARRAY_TASK_MAX": str(indices[-1])}
-    return {f"{prefix}_{k}": v for prefix in ("GPUQ", "SLURM") for k, v in values.items()}
+__all__ = ["EVENT_REASON", "INDEX_KEYS", "array_env", "submit_array", "cancel_array",
+           "element_of", "array_read"]
 
 
 def array_env(array_id: int, index: int, indices: list[int]) -> dict[str, str]:
     """What an element finds in its environment (gpuq's names, and Slurm's for scripts
     written for sbatch --array): the common part stored once in the array's shared spec,
-    the index in the element's own row (``shared_spec``, ``element_rows``)."""
-    return {**array_common_env(array_id, indices), **dict.fromkeys(INDEX_KEYS, str(index))}
+    the index in the element's own row."""
+    return {**array_common_env(array_id, indices[0], indices[-1], len(indices)),
+            **index_env(index)}
 
 
-def _replay(session: Session, user_id: int, key: str) -> list[tuple[int, str]] | None:
-    """The (id, name) of the elements an array with this key made before, in order."""
-    rows = session.execute(
-        select(Job.id, Job.name, Job.idempotency_key).where(
-            Job.user_id == user_id,
-            or_(Job.idempotency_key == key,
-                Job.idempotency_key.startswith(key + KEY_SEP, autoescape=True)))).all()
-    if not rows:
+def array_read(array: Any) -> JobArrayRead:
+    """The answer to an array's submit (and to its retry)."""
+    ranges = Ranges.of(array.ranges)
+    listed = array.count <= MAX_LISTED
+    return JobArrayRead(array_job_id=array.id, name=array.name, count=array.count,
+                        array=ranges.text(), indices=ranges.indices() if listed else [],
+                        ids=list(range(array.id, array.id + array.count)) if listed else [])
+
+
+def replayed(session: Session, user_id: int, key: str | None) -> JobArrayRead | None:
+    """The array a submit with this idempotency key made before, if any. (An array made
+    before arrays had records is not found by its key: a retry of one across the upgrade
+    makes a new array.)"""
+    if key is None:
         return None
-    def position(k: str) -> int:
-        return 0 if k == key else int(k.rsplit(KEY_SEP, 1)[1])
-    return [(i, n) for i, n, _ in sorted(rows, key=lambda r: position(r[2]))]
+    array = session.scalars(select(JobArray).where(JobArray.user_id == user_id,
+                                                   JobArray.idempotency_key == key)).first()
+    return array_read(array) if array is not None else None
 
 
-def _replayed(session: Session, user_id: int, spec: JobArrayCreate) -> JobArrayRead | None:
-    if spec.idempotency_key is None:
+def check_array(session: Session, principal: Principal, spec: JobArrayCreate, *,
+                settings: Settings) -> JobArrayRead | Accepted:
+    """Before an array's ids are reserved: the array a retry made (its key seen before),
+    or what every check a submit makes settled (else their 4xx)."""
+    if principal.user is None:
+        raise Forbidden("only user and admin tokens can submit jobs")
+    old = replayed(session, principal.user.id, spec.idempotency_key)
+    if old is not None:
+        return old
+    return check_submit(session, principal, spec, settings=settings)
+
+
+def reserve(session_factory: Any, spec: JobArrayCreate) -> int | None:
+    """PostgreSQL: the array's block of job ids, reserved before its transaction begins
+    (``writes.reserve_block_apart``); None on SQLite (reserved inside it)."""
+    bind = session_factory.kw.get("bind")
+    if bind is None or bind.dialect.name != "postgresql":
         return None
-    old = _replay(session, user_id, spec.idempotency_key)
-    if old is None:
-        return None
-    ids = [i for i, _ in old]
-    return JobArrayRead(array_job_id=ids[0], name=old[0][1].rsplit("[", 1)[0],
-                        indices=spec.indices[:len(ids)], ids=ids)
+    return writes.reserve_block_apart(bind, spec.ranges.count)
 
 
-def shared_spec(session: Session, spec: JobArrayCreate, base: dict[str, Any],
-                ids: list[int]) -> dict[str, Any]:
-    """Store what every element shares once (``writes.create_spec``: the command or the
-    script, the environment given and the array's common variables) and return ``base``
-    (``job_fields``) for the elements: pointing to it, with no spec of their own."""
-    spec_id = writes.create_spec(
-        session, command=base["command"], script=base["script"],
-        environment={**base["environment"], **array_common_env(ids[0], spec.indices)})
-    return {**base, "command": None, "script": None, "environment": {}, "spec_id": spec_id}
-
-
-def element_rows(spec: JobArrayCreate, base: dict[str, Any], ids: list[int]
-                 ) -> list[dict[str, Any]]:
-    """The elements' job rows, built here (SQLite), from ``base`` (``shared_spec``'s):
-    each holds its own index variables only."""
-    name = array_name(base)
-    rows = []
-    for pos, (job_id, index) in enumerate(zip(ids, spec.indices, strict=True)):
-        key = spec.idempotency_key
-        if key is not None and pos:
-            key = f"{key}{KEY_SEP}{pos}"
-        rows.append({**base, "id": job_id, "name": f"{name}[{index}]", "idempotency_key": key,
-                     "environment": dict.fromkeys(INDEX_KEYS, str(index))})
-    return rows
-
-
-def element_columns(spec: JobArrayCreate, base: dict[str, Any], ids: list[int]
-                    ) -> dict[str, Any]:
-    """The same rows as ``element_rows``, as SQL that PostgreSQL makes them with from the
-    ids and indices (``unnest(...)``), with no Python work per element (10,000 elements:
-    ~0.35 s of the API's CPU -> see the commit)."""
-    el = func.unnest(cast(ids, ARRAY(BigInteger)), cast(spec.indices, ARRAY(Integer))) \
-        .table_valued(column("id", BigInteger), column("idx", Integer),
-                      with_ordinality="pos").render_derived(name="el")
-    idx = cast(el.c.idx, Text)
-    name = array_name(base)
-    key = spec.idempotency_key
-    key_expr = null() if key is None else case(
-        (el.c.pos == 1, literal(key, Text)),
-        else_=literal(key + KEY_SEP, Text) + cast(el.c.pos - 1, Text))
-    env = func.json_build_object(*[x for k in INDEX_KEYS for x in (literal(k, Text), idx)],
-                                 type_=JSON)
-    table = Job.__table__
-    varying = {"id": el.c.id, "name": literal(name + "[", Text) + idx + literal("]", Text),
-               "idempotency_key": key_expr, "environment": env}
-    fixed = {k: literal(v, table.c[k].type) for k, v in base.items() if k not in varying}
-    return {**varying, **fixed}
+def create_array(session: Session, principal: Principal, spec: JobArrayCreate,
+                 ok: Accepted, *, now: datetime, first_id: int | None = None
+                 ) -> tuple[JobArrayRead, bool]:
+    """Make the array that ``check_array`` accepted, every element PENDING, with the ids
+    from ``first_id`` (reserved by ``reserve``; None: reserved here, SQLite); returns (the
+    array, created). A parallel retry with the same key that won answers instead."""
+    ranges = spec.ranges
+    base = job_fields(spec, ok, now=now)
+    try:
+        with session.begin_nested():
+            first = first_id if first_id is not None else writes.reserve_block(
+                session, ranges.count)
+            spec_id = writes.create_spec(
+                session, command=base["command"], script=base["script"],
+                environment={**base["environment"], **array_common_env(
+                    first, ranges.first, ranges.last, ranges.count)})
+            fields = {k: base[k] for k in (
+                "user_id", "account_id", "idempotency_key", "workdir", "gpus", "gpu_model",
+                "cpus", "memory_mib", "time_limit_s", "requeue", "nice", "qos", "reason",
+                "submitted_at")}
+            record = {**fields, "id": first, "name": array_name(base["name"]), "priority": 0,
+                      "ranges": ranges.stored(), "count": ranges.count, "spec_id": spec_id}
+            writes.create_array(session, record)
+    except IntegrityError:
+        # The same key raced in from a parallel retry: answer with the array it made.
+        assert principal.user is not None
+        old = replayed(session, principal.user.id, spec.idempotency_key)
+        if old is None:
+            raise
+        return old, False
+    return array_read(SimpleNamespace(**record)), True
 
 
 def submit_array(session: Session, principal: Principal, spec: JobArrayCreate, *,
                  now: datetime, settings: Settings) -> tuple[JobArrayRead, bool]:
-    """Create every element PENDING; returns (the array, created). A seen idempotency
-    key returns the array it made before."""
-    if principal.user is None:
-        raise Forbidden("only user and admin tokens can submit jobs")
-    old = _replayed(session, principal.user.id, spec)
-    if old is not None:
-        return old, False
-    ok = check_submit(session, principal, spec, settings=settings)
-    indices = spec.indices
-    ids = writes.reserve_ids(session, len(indices))
-    try:
-        with session.begin_nested():
-            base = shared_spec(session, spec, job_fields(spec, ok, now=now), ids)
-            if session.get_bind().dialect.name == "postgresql":
-                writes.create_from_select(session, element_columns(spec, base, ids), ids,
-                                          now=now, reason=EVENT_REASON)
-            else:
-                writes.create_rows(session, element_rows(spec, base, ids), now=now,
-                                   reason=EVENT_REASON)
-    except IntegrityError:
-        # The same key raced in from a parallel retry: answer with the array it made.
-        old = _replayed(session, principal.user.id, spec)
-        if old is None:
-            raise
-        return old, False
-    return JobArrayRead(array_job_id=ids[0], name=array_name(base), indices=indices,
-                        ids=ids), True
+    """Make the array in one transaction (its ids reserved in it: SQLite); returns (the
+    array, created). A seen idempotency key returns the array it made before."""
+    checked = check_array(session, principal, spec, settings=settings)
+    if isinstance(checked, JobArrayRead):
+        return checked, False
+    return create_array(session, principal, spec, checked, now=now)
+
+
+def element_of(session: Session, job_id: int) -> tuple[JobArray, int] | None:
+    """``domain.arrays.owner_of``: the array holding job ``job_id`` without a row."""
+    return owner_of(session, job_id)
+
+
+def split_one(session: Session, job_id: int) -> Job | None:
+    """The row of job ``job_id``: made now (PENDING) if it is an array's waiting element,
+    to be touched (cancelled alone, ...). None: no such job, or an element cancelled
+    with its array."""
+    found = owner_of(session, job_id)
+    if found is not None:
+        split(session, found[0].id, [found[1]])
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def cancel_array(session: Session, principal: Principal, array_id: int, *,
+                 now: datetime) -> tuple[int, list[Job]]:
+    """Cancel every element of the array (Slurm's ``scancel ARRAY_ID``): those waiting in
+    its record at once, those with rows through the job lifecycle. Returns (how many
+    waiting ones were cancelled, the active elements whose nodes must be told)."""
+    array = session.get(JobArray, array_id, populate_existing=True, with_for_update=True)
+    if array is None:
+        raise NotFound(f"no job array {array_id}")
+    if not principal.is_admin and (principal.user is None
+                                   or principal.user.id != array.user_id):
+        raise Forbidden(f"job array {array_id} belongs to another user")
+    by = principal.user.name if principal.user else "admin"
+    waiting = writes.cancel_array_waiting(session, array, by=by, now=now)
+    jobs = list(session.scalars(select(Job).where(
+        Job.array_id == array_id, Job.state.not_in([s.value for s in TERMINAL]))
+        .order_by(Job.id).with_for_update(key_share=True)))
+    for job in jobs:
+        check_owner(principal, job)
+    writes.apply(session, [(job, change) for job in jobs
+                           if (change := rules.cancelled(rules.Facts.of(job), by=by))],
+                 now=now)
+    return waiting, [job for job in jobs if job.state in ACTIVE]

@@ -6,17 +6,19 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from gpuq.config import Settings
 from gpuq.scheduler.db.models import (
     Account,
     Gpu,
     Job,
+    JobArray,
     JobEvent,
     JobSpec,
     Node,
@@ -24,12 +26,20 @@ from gpuq.scheduler.db.models import (
     effective_spec,
 )
 from gpuq.scheduler.domain import accounting
+from gpuq.scheduler.domain.arrays import (
+    EVENT_REASON,
+    element_row,
+    first_waiting,
+    waiting_arrays,
+    waiting_text,
+)
 from gpuq.scheduler.domain.snapshot import node_views
 from gpuq.scheduler.errors import Forbidden, Invalid, NotFound
 from gpuq.scheduler.lifecycle import rules, writes
 from gpuq.scheduler.policy.filters import INSTALLED, first_failure
 from gpuq.scheduler.policy.snapshot import JobView
 from gpuq.scheduler.services.auth import Principal
+from gpuq.wire.arrays import Ranges
 from gpuq.wire.jobs import JobAhead, JobCreate, JobEventRead, JobRead, WhyRead
 from gpuq.wire.states import ACTIVE, JobState, NodeState
 
@@ -199,10 +209,14 @@ def lock_job(session: Session, job_id: int) -> Job | None:
 
 
 def check_owner(principal: Principal, job: Job) -> None:
+    check_owner_of(principal, job.user_id, job.id)
+
+
+def check_owner_of(principal: Principal, user_id: int, job_id: int) -> None:
     if principal.is_admin:
         return
-    if principal.user is None or principal.user.id != job.user_id:
-        raise Forbidden(f"job {job.id} belongs to another user")
+    if principal.user is None or principal.user.id != user_id:
+        raise Forbidden(f"job {job_id} belongs to another user")
 
 
 def cancel(session: Session, principal: Principal, job: Job, *, now: datetime) -> bool:
@@ -222,7 +236,9 @@ def list_jobs(session: Session, *, states: list[str] | None, user: str | None,
     scripts and environments (``GET /v1/jobs/{id}`` shows them): up to 10,000 jobs of up
     to 2 MiB of spec each would make a listing of gigabytes."""
     q = _filtered(_LISTING_SLIM, states=states, user=user, account=account, node=node)
-    return _read(session, q.order_by(Job.id.desc()).limit(limit), principal, spec=False)
+    rows = _read(session, q.order_by(Job.id.desc()).limit(limit), principal, spec=False)
+    return _merged(rows, _groups_read(session, principal, states=states, user=user,
+                                      account=account, node=node), limit)
 
 
 def read_own_jobs(session: Session, ids: list[int]) -> list[dict[str, Any]]:
@@ -294,7 +310,7 @@ _BRIEF = (Job.id, Job.name, User.name.label("user"), Account.name.label("account
           Job.preempt_requested_at.is_not(None).label("preempt_requested"),
           Job.borrowed_grant_id.label("borrowed_grant"),
           Job.idle_flagged_at.is_not(None).label("idle"),
-          Job.submitted_at, Job.started_at, Job.ended_at)
+          Job.submitted_at, Job.started_at, Job.ended_at, Job.array_id)
 
 
 def list_brief(session: Session, *, states: list[str] | None, user: str | None,
@@ -314,7 +330,9 @@ def list_brief(session: Session, *, states: list[str] | None, user: str | None,
         # The JSON as text, decoded only when not empty (most jobs are pending, on no GPU).
         r["gpu_indices"] = [] if r["gpu_indices"] in _NO_GPUS else json.loads(r["gpu_indices"])
         r["reason"] = rules.public_reason(r["state"], r["reason"])
-    return rows
+        r.update(array_fields(SimpleNamespace(array_id=r["array_id"], name=r["name"])))
+    return _merged(rows, _groups_brief(session, states=states, user=user, account=account,
+                                       node=node), limit)
 
 
 _NO_GPUS = (None, "[]", "null")
@@ -371,6 +389,7 @@ def read_fields(job: Any, *, user: str, account: str, node: str | None,
         memory_mib=job.memory_mib,
         time_limit_s=job.time_limit_s,
         priority=job.priority,
+        **array_fields(job),
         node=node,
         gpu_indices=list(job.gpu_indices or []),
         exit_code=job.exit_code,
@@ -401,33 +420,168 @@ def read_fields(job: Any, *, user: str, account: str, node: str | None,
     )
 
 
+def array_fields(job: Any) -> dict[str, Any]:
+    """``array_id``, ``array_task`` and ``count`` of a job (a row or a ``Job``): an array
+    element's index is in its name (``NAME[7]``)."""
+    array_id = getattr(job, "array_id", None)
+    if array_id is None:
+        return {"array_id": None, "array_task": None, "count": 1}
+    name = job.name
+    return {"array_id": array_id, "array_task": name[name.rfind("[") + 1:-1], "count": 1}
+
+
+# --- an array's elements without rows (domain/arrays.py) -------------------------------------
+
+#: What an element without a row has of the job columns it has no value for.
+_ELEMENT_DEFAULTS: dict[str, Any] = {
+    **{a.key: None for a in sa_inspect(Job).column_attrs},
+    "attempt": 0, "gpu_seconds": 0.0, "billed_seconds": 0.0, "carbon_g": 0.0,
+    "gpu_sampled_s": 0.0, "gpu_busy_s": 0.0, "idle_gpu_s": 0.0, "preemptions": 0,
+    "borrowed_gpus": 0, "preempt_reason": "", "idle_action": "", "gpu_indices": [],
+    "gpu_energy_earlier_j": 0.0, "environment": {},
+}
+
+
+def element_job(array: JobArray, pos: int, index: int) -> SimpleNamespace:
+    """An array's element that has no row, as a job with the Job columns' names (for
+    ``read_fields``): waiting in its array, or cancelled with it."""
+    return SimpleNamespace(**{**_ELEMENT_DEFAULTS, **element_row(array, pos, index),
+                              "state": array.state, "ended_at": array.ended_at})
+
+
+def element_read(session: Session, array: JobArray, pos: int, principal: Principal | None,
+                 *, events: bool = True) -> JobRead:
+    """``to_read`` for an element without a row: its history is its array's. The element
+    as ``principal`` sees it (None: as its owner does)."""
+    index = Ranges.of(array.ranges).index_at(pos)
+    job = element_job(array, pos, index)
+    mine = principal is None or _mine(principal, array.user_id)
+    history = None
+    if events:
+        history = [JobEventRead(time=array.submitted_at, old_state=None,
+                                new_state=JobState.PENDING.value, reason=EVENT_REASON)]
+        if array.state == JobState.CANCELLED.value and array.ended_at is not None:
+            history.append(JobEventRead(
+                time=array.ended_at, old_state=JobState.PENDING.value,
+                new_state=JobState.CANCELLED.value,
+                reason=array.reason if mine else rules.public_reason(
+                    JobState.CANCELLED.value, array.reason)))
+    return JobRead(**read_fields(job, user=array.user.name, account=array.account.name,
+                                 node=None, gpu_memory={}, mine=mine,
+                                 shared=array.spec if mine else None), events=history)
+
+
+def _group_fields(array: JobArray, taken: set[int]) -> tuple[Any, dict[str, Any]]:
+    """The element standing for ``array``'s elements without rows in a listing (its
+    first), and what the line shows of the group."""
+    pos = first_waiting(array, taken)
+    index = Ranges.of(array.ranges).index_at(pos)
+    text = waiting_text(array, taken)
+    group = {"array_id": array.id, "count": array.count - array.split,
+             "array_task": f"[{text}]" if "," in text or "-" in text else text,
+             "name": array.name}
+    return element_job(array, pos, index), group
+
+
+def _groups_brief(session: Session, **filters: Any) -> list[dict[str, Any]]:
+    out = []
+    for array, user, account, taken in waiting_arrays(session, **filters):
+        job, group = _group_fields(array, taken)
+        out.append({"id": job.id, "name": group["name"], "user": user, "account": account,
+                    "state": job.state, "reason": rules.public_reason(job.state, job.reason),
+                    "qos": job.qos, "gpus": job.gpus, "gpu_model": job.gpu_model,
+                    "node": None, "gpu_indices": [], "priority": job.priority,
+                    "time_limit_s": job.time_limit_s, "cancel_requested": False,
+                    "preempt_requested": False, "borrowed_grant": None, "idle": False,
+                    "submitted_at": job.submitted_at, "started_at": None,
+                    "ended_at": job.ended_at, **group})
+    return out
+
+
+def _groups_read(session: Session, principal: Principal, **filters: Any
+                 ) -> list[dict[str, Any]]:
+    out = []
+    for array, user, account, taken in waiting_arrays(session, **filters):
+        job, group = _group_fields(array, taken)
+        mine = _mine(principal, array.user_id)
+        fields = read_fields(job, user=user, account=account, node=None, gpu_memory={},
+                             mine=mine, shared=array.spec if mine else None, spec=False)
+        out.append({**fields, **group})
+    return out
+
+
+def _merged(rows: list[dict[str, Any]], groups: list[dict[str, Any]], limit: int
+            ) -> list[dict[str, Any]]:
+    """Jobs and arrays' folded lines, newest (largest id) first, ``limit`` of them."""
+    if not groups:
+        return rows
+    return sorted([*rows, *groups], key=lambda r: r["id"], reverse=True)[:limit]
+
+
 def job_events(session: Session, job_id: int) -> list[JobEvent]:
     return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
                                 .order_by(JobEvent.id)))
 
 
-def _rank_key(job: Job) -> tuple[float, float, int]:
-    total = (job.priority_factors or {}).get("total", float(job.priority))
-    return (-total, job.submitted_at.timestamp(), job.id)
+def _rank_key(factors: dict[str, Any] | None, priority: int, submitted_at: datetime,
+              job_id: int) -> tuple[float, float, int]:
+    total = (factors or {}).get("total", float(priority))
+    return (-total, submitted_at.timestamp(), job_id)
 
 
-def why(session: Session, job: Job, principal: Principal | None = None) -> WhyRead:
-    """Read what the last cycle recorded; nothing is recomputed here. The reason as
-    ``principal`` may see it (None: as the owner does; ``read_fields``)."""
-    pending = list(session.scalars(select(Job).where(Job.state == JobState.PENDING.value)
-                                   .options(selectinload(Job.user),
-                                            selectinload(Job.account))))
-    pending.sort(key=_rank_key)
+_WAITING = (select(Job.id, Job.priority_factors, Job.priority, Job.submitted_at,
+                   User.name.label("user"), Account.name.label("account"))
+            .join(User, Job.user_id == User.id).join(Account, Job.account_id == Account.id)
+            .where(Job.state == JobState.PENDING.value))
+
+
+def why(session: Session, job: Any, principal: Principal | None = None) -> WhyRead:
+    """Read what the last cycle recorded; nothing is recomputed here. ``job``: a Job, or an
+    array's element without a row (``element_job``). The queue ranked as the last cycle
+    ranked it: each pending job, and each array's waiting elements in position order.
+    The reason as ``principal`` may see it (None: as the owner does; ``read_fields``)."""
     position = ahead = None
+    pending = 0
     if job.state == JobState.PENDING.value:
-        index = next(i for i, j in enumerate(pending) if j.id == job.id)
-        position = index + 1
-        if index > 0:
-            a = pending[index - 1]
-            ahead = JobAhead(id=a.id, user=a.user.name, account=a.account.name,
-                             factors=a.priority_factors)
+        mine = _rank_key(job.priority_factors, job.priority, job.submitted_at, job.id)
+        before: tuple[tuple[float, float, int], Any] | None = None
+        ranked_ahead = 0
+        for r in session.connection().execute(_WAITING):
+            pending += 1
+            key = _rank_key(r.priority_factors, r.priority, r.submitted_at, r.id)
+            if key < mine:
+                ranked_ahead += 1
+                if before is None or key > before[0]:
+                    before = (key, (r.id, r.user, r.account, r.priority_factors))
+        for array, user, account, taken in waiting_arrays(
+                session, states=[JobState.PENDING.value], user=None, account=None, node=None):
+            n = array.count - array.split
+            pending += n
+            first = array.id + first_waiting(array, taken)
+            key = _rank_key(array.priority_factors, array.priority, array.submitted_at, first)
+            if key[:2] < mine[:2]:
+                k = n  # all of them are ahead
+            elif key[:2] == mine[:2]:  # the same priority: by id (position)
+                k = max(0, min(n, job.id - first - sum(1 for t in taken
+                                                       if array.id + t < job.id)))
+            else:
+                k = 0
+            if k:
+                ranked_ahead += k
+                last = (key[0], key[1], first + k - 1)
+                if before is None or last > before[0]:
+                    before = (last, (first + k - 1, user, account, array.priority_factors))
+        position = ranked_ahead + 1
+        if before is not None:
+            a_id, a_user, a_account, a_factors = before[1]
+            ahead = JobAhead(id=a_id, user=a_user, account=a_account, factors=a_factors)
+    else:
+        pending = session.scalar(select(func.count()).select_from(Job).where(
+            Job.state == JobState.PENDING.value)) or 0
+        pending += sum(a.count - a.split for a, _, _, _ in waiting_arrays(
+            session, states=[JobState.PENDING.value], user=None, account=None, node=None))
     reason = (job.reason if principal is None or _mine(principal, job.user_id)
               else rules.public_reason(job.state, job.reason))
     return WhyRead(id=job.id, state=job.state, reason=reason, position=position,
-                   pending=len(pending), factors=job.priority_factors, ahead=ahead,
+                   pending=pending, factors=job.priority_factors, ahead=ahead,
                    estimated_start=job.estimated_start)

@@ -22,7 +22,8 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from gpuq.config import Settings
-from gpuq.scheduler.db.models import Job
+from gpuq.scheduler.db.models import Job, JobArray
+from gpuq.scheduler.domain.arrays import owner_of
 from gpuq.scheduler.errors import ServiceError
 from gpuq.scheduler.lifecycle import writes
 from gpuq.scheduler.services.auth import Principal
@@ -30,6 +31,7 @@ from gpuq.scheduler.services.jobs import (
     Accepted,
     check_runnable,
     check_submit,
+    element_read,
     job_fields,
     read_fields,
     read_own_jobs,
@@ -97,6 +99,11 @@ def submit_many(session: Session, items: Sequence[tuple[Principal, JobCreate]], 
     if older:  # jobs made before, by the same keys: read as GET /v1/jobs/{id} reads them
         for fields in read_own_jobs(session, older):  # type: ignore[arg-type]
             answers[fields["id"]] = JobRead(**fields).model_dump_json().encode()
+        for job_id in older:  # an array's first element, waiting in its array (its key)
+            element = owner_of(session, job_id) if job_id not in answers else None
+            if element is not None:
+                answers[job_id] = element_read(session, *element, None
+                                               ).model_dump_json().encode()
     for i, job_id in new.items():
         outcomes[i] = Answer(answers[job_id], True)
     for i, (job_id, _) in found.items():
@@ -115,7 +122,13 @@ def _taken_keys(session: Session, items: Sequence[tuple[Principal, JobCreate]]
     # Core, not the ORM session: no ORM objects come back (and no autoflush).
     rows = session.connection().execute(select(Job.user_id, Job.idempotency_key, Job.id).where(
         tuple_(Job.user_id, Job.idempotency_key).in_(list(keys))))
-    return {(u, k): job_id for u, k, job_id in rows}
+    taken = {(u, k): job_id for u, k, job_id in rows}
+    # An array's key: the answer is its first element (as before arrays had records).
+    arrays = session.connection().execute(
+        select(JobArray.user_id, JobArray.idempotency_key, JobArray.id).where(
+            tuple_(JobArray.user_id, JobArray.idempotency_key).in_(list(keys))))
+    taken.update(((u, k), array_id) for u, k, array_id in arrays if (u, k) not in taken)
+    return taken
 
 
 class Runnable:

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.db.models import Job, Membership, User
+from gpuq.scheduler.db.models import Job, JobArray, Membership, User
 from gpuq.scheduler.errors import Conflict, Invalid, NotFound
 from gpuq.scheduler.services.accounts import (
     LIVE_JOB_STATES,
@@ -28,6 +28,7 @@ from gpuq.wire.admin import (
     UserRead,
     UserUpdate,
 )
+from gpuq.wire.states import JobState
 
 
 def user_by_name(session: Session, name: str) -> User:
@@ -160,6 +161,10 @@ def delete_membership(session: Session, user: User, account: str, *, actor: Acto
     jobs = list(session.scalars(select(Job.id).where(
         Job.user_id == user.id, Job.account_id == m.account_id,
         Job.state.in_(LIVE_JOB_STATES)).order_by(Job.id)))
+    # Arrays whose elements wait without rows: the array's id stands for them.
+    jobs += list(session.scalars(select(JobArray.id).where(
+        JobArray.user_id == user.id, JobArray.account_id == m.account_id,
+        JobArray.state == JobState.PENDING.value).order_by(JobArray.id)))
     if jobs:
         raise Conflict(f"user {user.name!r} has pending or running jobs in {account!r} "
                        f"({', '.join(map(str, jobs[:20]))}); cancel them or let them end")

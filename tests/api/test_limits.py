@@ -25,7 +25,7 @@ from gpuq.config import Settings
 from gpuq.scheduler.api.app import create_app
 from gpuq.scheduler.api.limits import BodyLimit
 from gpuq.scheduler.clock import ManualClock
-from gpuq.scheduler.db.models import Job, JobSpec
+from gpuq.scheduler.db.models import Job, JobArray, JobSpec
 from gpuq.scheduler.entry.bootstrap import build_context
 from gpuq.scheduler.services.arrays import array_env
 from gpuq.wire.common import (
@@ -407,10 +407,16 @@ def test_an_arrays_spec_is_stored_once(api: Api, alice: dict[str, str]) -> None:
     assert given < in_specs < given + 1000  # the environment, and the array's variables
     assert in_jobs < 100 * 200  # each element: its own index variables only
     with api.ctx.transaction() as s:
-        rows = s.execute(select(Job.command, Job.script, Job.spec_id)).all()
         (spec,) = s.scalars(select(JobSpec)).all()
-    assert {(c, sc, sid) for c, sc, sid in rows} == {(None, None, spec.id)}
+        (array,) = s.scalars(select(JobArray)).all()
+    assert array.spec_id == spec.id and array.count == 100
     assert spec.command == ["python", "sweep.py", "--big", _BIG] and spec.script is None
+    # The elements that start get rows pointing to the same spec, with their index only.
+    api.cycle()
+    with api.ctx.transaction() as s:
+        rows = s.execute(select(Job.command, Job.script, Job.spec_id)).all()
+    assert len(rows) == 4 and {tuple(r) for r in rows} == {(None, None, spec.id)}
+    assert _stored_env_bytes(api)[0] < 4 * 200
 
     # A plain job keeps its spec in its own row.
     plain = api.submit(alice, environment={"A": "b"})
