@@ -116,12 +116,19 @@ ARRAY_COLUMNS = (
 )
 
 
-def pending_arrays(session: Session) -> list[Any]:
-    """The arrays with waiting elements (rows of ``ARRAY_COLUMNS``), in the order the last
-    full pass ranked them (``priority_key``, then id)."""
-    return list(session.execute(select(*ARRAY_COLUMNS)
-                                .where(_arrays.state == JobState.PENDING.value)
-                                .order_by(_arrays.priority_key, _arrays.id)))
+def pending_arrays(session: Session, depth: int = 0) -> tuple[list[Any], bool]:
+    """The arrays with waiting elements (rows of ``ARRAY_COLUMNS``) a cycle looks at, and
+    whether they are all of them: every one (``depth`` 0), or, as ``snapshot.pending_rows``
+    reads the jobs, the first ``depth`` not ranked yet and the first ``depth`` in the
+    order the last full pass ranked them (``priority_key``, then id)."""
+    q = select(*ARRAY_COLUMNS).where(_arrays.state == JobState.PENDING.value)
+    if not depth:
+        return list(session.execute(q.order_by(_arrays.priority_key, _arrays.id))), True
+    new = session.execute(q.where(_arrays.priority_key.is_(None)).order_by(_arrays.id)
+                          .limit(depth)).all()
+    ranked = session.execute(q.where(_arrays.priority_key.is_not(None))
+                             .order_by(_arrays.priority_key, _arrays.id).limit(depth)).all()
+    return [*new, *ranked], len(new) < depth and len(ranked) < depth
 
 
 def rows_ahead(session: Session, array_ids: list[int]) -> dict[int, set[int]]:

@@ -155,15 +155,18 @@ def node_views(session: Session, active: Sequence[Any]) -> list[NodeView]:
     return views
 
 
-def array_elements(session: Session, nodes: Sequence[NodeView]) -> list[Element]:
+def array_elements(session: Session, nodes: Sequence[NodeView], depth: int = 0
+                   ) -> tuple[list[Element], bool]:
     """The waiting elements of every array the cycle looks at: of each, as many as could
     start on the GPUs (CPUs, for jobs of no GPU) free now, and one more (the first that
     cannot start says why the rest wait, and holds the array's place for backfill). The
     elements are alike but for their index: the policy decides the same for the first
-    ones of an array whether the rest are in its snapshot or not (``domain/arrays.py``)."""
-    arrays = pending_arrays(session)
+    ones of an array whether the rest are in its snapshot or not (``domain/arrays.py``).
+    ``depth``: the arrays read, as ``pending_rows`` reads the jobs; and whether they are
+    all of them."""
+    arrays, whole = pending_arrays(session, depth)
     if not arrays:
-        return []
+        return [], whole
     up = [n for n in nodes if n.state == NodeState.UP.value]
     free_gpus = sum(len(n.free_gpus) for n in up)
     free_cpus = sum(max(n.free_cpus, 0) for n in up)
@@ -172,7 +175,7 @@ def array_elements(session: Session, nodes: Sequence[NodeView]) -> list[Element]
     for array in arrays:
         fits = free_gpus // array.gpus if array.gpus else free_cpus // max(array.cpus, 1)
         out.extend(waiting(array, fits + 1, taken.get(array.id, set())))
-    return out
+    return out, whole
 
 
 def build_snapshot(session: Session, now: datetime, settings: Settings | None = None
@@ -244,7 +247,8 @@ def build_snapshot_rows(session: Session, now: datetime, settings: Settings | No
     active = session.execute(select(*ACTIVE_COLUMNS)
                              .where(_jobs.state.in_([s.value for s in ACTIVE]))).all()
     nodes = node_views(session, active)
-    elements = array_elements(session, nodes)
+    elements, all_arrays = array_elements(session, nodes, depth)
+    whole = whole and all_arrays
     accounts, assocs, usage = tree_views(session, now)
     grants = tuple(GrantView(id=gid, account=acct, gpus=gpus, gpu_model=model,
                              nodes=tuple(nodes))

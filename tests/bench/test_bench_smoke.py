@@ -80,11 +80,27 @@ def test_cli() -> None:
 def test_release() -> None:
     r = smoke("bench.release")
     assert r["benchmark"] == "release" and r["gpus"] == 8 and r["met"] == {}
-    (res,) = r["results"]
-    assert res["pending"] == 300
-    sane_ms(res["release"], 8)  # a release is a GPU's end, then its next job's start
-    assert set(res["split"]) == {"end -> DISPATCHED", "DISPATCHED -> start"}
+    assert [res["queue"] for res in r["results"]] == ["arrays", "single jobs"]
+    for res in r["results"]:
+        assert res["pending"] == 300
+        sane_ms(res["release"], 8)  # a release is a GPU's end, then its next job's start
+        assert set(res["split"]) == {"end -> DISPATCHED", "DISPATCHED -> start"}
     assert r["target"]["10000"] == {"p50_ms": 50.0, "p99_ms": 200.0}
+
+
+@pytest.mark.usefixtures("pg_url", "redis_url")
+def test_arrays() -> None:
+    r = smoke("bench.arrays")
+    assert r["benchmark"] == "arrays"
+    s, p = r["submit"], r["pass"]
+    assert s["elements"] == 100 and s["repeat"] == 3 and s["huge"]["elements"] == 1000
+    assert 0 < s["server_ms"]["p50"] <= s["server_ms"]["max"] < 60_000
+    assert 0 < s["end_to_end_ms"]["p50"] <= s["end_to_end_ms"]["max"] < 60_000
+    assert s["queue_lines"] >= 1
+    assert p["single"]["pending"] == 5 and p["arrays"]["pending"] == 500
+    assert p["single"]["pass_ms_p50"] > 0 and p["ratio"] > 0
+    assert set(r["met"]) == {"server_ms", "end_to_end_ms", "huge", "pass_ratio"}
+    assert r["target"]["server_ms"] == 50 and r["target"]["end_to_end_ms"] == 100
 
 
 def test_policy_cycle() -> None:
