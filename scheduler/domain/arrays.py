@@ -122,12 +122,13 @@ def pending_arrays(session: Session, depth: int = 0) -> tuple[list[Any], bool]:
     reads the jobs, the first ``depth`` not ranked yet and the first ``depth`` in the
     order the last full pass ranked them (``priority_key``, then id)."""
     q = select(*ARRAY_COLUMNS).where(_arrays.state == JobState.PENDING.value)
+    conn = session.connection()
     if not depth:
-        return list(session.execute(q.order_by(_arrays.priority_key, _arrays.id))), True
-    new = session.execute(q.where(_arrays.priority_key.is_(None)).order_by(_arrays.id)
-                          .limit(depth)).all()
-    ranked = session.execute(q.where(_arrays.priority_key.is_not(None))
-                             .order_by(_arrays.priority_key, _arrays.id).limit(depth)).all()
+        return list(conn.execute(q.order_by(_arrays.priority_key, _arrays.id))), True
+    new = conn.execute(q.where(_arrays.priority_key.is_(None)).order_by(_arrays.id)
+                       .limit(depth)).all()
+    ranked = conn.execute(q.where(_arrays.priority_key.is_not(None))
+                          .order_by(_arrays.priority_key, _arrays.id).limit(depth)).all()
     return [*new, *ranked], len(new) < depth and len(ranked) < depth
 
 
@@ -138,7 +139,7 @@ def rows_ahead(session: Session, array_ids: list[int]) -> dict[int, set[int]]:
         return {}
     jobs = Job.__table__.c
     out: dict[int, set[int]] = defaultdict(set)
-    for array_id, job_id in session.execute(
+    for array_id, job_id in session.connection().execute(
             select(jobs.array_id, jobs.id).join(JobArray.__table__, and_(
                 _arrays.id == jobs.array_id, jobs.id >= _arrays.id + _arrays.next_pos))
             .where(jobs.array_id.in_(array_ids))):
@@ -190,18 +191,17 @@ def split(session: Session, array_id: int, positions: list[int], *,
     wanted = sorted({p for p in positions if 0 <= p < array.count})
     if not wanted:
         return []
-    have = set(session.scalars(select(Job.id).where(
-        Job.array_id == array_id, Job.id.in_([array.id + p for p in wanted]))))
-    todo = [p for p in wanted if array.id + p not in have]
+    # The rows made before out of order, at or above next_pos (below it every element
+    # has its row): the wanted ones among them have theirs already.
+    session.flush()  # the record's lock above; rows_ahead reads by Core
+    ahead = rows_ahead(session, [array_id]).get(array_id, set())
+    todo = [p for p in wanted if p >= array.next_pos and p not in ahead]
     if not todo:
         return []
     ranges = Ranges.of(array.ranges)
     rows = [{**element_row(array, p, ranges.index_at(p)), **(fields or {}).get(p, {})}
             for p in todo]
-    # Below the new next_pos every element has its row: those made now, and those made
-    # before out of order (the rows just above it).
     made = set(todo)
-    ahead = rows_ahead(session, [array_id]).get(array_id, set())
     nxt = array.next_pos
     while nxt < array.count and (nxt in made or nxt in ahead):
         nxt += 1

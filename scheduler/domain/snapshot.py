@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, cast, select
+from sqlalchemy import Text, cast, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from gpuq.config import Settings
@@ -87,15 +87,17 @@ def tree_views(session: Session, now: datetime | None = None
     """The accounts tree, the user associations and their decayed usage. With ``now``,
     the shares of accounts with an active share grant are raised by it."""
     # Retired accounts have no jobs (retiring needs that) and leave the tree.
-    accts = list(session.scalars(select(Account).where(Account.retired_at.is_(None))
-                                 .order_by(Account.id)))
+    conn = session.connection()
+    accts = conn.execute(select(Account.id, Account.name, Account.parent_id, Account.shares,
+                                Account.shares_parent).where(Account.retired_at.is_(None))
+                         .order_by(Account.id)).all()
     names = {a.id: a.name for a in accts}
     accounts = tuple(AccountView(a.name, names.get(a.parent_id or 0), a.shares, a.shares_parent)
                      for a in accts)
-    rows = session.execute(select(User.name, Membership.account_id, Membership.shares,
-                                  Membership.shares_parent, Membership.usage)
-                           .join(User, User.id == Membership.user_id)
-                           .order_by(Membership.id))
+    rows = conn.execute(select(User.name, Membership.account_id, Membership.shares,
+                               Membership.shares_parent, Membership.usage)
+                        .join(User, User.id == Membership.user_id)
+                        .order_by(Membership.id))
     assocs, usage = [], {}
     for user, account_id, shares, parent, used in rows:
         if account_id not in names:
@@ -130,13 +132,14 @@ def node_views(session: Session, active: Sequence[Any]) -> list[NodeView]:
         mem[job.node_id] += job.memory_mib
     # Columns, not ORM objects: 200 nodes of 8 GPUs every cycle.
     gpus_of: dict[int, list[GpuView]] = defaultdict(list)
-    for node_id, index, model, healthy, foreign in session.execute(
+    conn = session.connection()
+    for node_id, index, model, healthy, foreign in conn.execute(
             select(Gpu.node_id, Gpu.index, Gpu.model, Gpu.healthy, Gpu.foreign_processes)
             .order_by(Gpu.node_id, Gpu.index)):
         gpus_of[node_id].append(GpuView(index, model, healthy, bool(foreign)))
     views = []
-    nodes = session.execute(select(Node.id, Node.name, Node.cpus, Node.memory_mib, Node.state,
-                                   Node.drain).order_by(Node.name))
+    nodes = conn.execute(select(Node.id, Node.name, Node.cpus, Node.memory_mib, Node.state,
+                                Node.drain).order_by(Node.name))
     for node in nodes:
         gpus = tuple(gpus_of.get(node.id, ()))
         views.append(
@@ -178,6 +181,22 @@ def array_elements(session: Session, nodes: Sequence[NodeView], depth: int = 0
     return out, whole
 
 
+#: The names of the users, accounts and nodes by id, in one statement.
+_NAMES = union_all(select(literal(0), User.id, User.name),
+                   select(literal(1), Account.id, Account.name),
+                   select(literal(2), Node.id, Node.name))
+
+
+def _names(session: Session) -> tuple[dict[int, str], dict[int, str], dict[int, str]]:
+    """Users', accounts' and nodes' names by id (one round trip, and Core: these reads
+    are most of a quick cycle's statements, and the ORM's handling of each cost more
+    than the database's answer)."""
+    out: tuple[dict[int, str], ...] = ({}, {}, {})
+    for kind, key, name in session.connection().execute(_NAMES):
+        out[kind][key] = name
+    return out  # type: ignore[return-value]
+
+
 def build_snapshot(session: Session, now: datetime, settings: Settings | None = None
                    ) -> Snapshot:
     return build_snapshot_rows(session, now, settings)[0]
@@ -213,19 +232,20 @@ def pending_rows(session: Session, depth: int = 0) -> tuple[list[Any], bool]:
     claim (GPUs set aside for it, which no other job may take): three index scans, not
     the whole queue."""
     pending = select(*PENDING_COLUMNS).where(_jobs.state == JobState.PENDING.value)
+    conn = session.connection()
     if not depth:
-        return list(session.execute(pending).all()), True
-    new = session.execute(pending.where(_jobs.priority_key.is_(None))
-                          .order_by(_jobs.id).limit(depth)).all()
-    ranked = session.execute(pending.where(_jobs.priority_key.is_not(None))
-                             .order_by(_jobs.priority_key, _jobs.id).limit(depth)).all()
+        return list(conn.execute(pending).all()), True
+    new = conn.execute(pending.where(_jobs.priority_key.is_(None))
+                       .order_by(_jobs.id).limit(depth)).all()
+    ranked = conn.execute(pending.where(_jobs.priority_key.is_not(None))
+                          .order_by(_jobs.priority_key, _jobs.id).limit(depth)).all()
     if len(new) < depth and len(ranked) < depth:
         return [*new, *ranked], True
     seen = {r.id for r in (*new, *ranked)}
     # A claim dropped is JSON null, not SQL NULL (the column is JSON); the same condition
     # as the partial index ix_jobs_pending_claim's, which the planner then reads.
-    claimed = session.execute(pending.where(_jobs.claim.is_not(None),
-                                            cast(_jobs.claim, Text) != "null")).all()
+    claimed = conn.execute(pending.where(_jobs.claim.is_not(None),
+                                         cast(_jobs.claim, Text) != "null")).all()
     return [*new, *ranked, *(r for r in claimed if r.id not in seen)], False
 
 
@@ -239,13 +259,10 @@ def build_snapshot_rows(session: Session, now: datetime, settings: Settings | No
     # The rows are read by plain (Core) queries, which do not autoflush: this
     # transaction's changes so far (nodes marked down, charges) go first.
     session.flush()
-    users = {uid: name for uid, name in session.execute(select(User.id, User.name))}
-    account_names = {aid: name for aid, name in session.execute(select(Account.id,
-                                                                      Account.name))}
-    node_names = {nid: name for nid, name in session.execute(select(Node.id, Node.name))}
+    users, account_names, node_names = _names(session)
     pending, whole = pending_rows(session, depth)
-    active = session.execute(select(*ACTIVE_COLUMNS)
-                             .where(_jobs.state.in_([s.value for s in ACTIVE]))).all()
+    active = session.connection().execute(
+        select(*ACTIVE_COLUMNS).where(_jobs.state.in_([s.value for s in ACTIVE]))).all()
     nodes = node_views(session, active)
     elements, all_arrays = array_elements(session, nodes, depth)
     whole = whole and all_arrays

@@ -179,8 +179,10 @@ def bulk_insert(session: Session, model: type[Job] | type[JobEvent],
     """Insert many rows at once: PostgreSQL's COPY (one round trip for 10,000 jobs, where
     an executemany sends a statement per row); elsewhere an executemany. Column defaults
     are applied here, as the ORM would."""
-    if session.get_bind().dialect.name != "postgresql":
-        session.execute(insert(model), rows)
+    if session.get_bind().dialect.name != "postgresql" or len(rows) <= _RETURNING_ROWS:
+        # A few rows: one INSERT (a COPY is two round trips and more work for a handful).
+        if rows:
+            session.connection().execute(insert(model.__table__), _with_defaults(model, rows))
         return
     from psycopg.types.json import Json
 
@@ -213,6 +215,28 @@ def bulk_insert(session: Session, model: type[Job] | type[JobEvent],
                     v = Json(v)
                 values.append(v)
             copy.write_row(values)
+
+
+def _with_defaults(model: type[Job] | type[JobEvent], rows: list[dict[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    """The rows with the columns' Python defaults the ORM would apply (every row the same
+    keys: an executemany's rows must agree)."""
+    keys = set().union(*rows)
+    extra: dict[str, Any] = {}
+    for col in model.__table__.columns:
+        d = col.default
+        if col.key not in keys and d is not None and (
+                getattr(d, "is_scalar", False) or getattr(d, "is_callable", False)):
+            extra[col.key] = d.arg
+    if not extra:
+        return rows
+    out = []
+    for row in rows:
+        filled = dict(row)
+        for key, value in extra.items():
+            filled[key] = value(None) if callable(value) else value
+        out.append(filled)
+    return out
 
 
 # --- changes -------------------------------------------------------------------------------
