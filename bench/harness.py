@@ -11,6 +11,7 @@ import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -116,6 +117,25 @@ def fake_node(cluster: Cluster, name: str, gpus: int = 8,
         status, reply = h.request("POST", f"/v1/nodes/{name}/register", body)
         assert status == 200, reply
     return tok
+
+
+def submit_singles(url: str, token: str, job: dict[str, Any], n: int,
+                   clients: int = 8) -> None:
+    """``n`` single-job submits (``POST /v1/jobs``, each a row of its own: an array would
+    be one record) from ``clients`` threads."""
+    counts = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
+
+    def client(k: int) -> None:
+        with Http(url, token, timeout=600) as h:
+            for _ in range(k):
+                status, reply = h.request("POST", "/v1/jobs", job)
+                assert status == 201, reply
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in counts if k]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 class Http:

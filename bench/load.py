@@ -1,8 +1,9 @@
 """A department's load at once: many nodes heartbeating, a long queue, people listing it.
 
 Starts a real ``gpuq server`` (PostgreSQL, Redis broker, its loop running), registers 200
-simulated nodes of 8 GPUs that only talk HTTP, fills them with 8-GPU jobs and queues
-10,000 more (one job array), then for a while:
+simulated nodes of 8 GPUs that only talk HTTP, fills them with 8-GPU jobs (one array) and
+queues 10,000 more (single jobs, a row each: an array's waiting elements would be one
+record and one folded line in a listing), then for a while:
 
 - each node sends a heartbeat every second as a worker does: its GPUs' samples and the
   jobs it was told to run, each with its GPUs' sample (utilisation, memory, power, energy
@@ -48,6 +49,7 @@ from bench.harness import (
     finish,
     machine,
     server,
+    submit_singles,
     summary_ms,
     verdict,
 )
@@ -209,10 +211,12 @@ def run(nodes: int, pending: int, clients: int, seconds: float,
                   for i in range(nodes)}
         token = cluster.add_user("bench")
         with Http(cluster.url, token) as h:
-            # Fill every node, then queue ``pending`` more that must wait.
-            for n in (nodes, pending):
-                status, out = h.request("POST", "/v1/jobs/array", _job(array=f"0-{n - 1}"))
-                assert status == 201, out
+            # Fill every node (an array: its elements get rows as they start) ...
+            status, out = h.request("POST", "/v1/jobs/array", _job(array=f"0-{nodes - 1}"))
+            assert status == 201, out
+        # ... then queue ``pending`` more that must wait, as single jobs: a row each, as
+        # the listings and the loop read them (an array would be one record, one line).
+        submit_singles(cluster.url, token, _job(), pending)
         fleet = Fleet(cluster.url, tokens, threads=min(50, nodes))
         window = Window()
         lists: list[Any] = []

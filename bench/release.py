@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +42,7 @@ from bench.harness import (
     finish,
     machine,
     server,
+    submit_singles,
     summary_ms,
     verdict,
 )
@@ -77,24 +77,6 @@ def releases(folder: Path) -> list[tuple[float, float, int]]:
 
 def _t(s: str) -> float:
     return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
-
-
-def submit_singles(url: str, token: str, job: dict[str, Any], n: int,
-                   clients: int = 8) -> None:
-    """``n`` single-job submits (``POST /v1/jobs``) from ``clients`` threads."""
-    counts = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
-
-    def client(k: int) -> None:
-        with Http(url, token, timeout=600) as h:
-            for _ in range(k):
-                status, reply = h.request("POST", "/v1/jobs", job)
-                assert status == 201, reply
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in counts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
 
 
 def measure(pending: int, wanted: int, duration_s: float, workers: int,
