@@ -2,34 +2,29 @@
 their events. No other module writes a job's state or a ``JobEvent``
 (tests/test_architecture.py holds the rest of the code to that).
 
-Batch-first: ``create`` takes many new jobs (``create_rows`` and ``create_from_select``
-many with their ids reserved: an array's elements, which point to the one spec they share,
-stored by ``create_spec``), ``apply`` many changes. A single submit, a
+Batch-first: ``create`` takes many new jobs (``create_rows`` many with their ids reserved:
+an array's elements as they start, which point to the one spec they share, stored by
+``create_spec``; the array itself is one record, ``create_array``), ``apply`` many
+changes. A single submit, a
 single report or a single heartbeat is a batch of one, so the fast paths and the simple
 paths are the same path. Like the services, nothing here commits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
-    Text,
     bindparam,
-    cast,
     delete,
     func,
     insert,
-    literal,
-    null,
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine, Row
 from sqlalchemy.orm import Session
 
@@ -100,21 +95,6 @@ def _first_events(session: Session, ids: list[int], *, now: datetime, reason: st
     """The new jobs' first events (``rules.submitted``)."""
     first = submitted(0, reason).steps[0]
     bulk_insert(session, JobEvent, [_event(job_id, first, now) for job_id in ids])
-
-
-def create_from_select(session: Session, columns: Mapping[str, Any], ids: list[int], *,
-                       now: datetime, reason: str) -> None:
-    """Insert new PENDING jobs made by the database from ``columns`` (column name -> SQL
-    expression, selected together: one row per job, ids ``ids``) and their first events
-    (PostgreSQL: an array's elements without Python work per element)."""
-    cols = {**columns, "state": literal(JobState.PENDING.value, Text)}
-    session.execute(insert(Job).from_select(list(cols), select(*cols.values())))
-    first = submitted(0, reason).steps[0]
-    session.execute(insert(JobEvent).from_select(
-        ["job_id", "time", "old_state", "new_state", "reason"],
-        select(func.unnest(cast(ids, ARRAY(BigInteger))),
-               literal(now, JobEvent.__table__.c.time.type), null(),
-               literal(first.new.value, Text), literal(first.reason, Text))))
 
 
 def create_spec(session: Session, *, command: list[str] | None, script: str | None,
