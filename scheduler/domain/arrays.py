@@ -169,12 +169,14 @@ def lock_array(session: Session, array_id: int) -> JobArray | None:
 
 def owner_of(session: Session, job_id: int) -> tuple[JobArray, int] | None:
     """The array whose block holds job ``job_id`` and the element's position, if the
-    element has no row (it waits in its array, or was cancelled with it)."""
+    element has no row (it waits in its array, or was cancelled with it). The row is
+    looked for first: most ids asked about are jobs with rows (``gpuq logs -f`` polls
+    one), and the caller's read of it then comes from the session, not a second query."""
+    if session.get(Job, job_id) is not None:
+        return None
     array = session.scalars(select(JobArray).where(JobArray.id <= job_id)
                             .order_by(JobArray.id.desc()).limit(1)).first()
     if array is None or job_id >= array.id + array.count:
-        return None
-    if session.get(Job, job_id) is not None:
         return None
     return array, job_id - array.id
 
