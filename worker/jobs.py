@@ -47,7 +47,12 @@ log = logging.getLogger(__name__)
 #: Beyond the kill grace period, how long a launch waits for an older attempt of the
 #: same job to end before it starts the new one anyway.
 OLDER_ATTEMPT_EXTRA_WAIT_S = 5.0
+#: Ended runs' directories kept in ``done/`` (the newest, for a look after the fact).
 DONE_KEEP = 200
+#: The older ones go in batches, once this many runs have been retired since the last, by
+#: a thread of their own: removing one directory per retired run in the poll thread (some
+#: 2 ms each) held up the report of the next job's end or start (bench/release.py).
+DONE_SLACK = 50
 
 
 class JobManager:
@@ -78,6 +83,9 @@ class JobManager:
         self._children: dict[RunKey, subprocess.Popen[bytes] | Forked] = {}
         self.starter = SupervisorStarter(python)
         self.reporter = Reporter(api, chunk_bytes=chunk_bytes, wall=wall)
+        #: Runs retired since ``done/`` was last pruned, and the thread pruning it.
+        self._retired_since_prune = 0
+        self._pruner: threading.Thread | None = None
 
     def _cgroup_root(self, setting: str) -> str:
         """The cgroup2 directory job runs get their cgroups under ("" for none), from
@@ -118,6 +126,9 @@ class JobManager:
             log.warning("job limits: %s", enforcement.summary())
         else:
             log.info("job limits: %s", enforcement.summary())
+        if (any(how not in (limits.V2, limits.BPF) for how in enforcement.how.values())
+                and not limits.dynmods_favored()):
+            log.info("job limits: %s", limits.SLOW_JOIN_HINT)
         return enforcement
 
     # --- launch and kill ---------------------------------------------------------------
@@ -430,7 +441,26 @@ class JobManager:
         self._prune_done()
 
     def _prune_done(self) -> None:
-        entries = sorted(self.done_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+        """Every ``DONE_SLACK`` retired runs, prune ``done/`` to the newest ``DONE_KEEP``
+        in a thread of its own (the caller reports ends and starts)."""
+        self._retired_since_prune += 1
+        if self._retired_since_prune < DONE_SLACK or (
+                self._pruner is not None and self._pruner.is_alive()):
+            return
+        self._retired_since_prune = 0
+        self._pruner = threading.Thread(target=self.prune_done_now, name="gpuq-prune-done",
+                                        daemon=True)
+        self._pruner.start()
+
+    def prune_done_now(self) -> None:
+        """Remove all but the newest ``DONE_KEEP`` ended runs' directories."""
+        def mtime(p: Path) -> float:
+            try:
+                return p.stat().st_mtime
+            except FileNotFoundError:
+                return 0.0
+
+        entries = sorted(self.done_dir.iterdir(), key=mtime)
         for old in entries[:-DONE_KEEP]:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -132,6 +132,27 @@ def v1_mounts(mounts: str = "/proc/self/mounts") -> dict[str, str]:
     return out
 
 
+def dynmods_favored(mounts: str = "/proc/self/mounts") -> bool:
+    """Whether a cgroup hierarchy is mounted with ``favordynmods`` (Linux 6.0+: moving a
+    process between cgroups no longer waits for an RCU grace period)."""
+    try:
+        with open(mounts) as f:
+            return any(len(fields) >= 4 and fields[2] in ("cgroup", "cgroup2")
+                       and "favordynmods" in fields[3].split(",")
+                       for fields in (line.split() for line in f))
+    except OSError:
+        return False
+
+
+#: Said at the worker's start where jobs join cgroup v1 directories without
+#: ``favordynmods``: each join waits for an RCU grace period, on the path of every start.
+SLOW_JOIN_HINT = (
+    "each job joins its cgroup v1 directories before it execs, and on this kernel a join "
+    "waits for an RCU grace period (5-20 ms of every job start; bench/release.py). Boot "
+    "with cgroup_favordynmods=true or mount a cgroup hierarchy with -o favordynmods "
+    "(Linux 6.0+) to make it about 0.3 ms; a cgroup v2 host needs neither")
+
+
 def _read_words(path: Path) -> list[str]:
     with open(path) as f:
         return f.read().split()

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -207,6 +208,18 @@ def effective_spec(job: Any, shared: Any | None
     return (job.command if job.command is not None else shared.command,
             job.script if job.script is not None else shared.script,
             {**(shared.environment or {}), **own})
+
+
+def inline(value: Any) -> Any:
+    """``value`` (a constant, or a list of them for ``IN``) written into the statement, not
+    sent as a parameter. Where a condition must match a partial index's (``state =
+    'PENDING'``), it has to be in the SQL: psycopg prepares a statement after five runs,
+    and PostgreSQL's generic plan for ``state = $1`` cannot use an index built for
+    ``state = 'PENDING'`` (a quick cycle's reads of the queue took 11 ms at 10,000 pending
+    jobs instead of 1)."""
+    if isinstance(value, list | tuple):
+        return bindparam(None, list(value), expanding=True, literal_execute=True)
+    return bindparam(None, value, literal_execute=True)
 
 
 #: The arrays with elements that have no row yet and wait (``ix_job_arrays_pending``).

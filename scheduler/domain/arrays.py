@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
-from gpuq.scheduler.db.models import Account, Job, JobArray, User
+from gpuq.scheduler.db.models import Account, Job, JobArray, User, inline
 from gpuq.scheduler.lifecycle import writes
 from gpuq.wire.arrays import Ranges
 from gpuq.wire.states import JobState
@@ -121,7 +121,7 @@ def pending_arrays(session: Session, depth: int = 0) -> tuple[list[Any], bool]:
     whether they are all of them: every one (``depth`` 0), or, as ``snapshot.pending_rows``
     reads the jobs, the first ``depth`` not ranked yet and the first ``depth`` in the
     order the last full pass ranked them (``priority_key``, then id)."""
-    q = select(*ARRAY_COLUMNS).where(_arrays.state == JobState.PENDING.value)
+    q = select(*ARRAY_COLUMNS).where(_arrays.state == inline(JobState.PENDING.value))
     conn = session.connection()
     if not depth:
         return list(conn.execute(q.order_by(_arrays.priority_key, _arrays.id))), True

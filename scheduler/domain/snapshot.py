@@ -11,7 +11,7 @@ from sqlalchemy import Text, cast, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from gpuq.config import Settings
-from gpuq.scheduler.db.models import Account, Gpu, Job, Membership, Node, User
+from gpuq.scheduler.db.models import Account, Gpu, Job, Membership, Node, User, inline
 from gpuq.scheduler.domain import grants_in_effect as in_effect
 from gpuq.scheduler.domain.arrays import Element, pending_arrays, rows_ahead, waiting
 from gpuq.scheduler.policy import (
@@ -231,7 +231,7 @@ def pending_rows(session: Session, depth: int = 0) -> tuple[list[Any], bool]:
     them), the first ``depth`` not ranked yet (new since then) and every job holding a
     claim (GPUs set aside for it, which no other job may take): three index scans, not
     the whole queue."""
-    pending = select(*PENDING_COLUMNS).where(_jobs.state == JobState.PENDING.value)
+    pending = select(*PENDING_COLUMNS).where(_jobs.state == inline(JobState.PENDING.value))
     conn = session.connection()
     if not depth:
         return list(conn.execute(pending).all()), True
@@ -245,7 +245,7 @@ def pending_rows(session: Session, depth: int = 0) -> tuple[list[Any], bool]:
     # A claim dropped is JSON null, not SQL NULL (the column is JSON); the same condition
     # as the partial index ix_jobs_pending_claim's, which the planner then reads.
     claimed = conn.execute(pending.where(_jobs.claim.is_not(None),
-                                         cast(_jobs.claim, Text) != "null")).all()
+                                         cast(_jobs.claim, Text) != inline("null"))).all()
     return [*new, *ranked, *(r for r in claimed if r.id not in seen)], False
 
 
@@ -262,7 +262,7 @@ def build_snapshot_rows(session: Session, now: datetime, settings: Settings | No
     users, account_names, node_names = _names(session)
     pending, whole = pending_rows(session, depth)
     active = session.connection().execute(
-        select(*ACTIVE_COLUMNS).where(_jobs.state.in_([s.value for s in ACTIVE]))).all()
+        select(*ACTIVE_COLUMNS).where(_jobs.state.in_(inline([s.value for s in ACTIVE])))).all()
     nodes = node_views(session, active)
     elements, all_arrays = array_elements(session, nodes, depth)
     whole = whole and all_arrays

@@ -24,6 +24,7 @@ from gpuq.scheduler.db.models import (
     Node,
     User,
     effective_spec,
+    inline,
 )
 from gpuq.scheduler.domain import accounting
 from gpuq.scheduler.domain.arrays import (
@@ -292,7 +293,7 @@ def _filtered(q: Any, *, states: list[str] | None, user: str | None, account: st
               node: str | None) -> Any:
     """The listing's filters (``q`` joins User, Account and, outer, Node)."""
     if states:
-        q = q.where(Job.state.in_(states))
+        q = q.where(Job.state.in_(inline(states)))
     if user:
         q = q.where(User.name == user)
     if account:

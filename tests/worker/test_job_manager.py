@@ -782,3 +782,25 @@ def test_a_run_of_a_previous_boot_ends_on_its_last_sample(
     (d / jd.REPORTED).write_text("RUNNING")
     poll_until_done(m, 3, wait_for)
     assert end_report(server, 3)["end_sample"]["sample"]["energy_j"] == 4000.0
+
+
+def test_done_runs_are_pruned_in_batches_off_the_poll(manager: JobManager) -> None:
+    """``done/`` keeps the newest ``DONE_KEEP`` ended runs; the older ones go once every
+    ``DONE_SLACK`` retirements, removed by a thread of its own (the poll reports ends)."""
+    from gpuq.worker import jobs as jobs_module
+
+    total = jobs_module.DONE_KEEP + jobs_module.DONE_SLACK + 5
+    for i in range(total):
+        d = manager.done_dir / f"{i + 1}.1"
+        d.mkdir()
+        (d / jd.STATE).write_text("{}")
+        os.utime(d, (1_000_000 + i, 1_000_000 + i))
+    for _ in range(jobs_module.DONE_SLACK - 1):
+        manager._prune_done()
+    assert manager._pruner is None  # not yet: a batch at a time
+    assert len(list(manager.done_dir.iterdir())) == total
+    manager._prune_done()
+    assert manager._pruner is not None
+    manager._pruner.join(10)
+    left = sorted(int(p.name.split(".")[0]) for p in manager.done_dir.iterdir())
+    assert left == list(range(total - jobs_module.DONE_KEEP + 1, total + 1))  # the newest

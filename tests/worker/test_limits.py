@@ -433,3 +433,18 @@ def test_manager_with_cgroups_off_enforces_nothing(tmp_path: Path, api: NodeClie
     assert manager.enforcement.summary() == \
         "none: job cgroups are off (worker_cgroup_root is empty)"
 
+
+
+def test_favordynmods_is_read_from_the_mount_table(tmp_path: Path) -> None:
+    """Whether a cgroup hierarchy favours dynamic changes (a v1 join then costs no RCU
+    grace period): the worker says how to get it where its jobs join v1 cgroups."""
+    table = tmp_path / "mounts"
+    table.write_text("cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0\n"
+                     "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n")
+    assert limits.dynmods_favored(str(table)) is False
+    table.write_text("cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime,favordynmods 0 0\n")
+    assert limits.dynmods_favored(str(table)) is True
+    table.write_text("tmpfs /favordynmods tmpfs rw,favordynmods 0 0\n")  # not a cgroup
+    assert limits.dynmods_favored(str(table)) is False
+    assert limits.dynmods_favored(str(tmp_path / "absent")) is False
+    assert "cgroup_favordynmods=true" in limits.SLOW_JOIN_HINT
