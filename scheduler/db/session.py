@@ -61,6 +61,13 @@ def make_engine(url: str, *, idle_in_transaction_timeout_s: float = 0.0,
     # 503, a failed loop cycle), not a request that hangs for the system's TCP timeout.
     if url.startswith("postgresql") and "connect_timeout" not in url:
         kw.setdefault("connect_args", {}).setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+    if url.startswith("postgresql"):
+        # Plan each run of a prepared statement for its values (psycopg prepares one after
+        # five runs): PostgreSQL's generic plan for "state = $1" or "state IN ($1, $2)"
+        # assumes an average state, so at 100,000 pending jobs the few running ones were
+        # looked for by reading the whole table (and a partial index on the pending ones
+        # cannot serve "$1" at all). Planning these statements costs well under 1 ms.
+        _session_option(url, kw, "plan_cache_mode", "force_custom_plan")
     if idle_in_transaction_timeout_s > 0:
         _session_option(url, kw, "idle_in_transaction_session_timeout",
                         f"{round(idle_in_transaction_timeout_s * 1000)}ms")

@@ -125,7 +125,8 @@ def pending_arrays(session: Session, depth: int = 0) -> tuple[list[Any], bool]:
     conn = session.connection()
     if not depth:
         return list(conn.execute(q.order_by(_arrays.priority_key, _arrays.id))), True
-    new = conn.execute(q.where(_arrays.priority_key.is_(None)).order_by(_arrays.id)
+    new = conn.execute(q.where(_arrays.priority_key.is_(None))  # see snapshot.pending_rows
+                       .order_by(_arrays.priority_key, _arrays.id)
                        .limit(depth)).all()
     ranked = conn.execute(q.where(_arrays.priority_key.is_not(None))
                           .order_by(_arrays.priority_key, _arrays.id).limit(depth)).all()

@@ -235,8 +235,13 @@ def pending_rows(session: Session, depth: int = 0) -> tuple[list[Any], bool]:
     conn = session.connection()
     if not depth:
         return list(conn.execute(pending).all()), True
+    # Ordered by (priority_key, id), which for these is by id: the order of
+    # ix_jobs_pending_priority, whose NULL keys the scan starts at. Ordered by id alone,
+    # statistics from while the queue was being submitted (every key NULL) had PostgreSQL
+    # walk the primary key looking for unranked jobs among 100,000 ranked ones (80 ms a
+    # cycle).
     new = conn.execute(pending.where(_jobs.priority_key.is_(None))
-                       .order_by(_jobs.id).limit(depth)).all()
+                       .order_by(_jobs.priority_key, _jobs.id).limit(depth)).all()
     ranked = conn.execute(pending.where(_jobs.priority_key.is_not(None))
                           .order_by(_jobs.priority_key, _jobs.id).limit(depth)).all()
     if len(new) < depth and len(ranked) < depth:

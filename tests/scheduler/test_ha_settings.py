@@ -142,3 +142,22 @@ def test_a_cycle_without_housekeeping_says_it_did_not_run_while_the_lock_is_take
             other.dispose()
         result = cycle(lp.ctx, housekeeping=False)
         assert result.ran and result.started == [(job_id, "n1")]
+
+
+@pytest.mark.postgres
+def test_each_run_of_a_prepared_statement_is_planned_for_its_values(pg_url: str) -> None:
+    """psycopg prepares a statement after five runs; PostgreSQL's generic plan for it
+    assumes average values (``state = $1``: an average state), so gpuq's sessions ask for a
+    plan per run, alongside the options the URL or the caller give."""
+    from sqlalchemy import text
+
+    from gpuq.scheduler.db.session import make_engine
+
+    engine = make_engine(pg_url, idle_in_transaction_timeout_s=7)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+            assert conn.execute(
+                text("SHOW idle_in_transaction_session_timeout")).scalar() == "7s"
+    finally:
+        engine.dispose()
