@@ -215,8 +215,8 @@ def inline(value: Any) -> Any:
     sent as a parameter. Where a condition must match a partial index's (``state =
     'PENDING'``), it has to be in the SQL: psycopg prepares a statement after five runs,
     and PostgreSQL's generic plan for ``state = $1`` cannot use an index built for
-    ``state = 'PENDING'`` (a quick cycle's reads of the queue took 11 ms at 10,000 pending
-    jobs instead of 1)."""
+    ``state = 'PENDING'`` (with the queue's reads planned that way, a quick cycle at
+    10,000 pending single jobs took 14.5 ms; 8.8 ms with the conditions written in)."""
     if isinstance(value, list | tuple):
         return bindparam(None, list(value), expanding=True, literal_execute=True)
     return bindparam(None, value, literal_execute=True)
