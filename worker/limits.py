@@ -148,7 +148,7 @@ def dynmods_favored(mounts: str = "/proc/self/mounts") -> bool:
 #: ``favordynmods``: each join waits for an RCU grace period, on the path of every start.
 SLOW_JOIN_HINT = (
     "each job joins its cgroup v1 directories before it execs, and on this kernel a join "
-    "waits for an RCU grace period (5-20 ms of every job start; bench/release.py). Boot "
+    "waits for an RCU grace period (5-20 ms of every job start on a 2-core VM). Boot "
     "with cgroup_favordynmods=true or mount a cgroup hierarchy with -o favordynmods "
     "(Linux 6.0+) to make it about 0.3 ms; a cgroup v2 host needs neither")
 

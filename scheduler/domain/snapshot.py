@@ -267,7 +267,7 @@ def build_snapshot_rows(session: Session, now: datetime, settings: Settings | No
     users, account_names, node_names = _names(session)
     pending, whole = pending_rows(session, depth)
     active = session.connection().execute(
-        select(*ACTIVE_COLUMNS).where(_jobs.state.in_(inline([s.value for s in ACTIVE])))).all()
+        select(*ACTIVE_COLUMNS).where(_jobs.state.in_([s.value for s in ACTIVE]))).all()
     nodes = node_views(session, active)
     elements, all_arrays = array_elements(session, nodes, depth)
     whole = whole and all_arrays

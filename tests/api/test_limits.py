@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from sqlalchemy import Text, cast, event, func, select
+from sqlalchemy import Text, cast, func, select
 
 import gpuq.wire
 from gpuq.config import Settings
@@ -40,6 +40,7 @@ from gpuq.wire.common import (
     Strict,
 )
 from tests.api.conftest import Api, RecordingDispatcher
+from tests.statements import sent
 
 #: The body limit and the fields' limits do not touch the database: one backend will do.
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -448,17 +449,8 @@ def test_an_element_shows_and_runs_with_its_whole_spec(api: Api) -> None:
         assert job["environment"] == expected(index)
         assert job["environment"]["GPUQ_ARRAY_TASK_ID"] == str(index)
 
-    statements: list[str] = []
-    engine = api.ctx.sessions.kw["bind"]
-
-    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with sent(api.ctx.sessions.kw["bind"]) as statements:
         listing = api.ok("GET", "/v1/jobs", alice)
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
     assert sum("job_specs" in st for st in statements) == 1, statements
     # A listing carries the command, not the script or the environment (the job's page
     # has them): 10,000 jobs of 2 MiB of spec each would be a 20 GB answer.

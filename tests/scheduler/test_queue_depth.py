@@ -21,6 +21,7 @@ from gpuq.scheduler.runtime.loop import cycle
 from gpuq.wire.states import JobState
 from tests.scheduler.rows import T0, add_job, add_node
 from tests.scheduler.test_cycle_writes import Cluster, make_cluster
+from tests.statements import sent
 
 CLAIM = {"node": "n1", "gpus": [0], "victims": [], "grant": None}
 
@@ -111,24 +112,12 @@ def test_the_quick_reads_name_the_partial_indexes_conditions(cluster: Cluster) -
     as parameters: a prepared statement's generic plan for ``state = $1`` cannot use an
     index built for ``state = 'PENDING'`` (it read the whole queue, 11 ms a cycle at
     10,000 pending jobs)."""
-    from sqlalchemy import event
-
-    seen: list[str] = []
-    engine = cluster.ctx.sessions.kw["bind"]
-
-    def record(conn: object, cursor: object, statement: str, *rest: object) -> None:
-        seen.append(statement)
-
     with cluster.ctx.transaction() as s:
         for key in range(3):
             add_job(s, priority_key=float(key))
         add_job(s)
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        with cluster.ctx.sessions() as s:
-            pending_rows(s, 1)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    with sent(cluster.ctx.sessions.kw["bind"]) as seen, cluster.ctx.sessions() as s:
+        pending_rows(s, 1)
     reads = [q for q in seen if "FROM jobs" in q]
     assert len(reads) == 3
     assert all("jobs.state = 'PENDING'" in q for q in reads)
@@ -158,20 +147,8 @@ def test_the_new_jobs_are_found_through_the_index_whatever_the_statistics_say(
     with cluster.ctx.transaction() as s:
         s.execute(text("ANALYZE jobs"))  # every key NULL
         s.execute(text("UPDATE jobs SET priority_key = -id"))  # then all ranked
-    seen: list[str] = []
-    engine = cluster.ctx.sessions.kw["bind"]
-
-    def record(conn: object, cursor: object, statement: str, *rest: object) -> None:
-        seen.append(statement)
-
-    from sqlalchemy import event
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        with cluster.ctx.sessions() as s:
-            rows, _ = pending_rows(s, 100)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    with sent(cluster.ctx.sessions.kw["bind"]) as seen, cluster.ctx.sessions() as s:
+        rows, _ = pending_rows(s, 100)
     assert len(rows) == 100  # the ranked head; none new
     new = next(q for q in seen if "priority_key IS NULL" in q)
     with cluster.ctx.sessions() as s:
